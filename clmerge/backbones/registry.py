@@ -1,0 +1,37 @@
+"""Backbone registry: name -> builder(input_shape, image_size, pretrained)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from clmerge.backbones.base import Backbone
+
+
+def _mlp(input_shape, image_size, pretrained):
+    from clmerge.backbones.mlp import MLPBackbone
+    return MLPBackbone(input_shape)
+
+
+def _mobilenet(input_shape, image_size, pretrained):
+    from clmerge.backbones.mobilenet import MobileNetV2Backbone
+    return MobileNetV2Backbone(image_size=image_size, pretrained=pretrained)
+
+
+def _vit_letters(input_shape, image_size, pretrained):
+    from clmerge.backbones.vit import build_small_vit
+    return build_small_vit(pretrained=pretrained)
+
+
+BACKBONES: dict[str, tuple[Callable[..., Backbone], str]] = {
+    "mlp": (_mlp, "2-layer MLP, random init (smoke profile, tests)"),
+    "mobilenet_v2": (_mobilenet, "torchvision MobileNetV2, ImageNet-1k weights (offline copy); "
+                                 "LoRA on pointwise convs"),
+    "vit_letters": (_vit_letters, "timm ViT (28x28, patch 4) pretrained in-project on rendered "
+                                  "letters; LoRA on attention qkv/proj"),
+}
+
+
+def build_backbone(name: str, input_shape, image_size: int, pretrained: bool = True) -> Backbone:
+    if name not in BACKBONES:
+        raise KeyError(name)
+    return BACKBONES[name][0](input_shape, image_size, pretrained)

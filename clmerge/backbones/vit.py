@@ -1,0 +1,111 @@
+"""A small timm Vision Transformer backbone, pretrained in-project on rendered letters.
+
+``SmallViT`` reads 28 x 28 grey images in patches of 4 x 4 (49 tokens). Inputs of any
+other size (sklearn digits are 8 x 8) are resized bilinearly to 28 x 28 first, then
+normalised to [-1, 1] (mean 0.5, std 0.5), all inside the module.
+
+``lora_targets`` is a *regex string*, not a list: peft's ``LoraConfig(target_modules=...)``
+accepts a string and then requires it to ``re.fullmatch`` the full module name. A list
+``["qkv", "proj"]`` would be matched by name suffix and would also catch the patch
+embedding's ``patch_embed.proj`` (a ``Conv2d``); the regex ``.*attn\\.(qkv|proj)`` picks
+exactly the attention input (``blocks.i.attn.qkv``) and output (``blocks.i.attn.proj``)
+``Linear`` layers. Code that needs an iterable of names should match module names
+against it with ``re.fullmatch``.
+
+``build_small_vit(pretrained=True)`` returns the backbone with the committed letters
+checkpoint (``data/checkpoints/vit_letters.safetensors``) loaded; its architecture is
+taken from the checkpoint's json so the two always agree. A missing or corrupt
+checkpoint is rebuilt through :mod:`clmerge.pretrain.recipe` (a few CPU minutes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+from .base import Backbone, ResizeNormalize
+
+LORA_TARGETS = r".*attn\.(qkv|proj)"
+
+CHECKPOINT_NAME = "vit_letters"
+
+
+def default_checkpoint_dir() -> Path:
+    """``<repo>/data/checkpoints`` (the repo holding the ``clmerge`` package)."""
+    return Path(__file__).resolve().parents[2] / "data" / "checkpoints"
+
+
+class SmallViT(Backbone):
+    """timm ``VisionTransformer`` on 28 x 28 x 1 inputs, patch 4, no head.
+
+    ``global_pool='avg'`` (default) averages the patch tokens and uses no class token;
+    ``'token'`` uses a class token. ``out_dim == embed_dim``.
+    """
+
+    freeze_norm_stats = False  # LayerNorm only: no running statistics
+
+    def __init__(self, embed_dim: int = 128, depth: int = 4, num_heads: int = 4,
+                 mlp_ratio: float = 4.0, global_pool: str = "avg", img_size: int = 28,
+                 patch_size: int = 4):
+        super().__init__()
+        if global_pool not in ("avg", "token"):
+            raise ValueError("global_pool must be 'avg' or 'token'")
+        self.config = dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+                           mlp_ratio=float(mlp_ratio), global_pool=global_pool,
+                           img_size=img_size, patch_size=patch_size)
+        self.prep = ResizeNormalize(img_size, 1, mean=[0.5], std=[0.5])
+        self.vit = VisionTransformer(
+            img_size=img_size, patch_size=patch_size, in_chans=1, num_classes=0,
+            embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
+            global_pool=global_pool, class_token=(global_pool == "token"),
+        )
+        self.out_dim = embed_dim
+        self.lora_targets = LORA_TARGETS
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:  # (N, H, W) -> (N, 1, H, W)
+            x = x.unsqueeze(1)
+        return self.vit(self.prep(x.float()))
+
+
+def _arch_kwargs(recipe: dict) -> dict:
+    keys = ("embed_dim", "depth", "num_heads", "mlp_ratio", "global_pool")
+    return {k: recipe[k] for k in keys if k in recipe}
+
+
+def build_small_vit(pretrained: bool = True, checkpoint_dir: str | os.PathLike | None = None
+                    ) -> SmallViT:
+    """The letters-pretrained ``SmallViT`` (or a fresh one with the same architecture).
+
+    With ``pretrained=True`` the checkpoint in ``checkpoint_dir`` (default
+    ``data/checkpoints``) is verified against its json sha256 and loaded, being rebuilt
+    by the recipe first if it is missing or does not match. With ``pretrained=False``
+    the module is randomly initialised (by the caller's torch RNG state), using the
+    checkpoint's architecture when its json is present and the recipe defaults otherwise.
+    """
+    from safetensors.torch import load_file
+
+    from clmerge.pretrain.recipe import VitLettersRecipe, ensure_vit_letters_checkpoint
+
+    ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else default_checkpoint_dir()
+    meta_path = ckdir / f"{CHECKPOINT_NAME}.json"
+    if not pretrained:
+        arch = None
+        if meta_path.is_file():
+            try:
+                arch = _arch_kwargs(json.loads(meta_path.read_text())["recipe"])
+            except (ValueError, KeyError):
+                arch = None
+        if arch is None:
+            arch = _arch_kwargs(VitLettersRecipe().to_dict())
+        return SmallViT(**arch)
+
+    path = ensure_vit_letters_checkpoint(ckdir)
+    meta = json.loads(meta_path.read_text())
+    model = SmallViT(**_arch_kwargs(meta["recipe"]))
+    model.load_state_dict(load_file(str(path)), strict=True)
+    return model

@@ -1,0 +1,1 @@
+"""Avalanche class-incremental streams (see ``registry.BENCHMARKS``)."""

@@ -1,0 +1,25 @@
+"""Benchmark registry: name -> builder. ``clmerge list benchmarks`` prints it."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from clmerge.benchmarks import offline
+from clmerge.benchmarks.stream import Stream
+
+BENCHMARKS: dict[str, Callable[..., Stream]] = {
+    "synthetic": offline.synthetic,
+    "split_digits": offline.split_digits,
+    "split_mnist5k": offline.split_mnist5k,
+}
+
+
+def describe(name: str) -> str:
+    """First line of the builder's docstring."""
+    return (BENCHMARKS[name].__doc__ or "").strip().splitlines()[0]
+
+
+def build_stream(name: str, n_experiences: int, seed: int) -> Stream:
+    if name not in BENCHMARKS:
+        raise KeyError(name)
+    return BENCHMARKS[name](n_experiences=n_experiences, seed=seed)

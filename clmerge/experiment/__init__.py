@@ -1,0 +1,1 @@
+"""Experiment layer: configuration, profiles, the runner, results and their loader."""

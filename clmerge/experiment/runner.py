@@ -1,0 +1,255 @@
+"""Run one experiment: the pipeline of DESIGN.md, one experience at a time.
+
+    theta_hat = pretrained backbone
+    for experience t:
+        train a fresh LoRA (or all weights) from theta_hat on experience t
+        theta*_t = trained model; theta_hat = merger(theta_hat, theta*_t, context)
+        evaluate theta_hat with heads 0..t on test experiences 0..t -> row t of R, R_til
+
+``get_or_run`` loads an existing valid result instead of recomputing it (unless
+``force``); a corrupt file is recomputed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clmerge.experiment import metrics as M
+from clmerge.experiment.config import ExperimentConfig
+from clmerge.experiment.provenance import device_name, git_commit, versions
+from clmerge.experiment.results import CorruptResultError, read_result, result_path, write_result
+from clmerge.experiment.seeding import seed_everything
+
+DEFAULT_RESULTS = Path(__file__).resolve().parents[2] / "data" / "results"
+
+
+def variant_label(cfg: ExperimentConfig) -> str:
+    """A readable name of the method as configured: ``seq``, ``seq_full``, ``pm[eps=0.3]``."""
+    from clmerge.strategies.methods import validate_method_args
+
+    label = cfg.method + ("_full" if cfg.finetune == "full" and cfg.method not in ("probe",) else "")
+    if cfg.start == "finetuned":
+        label += "@ft"
+    defaults = validate_method_args(cfg.method, {})
+    changed = {k: v for k, v in cfg.method_args.items() if defaults.get(k) != v}
+    if changed:
+        label += "[" + ",".join(f"{k}={v}" for k, v in sorted(changed.items())) + "]"
+    return label
+
+
+class Run:
+    """The objects of one run, built from a config (also used by tests and chapters)."""
+
+    def __init__(self, cfg: ExperimentConfig):
+        from clmerge.backbones.heads import HeadedModel
+        from clmerge.backbones.lora import LoRAAdapter
+        from clmerge.backbones.registry import build_backbone
+        from clmerge.benchmarks.registry import build_stream
+
+        self.cfg = cfg
+        self.generator = seed_everything(cfg.seed)
+        self.stream = build_stream(cfg.benchmark, cfg.n_experiences, cfg.seed)
+        backbone = build_backbone(cfg.backbone, self.stream.input_shape, cfg.image_size,
+                                  pretrained=cfg.pretrained)
+        torch.manual_seed(cfg.seed)  # heads and LoRA init do not depend on backbone loading
+        self.model = HeadedModel(backbone, self.stream.classes_per_exp, self.stream.n_classes)
+        self.lora = None
+        if cfg.finetune == "lora":
+            self.lora = LoRAAdapter(backbone, backbone.lora_targets, cfg.lora_rank, cfg.lora_alpha)
+            self.weights = self.lora.base_weights()
+        else:
+            self.weights = dict(backbone.named_parameters())
+        self.theta0 = {k: v.detach().clone() for k, v in self.weights.items()}
+
+    def train_loader(self, experience, batch_size=None, shuffle=True):
+        return torch.utils.data.DataLoader(
+            experience.dataset.eval(), batch_size=batch_size or self.cfg.batch_size,
+            shuffle=shuffle, generator=self.generator)
+
+    def train_batches(self, experience):
+        """(x, y) batches of an experience's training data, fixed order."""
+        for x, y, *_ in self.train_loader(experience, shuffle=False):
+            yield x.to(self.cfg.device), y.to(self.cfg.device)
+
+
+def _strategy(run: Run, plugins: list, evaluator):
+    from clmerge.strategies.template import MergingTemplate
+
+    cfg = run.cfg
+    return MergingTemplate(
+        run.model, lora=run.lora, finetune=cfg.finetune, lr=cfg.lr, head_lr=cfg.head_lr,
+        weight_decay=cfg.weight_decay, train_mb_size=cfg.batch_size, train_epochs=cfg.epochs,
+        eval_mb_size=cfg.eval_batch_size, device=cfg.device, plugins=plugins,
+        evaluator=evaluator)
+
+
+def _evaluator():
+    from clmerge.avalanche_api import EvaluationPlugin, accuracy_metrics
+    from clmerge.plugins.metrics import TaskIncrementalAccuracy
+
+    return EvaluationPlugin(accuracy_metrics(experience=True), TaskIncrementalAccuracy(),
+                            loggers=[])
+
+
+def _evaluate(run: Run, strategy, upto: int) -> tuple[list[float], list[float]]:
+    from clmerge.plugins.metrics import CIL_KEY, TIL_KEY, accuracy_row
+
+    run.model.set_active_heads(range(upto + 1))
+    res = strategy.eval(run.stream.test_stream[: upto + 1])
+    return accuracy_row(res, CIL_KEY, upto + 1), accuracy_row(res, TIL_KEY, upto + 1)
+
+
+def _pad(rows: list[list[float]], T: int) -> list[list[float | None]]:
+    return [list(r) + [None] * (T - len(r)) for r in rows]
+
+
+def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> dict:
+    """Run ``cfg`` and return the result dict (not yet written)."""
+    from clmerge.strategies.methods import get_method
+
+    spec = get_method(cfg.method)
+    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    t_start = time.perf_counter()
+    run = Run(cfg)
+    T = run.stream.n_experiences
+    if spec.kind == "probe":
+        R, R_til, tasks = _run_probe(run)
+    elif spec.kind == "joint":
+        R, R_til, tasks = _run_joint(run, progress)
+    else:
+        R, R_til, tasks = _run_stream(run, spec, progress)
+    return {
+        "name": cfg.run_name(),
+        "variant": variant_label(cfg),
+        "config": cfg.to_dict(),
+        "config_hash": cfg.config_hash(),
+        "stream": {"classes_per_exp": run.stream.classes_per_exp,
+                   "n_train": [len(e.dataset) for e in run.stream.train_stream],
+                   "n_test": [len(e.dataset) for e in run.stream.test_stream]},
+        "R": _pad(R, T),
+        "R_til": _pad(R_til, T),
+        "metrics": {"cil": M.summarize(R), "til": M.summarize(R_til)},
+        "tasks": tasks,
+        "provenance": {"versions": versions(), "git_commit": git_commit(),
+                       "device": device_name(cfg.device), "started": started,
+                       "wall_seconds": time.perf_counter() - t_start,
+                       "torch_threads": torch.get_num_threads()},
+    }
+
+
+def _run_stream(run: Run, spec, progress: bool):
+    from clmerge.mergers.registry import MERGERS, load_builtin_mergers
+    from clmerge.plugins.diagnostics import DiagnosticsPlugin
+    from clmerge.plugins.merge import MergePlugin
+    from clmerge.plugins.progress import ProgressPlugin
+
+    load_builtin_mergers()
+    cfg = run.cfg
+    merger_cls = MERGERS[spec.merger]
+    merger = merger_cls(merger_cls.Options(**cfg.method_args) if merger_cls.Options else None)
+
+    def head_logits(model, x, t=None):
+        return model(x)
+
+    diag = DiagnosticsPlugin()
+    merge = MergePlugin(merger, run.weights, run.theta0, lora=run.lora, start=cfg.start,
+                        train_batches=run.train_batches, logits_fn=head_logits)
+    extra = spec.plugins(cfg, run) if spec.plugins else []
+    plugins = [ProgressPlugin(variant_label(cfg), progress),
+               diag, *extra, merge]
+    strategy = _strategy(run, plugins, _evaluator())
+    R, R_til = [], []
+    for t, exp in enumerate(run.stream.train_stream):
+        strategy.train_heads = [t]
+        strategy.train(exp)
+        cil, til = _evaluate(run, strategy, t)
+        R.append(cil)
+        R_til.append(til)
+    tasks = []
+    for t in range(len(R)):
+        rec = {"experience": t}
+        rec.update(diag.records[t])
+        rec.update(merge.records[t])
+        if t < len(merger.records):
+            rec.update(merger.records[t])
+        for p in extra:
+            if hasattr(p, "records") and t < len(p.records):
+                rec.update(p.records[t])
+        tasks.append(rec)
+    return R, R_til, tasks
+
+
+def _run_joint(run: Run, progress: bool):
+    """Train every head and the backbone on the union of all experiences at once."""
+    from clmerge.avalanche_api import benchmark_from_datasets
+    from clmerge.plugins.diagnostics import DiagnosticsPlugin
+    from clmerge.plugins.progress import ProgressPlugin
+
+    train = run.stream.train_stream
+    data = train[0].dataset
+    for e in list(train)[1:]:
+        data = data.concat(e.dataset)
+    joint_exp = benchmark_from_datasets(train=[data]).streams["train"][0]
+    diag = DiagnosticsPlugin()
+    strategy = _strategy(run, [ProgressPlugin("joint", progress), diag], _evaluator())
+    T = run.stream.n_experiences
+    strategy.train_heads = list(range(T))
+    strategy.train(joint_exp)
+    cil, til = _evaluate(run, strategy, T - 1)
+    return [cil], [til], diag.records
+
+
+@torch.no_grad()
+def _features(run: Run, stream) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    run.model.eval()
+    feats, ys, exps = [], [], []
+    for e in stream:
+        loader = torch.utils.data.DataLoader(e.dataset.eval(), batch_size=run.cfg.eval_batch_size)
+        for x, y, *_ in loader:
+            feats.append(run.model.backbone(x.to(run.cfg.device)).cpu().numpy())
+            ys.append(y.numpy())
+            exps.append(np.full(len(y), e.current_experience))
+    return np.concatenate(feats), np.concatenate(ys), np.concatenate(exps)
+
+
+def _run_probe(run: Run):
+    """Logistic regression on frozen pretrained features of all training data."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    t0 = time.perf_counter()
+    xtr, ytr, _ = _features(run, run.stream.train_stream)
+    xte, yte, ete = _features(run, run.stream.test_stream)
+    scaler = StandardScaler().fit(xtr)
+    clf = LogisticRegression(max_iter=2000, C=1.0, random_state=run.cfg.seed)
+    clf.fit(scaler.transform(xtr), ytr)
+    proba = clf.predict_proba(scaler.transform(xte))
+    classes = list(clf.classes_)
+    pred = np.array(classes)[proba.argmax(1)]
+    cil, til = [], []
+    for j, cls in enumerate(run.stream.classes_per_exp):
+        m = ete == j
+        cil.append(float((pred[m] == yte[m]).mean()))
+        cols = [classes.index(c) for c in cls]
+        til_pred = np.array(cls)[proba[m][:, cols].argmax(1)]
+        til.append(float((til_pred == yte[m]).mean()))
+    return [cil], [til], [{"train_seconds": time.perf_counter() - t0}]
+
+
+def get_or_run(cfg: ExperimentConfig, out_dir=DEFAULT_RESULTS, force: bool = False,
+               progress: bool = True) -> dict:
+    """The result of ``cfg``: loaded if a valid file exists, else computed and written."""
+    path = result_path(cfg, out_dir)
+    if path.exists() and not force:
+        try:
+            return read_result(path)
+        except CorruptResultError as e:
+            print(f"recomputing: {e}")
+    result = run_experiment(cfg, progress=progress)
+    write_result(result, path)
+    return read_result(path)

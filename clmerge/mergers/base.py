@@ -1,0 +1,72 @@
+"""The merger interface shared by every method.
+
+After experience t the pipeline hands a merger a :class:`MergeContext` and writes the
+tensors it returns into the model's mergeable weights in place (``p.copy_``), so the
+optimizer and the evaluator keep valid references. Mergeable weights are the LoRA target
+weights (LoRA fine-tuning) or every backbone parameter (full fine-tuning); heads are
+never merged.
+
+A merger keeps whatever it needs between tasks as its own state and reports its size
+with :meth:`Merger.state_bytes`: storage across tasks is one of the axes methods are
+compared on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterable
+
+from clmerge.tensormath.tensordict import TensorDict
+
+
+@dataclass
+class MergeContext:
+    """Everything a merger may read after experience ``t`` (0-based).
+
+    Attributes:
+        t: index of the experience just trained.
+        theta0: pretrained values of the mergeable weights (kept by the pipeline, not
+            counted as merger state: it is the public starting point).
+        merged: theta_hat_{t-1}, the merged model before this merge.
+        start: the weights training of experience t started from (``merged`` unless
+            the ``finetuned`` start protocol is used).
+        finetuned: theta*_t, the weights at the end of training experience t.
+        train_batches: a callable returning an iterable of (x, y) minibatches of
+            experience t's training data (for Fisher-based mergers).
+        logits_fn: callable (model, x) -> logits restricted to experience t's head.
+        model: the model (its mergeable weights currently hold ``finetuned``).
+        extras: plugin-provided data (e.g. trajectory snapshots).
+    """
+
+    t: int
+    theta0: TensorDict
+    merged: TensorDict
+    start: TensorDict
+    finetuned: TensorDict
+    train_batches: Callable[[], Iterable] | None = None
+    logits_fn: Callable | None = None
+    model: Any = None
+    extras: dict = field(default_factory=dict)
+
+
+class Merger:
+    """Base class. Subclasses set ``name``, optionally ``Options`` (a dataclass of
+    method options with help text), and implement :meth:`merge`."""
+
+    name: ClassVar[str] = "base"
+    Options: ClassVar[type | None] = None
+
+    def __init__(self, options=None):
+        self.options = options
+        self.records: list[dict] = []
+
+    def merge(self, ctx: MergeContext) -> TensorDict:
+        raise NotImplementedError
+
+    def state_bytes(self) -> int:
+        """Bytes this merger keeps across tasks (0 when it keeps nothing)."""
+        return 0
+
+    def record(self, **values) -> None:
+        """Record per-task values (e.g. merge coefficients) for the result file."""
+        self.records.append(values)

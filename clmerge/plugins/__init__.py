@@ -1,0 +1,1 @@
+"""Avalanche plugins: the merge driver, training-time plugins, metrics, progress."""

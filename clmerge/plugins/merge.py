@@ -1,0 +1,83 @@
+"""The merge driver: runs a :class:`~clmerge.mergers.base.Merger` after each experience.
+
+Per experience t:
+
+- ``before_training_exp``: remember where training starts (the mergeable weights now);
+- ``after_training_exp``: read theta*_t (LoRA: base + scaling * B @ A per target;
+  full fine-tuning: the weights themselves), ask the merger for theta_hat_t, write it
+  into the mergeable weights in place and, with LoRA, reset the adapter. Under the
+  ``finetuned`` start protocol (MagMax) theta*_t is kept and written back before the
+  next experience trains, while evaluation sees theta_hat_t.
+
+Records per task: merge seconds, the merger's persisted bytes after the merge, the
+distance |theta_hat_t - theta_0|, and whatever the merger recorded (coefficients).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+
+from clmerge.avalanche_api import SupervisedPlugin
+from clmerge.mergers.base import MergeContext, Merger
+from clmerge.tensormath import tensordict as td
+
+
+class MergePlugin(SupervisedPlugin):
+    def __init__(self, merger: Merger, weights: dict[str, torch.nn.Parameter],
+                 theta0: td.TensorDict, lora=None, start: str = "merged",
+                 train_batches: Callable | None = None, logits_fn: Callable | None = None):
+        super().__init__()
+        self.merger = merger
+        self.weights = weights
+        self.theta0 = theta0
+        self.lora = lora
+        self.start_mode = start
+        self.train_batches = train_batches
+        self.logits_fn = logits_fn
+        self.merged = td.clone({k: p for k, p in weights.items()})
+        self.finetuned_prev: td.TensorDict | None = None
+        self.start: td.TensorDict | None = None
+        self.records: list[dict] = []
+        self.extras: dict = {}
+
+    @torch.no_grad()
+    def _write(self, values: td.TensorDict) -> None:
+        for k, v in values.items():
+            self.weights[k].copy_(v)
+
+    def before_training_exp(self, strategy, **kwargs):
+        if self.start_mode == "finetuned" and self.finetuned_prev is not None:
+            self._write(self.finetuned_prev)
+        self.start = td.clone(self.weights)
+
+    def current_finetuned(self) -> td.TensorDict:
+        """theta*_t: the mergeable weights with the LoRA delta folded in."""
+        if self.lora is None:
+            return td.clone(self.weights)
+        return td.add(td.clone(self.weights), self.lora.delta())
+
+    def after_training_exp(self, strategy, **kwargs):
+        t0 = time.perf_counter()
+        finetuned = self.current_finetuned()
+        if self.lora is not None:  # the model holds theta*_t densely while merging
+            self.lora.write_base(finetuned)
+        exp = strategy.experience
+        ctx = MergeContext(
+            t=exp.current_experience, theta0=self.theta0, merged=self.merged,
+            start=self.start, finetuned=finetuned,
+            train_batches=(lambda: self.train_batches(exp)) if self.train_batches else None,
+            logits_fn=self.logits_fn, model=strategy.model, extras=self.extras)
+        merged = self.merger.merge(ctx)
+        self._write(merged)
+        self.merged = td.clone(merged)
+        self.finetuned_prev = finetuned if self.start_mode == "finetuned" else None
+        self.extras = {}
+        self.records.append({
+            "merge_seconds": time.perf_counter() - t0,
+            "state_bytes": int(self.merger.state_bytes()),
+            "distance_from_pretrained": td.norm(td.sub(self.merged, self.theta0)),
+            "task_vector_norm": td.norm(td.sub(finetuned, self.start)),
+        })

@@ -1,0 +1,1 @@
+"""In-project pretraining recipes for the backbones (data disjoint from the digit streams)."""

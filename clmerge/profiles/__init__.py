@@ -1,0 +1,1 @@
+"""Profile YAML files: ``smoke`` (CI), ``quick`` (CPU, offline; the book), ``paper``."""

@@ -1,0 +1,1 @@
+"""Avalanche strategies: the training template and the method registry."""

@@ -1,0 +1,87 @@
+"""Method registry: what ``clmerge run --method NAME`` runs.
+
+A method is a merger (``clmerge.mergers``) plus optional training-time plugins, or a
+reference that trains differently (``joint``) or not at all (``probe``). Method options
+are the merger's ``Options`` dataclass; ``--set METHOD.KEY=VALUE`` sets them and
+:func:`validate_method_args` checks names, types and ranges.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from clmerge.experiment.config import ConfigError
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    description: str
+    kind: str = "merge"          # "merge" | "joint" | "probe"
+    merger: str | None = None    # merger registry name, for kind == "merge"
+    plugins: Callable[..., list] | None = None  # (cfg, run) -> training-time plugins
+
+
+METHODS: dict[str, MethodSpec] = {}
+
+
+def register_method(spec: MethodSpec) -> MethodSpec:
+    METHODS[spec.name] = spec
+    return spec
+
+
+register_method(MethodSpec("seq", "sequential fine-tuning, no merge (LoRA, or all weights "
+                                  "with --set finetune=full)", merger="seq"))
+register_method(MethodSpec("joint", "upper bound: one model trained on all experiences at once",
+                           kind="joint"))
+register_method(MethodSpec("probe", "linear probe of the frozen pretrained features on all "
+                                    "classes (bound on what any method reaches)", kind="probe"))
+
+
+def get_method(name: str) -> MethodSpec:
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r}; valid methods: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def options_class(name: str):
+    spec = get_method(name)
+    if spec.merger is None:
+        return None
+    from clmerge.mergers.registry import MERGERS, load_builtin_mergers
+    load_builtin_mergers()
+    return MERGERS[spec.merger].Options
+
+
+def validate_method_args(name: str, args: dict[str, Any]) -> dict[str, Any]:
+    """Defaults of the method's options updated by ``args``, checked and typed."""
+    opts = options_class(name)
+    if opts is None:
+        if args:
+            raise ConfigError(f"method {name!r} takes no options; got {', '.join(args)}")
+        return {}
+    fields = {f.name: f for f in dataclasses.fields(opts)}
+    out = dataclasses.asdict(opts())
+    for k, v in args.items():
+        if k not in fields:
+            raise ConfigError(f"unknown option {name}.{k}; valid options of {name!r}: "
+                              f"{', '.join(fields) or 'none'}")
+        default = out[k]
+        try:
+            if isinstance(default, bool):
+                v = v if isinstance(v, bool) else str(v).lower() in ("1", "true", "yes")
+            elif isinstance(default, (int, float)) and not isinstance(v, bool):
+                v = type(default)(v)
+            elif isinstance(default, str):
+                v = str(v)
+        except (TypeError, ValueError):
+            raise ConfigError(f"option {name}.{k} expects a {type(default).__name__}, "
+                              f"got {v!r}") from None
+        out[k] = v
+    try:
+        opts(**out)  # the Options dataclass validates ranges in __post_init__
+    except ValueError as e:
+        raise ConfigError(f"method {name!r}: {e}") from None
+    return out
