@@ -318,6 +318,14 @@ def test_ties_zero_sum_takes_majority_sign():
     assert_td_equal(merged, oracle_ties_task_vector(taus, 1.0, "model"))
 
 
+def test_ties_zero_sum_with_zero_majority_merges_to_zero():
+    # every column sums to 0 and so does the majority: no sign is elected, the
+    # entries merge to 0 (the reference's torch.where(sign > 0, ...) would pick the
+    # negative entries here; see ties_merge's docstring)
+    taus = [{"w": torch.tensor([1.0, 2.0])}, {"w": torch.tensor([-1.0, -2.0])}]
+    assert torch.equal(ties_task_vector(taus, k=1.0)["w"], torch.zeros(2))
+
+
 def test_ties_float64_keeps_dtype():
     theta0, tvs = rand_td(40, torch.float64), rand_tvs(2, 41, torch.float64)
     assert_td_equal(ties_merge(theta0, tvs), oracle_ties(theta0, tvs, 0.2, 0.55, "model"))

@@ -47,7 +47,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from clmerge.tensormath.tensordict import TensorDict
+from .tensordict import TensorDict
 
 __all__ = ["diagonal_fisher"]
 
@@ -120,7 +120,8 @@ def diagonal_fisher(model: nn.Module, param_names: Sequence[str],
     fixed.update({f"model.{n}": b for n, b in model.named_buffers()})
     device = next(iter(selected.values())).device
 
-    def loglik(params: TensorDict, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def loglik(params: TensorDict, x: torch.Tensor,
+               y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         state = {f"model.{n}": p for n, p in params.items()}
         state.update(fixed)
         ll = _log_likelihood(functional_call(wrapper, state, (x,)), y)

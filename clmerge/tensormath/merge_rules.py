@@ -512,7 +512,7 @@ def running_max_abs(acc: TensorDictLike | None, tau: TensorDictLike) -> TensorDi
             raise ValueError("tau must be a tensor dict")
         return clone(tau)
     _check_like(acc, tau, "acc", "tau")
-    return {k: torch.where(tau[k].detach().abs() > acc[k].detach().abs(),
+    return {k: torch.where(tau[k].detach().abs() >= acc[k].detach().abs(),
                            tau[k].detach(), acc[k].detach())
             for k in acc}
 

@@ -29,8 +29,9 @@ The i = t term has theta_hat_{t-1} - theta*_t = -Delta_t, so::
 and a_1 = 1 exactly. With the running sums S_F = sum_{i<t} F_i and
 S_Ftheta = sum_{i<t} F_i * theta*_i (elementwise products) the old-task terms are::
 
-    sum_{i<t} (theta_hat_{t-1} - theta*_i)^T F_i Delta_t = (S_F * theta_hat_{t-1} - S_Ftheta)^T Delta_t
-    sum_{i<t} Delta_t^T F_i Delta_t                      = Delta_t^T (S_F * Delta_t)
+    sum_{i<t} (theta_hat_{t-1} - theta*_i)^T F_i Delta_t
+        = (S_F * theta_hat_{t-1} - S_Ftheta)^T Delta_t
+    sum_{i<t} Delta_t^T F_i Delta_t = Delta_t^T (S_F * Delta_t)
 
 so the same a_t needs O(1) storage (two parameter-sized tensors) instead of keeping
 every theta*_i and F_i (O(T), the paper's mode).
@@ -63,7 +64,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from clmerge.tensormath.tensordict import (
+from .tensordict import (
     TensorDict,
     _check_keys,
     apply,
@@ -98,7 +99,8 @@ def _finish(numerator: Mapping[str, torch.Tensor], denominator: Mapping[str, tor
 
     def one(num: float, den: float, where: str) -> float:
         if den < 0.0:
-            raise ValueError(f"negative P&M denominator {den} ({where}): Fisher entries must be >= 0")
+            raise ValueError(f"negative P&M denominator {den} ({where}): "
+                             "Fisher entries must be >= 0")
         if den == 0.0:
             return ZERO_DENOMINATOR_COEFFICIENT
         a = -num / den

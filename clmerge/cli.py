@@ -1,0 +1,107 @@
+"""The ``clmerge`` command line: run, list, book.
+
+    clmerge run --method M --benchmark B [--profile P] [--seed S] [--set KEY=VALUE ...] [--out DIR] [--force]
+    clmerge list methods|benchmarks|backbones|profiles
+    clmerge book [--profile P] [--force]
+
+Unknown names and bad values fail before any work with one message naming the valid
+choices and exit status 2; nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from clmerge.experiment.config import ConfigError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own exit 2, with our wording
+        self.print_usage(sys.stderr)
+        self.exit(2, f"clmerge: error: {message}\n")
+
+
+def _list(what: str) -> list[tuple[str, str]]:
+    if what == "methods":
+        from clmerge.strategies.methods import METHODS
+        return [(n, s.description) for n, s in METHODS.items()]
+    if what == "benchmarks":
+        from clmerge.benchmarks.registry import BENCHMARKS, describe
+        return [(n, describe(n)) for n in BENCHMARKS]
+    if what == "backbones":
+        from clmerge.backbones.registry import BACKBONES
+        return [(n, d) for n, (_, d) in BACKBONES.items()]
+    from clmerge.experiment.config import load_profile, profile_names
+    return [(n, load_profile(n).get("description", "")) for n in profile_names()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="clmerge", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    r = sub.add_parser("run", help="run one experiment and print where its result went")
+    r.add_argument("--method", required=True, help="see `clmerge list methods`")
+    r.add_argument("--benchmark", default=None, help="default: the profile's benchmark")
+    r.add_argument("--profile", default="quick", help="see `clmerge list profiles`")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting (epochs=2) or a method option (pm.eps=0.3)")
+    r.add_argument("--out", default=None, help="results folder (default: data/results)")
+    r.add_argument("--force", action="store_true", help="recompute even if the result exists")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    ls = sub.add_parser("list", help="list registered names")
+    ls.add_argument("what", choices=["methods", "benchmarks", "backbones", "profiles"])
+
+    b = sub.add_parser("book", help="execute every chapter with papermill, then build the HTML")
+    b.add_argument("--profile", default="quick")
+    b.add_argument("--force", action="store_true", help="recompute results that exist")
+    b.add_argument("--no-html", action="store_true", help="execute the chapters only")
+    b.add_argument("--chapters", nargs="*", default=None, help="only these chapters (stems)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "list":
+            rows = _list(args.what)
+            width = max(len(n) for n, _ in rows)
+            for n, d in rows:
+                print(f"{n:<{width}}  {d}")
+            return 0
+        if args.command == "run":
+            return _run(args)
+        if args.command == "book":
+            from clmerge.book import build_book
+            return build_book(profile=args.profile, force=args.force, html=not args.no_html,
+                              only=args.chapters)
+    except ConfigError as e:
+        print(f"clmerge: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run(args) -> int:
+    from clmerge.experiment.config import make_config, parse_assignments
+    from clmerge.experiment.runner import DEFAULT_RESULTS, get_or_run
+    from clmerge.experiment.results import result_path
+    from clmerge.strategies.methods import get_method
+
+    get_method(args.method)
+    cfg = make_config(args.method, args.benchmark, args.profile, args.seed,
+                      parse_assignments(args.sets))
+    out = Path(args.out) if args.out else DEFAULT_RESULTS
+    result = get_or_run(cfg, out, force=args.force, progress=not args.quiet)
+    m = result["metrics"]
+    print(f"{result['variant']} on {cfg.benchmark} (seed {cfg.seed}): "
+          f"class-incremental A_last {m['cil']['A_last']:.4f}, "
+          f"task-incremental A_last {m['til']['A_last']:.4f}")
+    print(result_path(cfg, out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
