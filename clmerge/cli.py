@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--force", action="store_true", help="recompute results that exist")
     b.add_argument("--no-html", action="store_true", help="execute the chapters only")
     b.add_argument("--chapters", nargs="*", default=None, help="only these chapters (stems)")
+    b.add_argument("--results-dir", default=None,
+                   help="results folder the chapters read and write (default: data/results)")
     return p
 
 
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "book":
             from clmerge.book import build_book
             return build_book(profile=args.profile, force=args.force, html=not args.no_html,
-                              only=args.chapters)
+                              only=args.chapters, results_dir=args.results_dir)
     except ConfigError as e:
         print(f"clmerge: error: {e}", file=sys.stderr)
         return 2

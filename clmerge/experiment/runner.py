@@ -82,7 +82,7 @@ def _strategy(run: Run, plugins: list, evaluator):
 
     cfg = run.cfg
     return MergingTemplate(
-        run.model, lora=run.lora, finetune=cfg.finetune, lr=cfg.lr, head_lr=cfg.head_lr,
+        model=run.model, lora=run.lora, finetune=cfg.finetune, lr=cfg.lr, head_lr=cfg.head_lr,
         weight_decay=cfg.weight_decay, train_mb_size=cfg.batch_size, train_epochs=cfg.epochs,
         eval_mb_size=cfg.eval_batch_size, device=cfg.device, plugins=plugins,
         evaluator=evaluator)

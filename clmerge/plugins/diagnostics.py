@@ -43,9 +43,9 @@ class DiagnosticsPlugin(SupervisedPlugin):
         self.records[-1]["loss_start"] = float(strategy.loss.detach())
 
     def after_training_epoch(self, strategy, **kwargs):
-        if not math.isfinite(float(strategy.loss)):
+        if not math.isfinite(float(strategy.loss.detach())):
             raise FloatingPointError(
-                f"loss became {float(strategy.loss)} in experience "
+                f"loss became {float(strategy.loss.detach())} in experience "
                 f"{strategy.experience.current_experience}")
 
     def after_training_exp(self, strategy, **kwargs):

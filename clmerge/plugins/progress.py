@@ -23,7 +23,7 @@ class ProgressPlugin(SupervisedPlugin):
     def after_training_iteration(self, strategy, **kwargs):
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{float(strategy.loss):.3f}", refresh=False)
+            self.bar.set_postfix(loss=f"{float(strategy.loss.detach()):.3f}", refresh=False)
 
     def after_training_exp(self, strategy, **kwargs):
         if self.bar is not None:

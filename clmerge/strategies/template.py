@@ -22,7 +22,7 @@ from clmerge.avalanche_api import SupervisedTemplate
 
 
 class MergingTemplate(SupervisedTemplate):
-    def __init__(self, model, *, lora=None, finetune: str = "lora", lr: float = 1e-3,
+    def __init__(self, *, model, lora=None, finetune: str = "lora", lr: float = 1e-3,
                  head_lr: float = 1e-2, weight_decay: float = 0.0, **kwargs):
         self.lora = lora
         self.finetune = finetune

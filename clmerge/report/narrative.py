@@ -1,0 +1,40 @@
+"""Sentences computed from results, so the prose of a chapter cannot go stale."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from clmerge.report.tables import mean_metric
+
+# The quick profile's targets (issue "walking skeleton"): what "visible drift" means.
+TARGET_TIL_FORGETTING = 0.10   # sequential LoRA forgets >= 10 task-incremental points
+TARGET_CIL_GAP = 0.15          # seq's class-incremental A_last >= 15 points below joint
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def budget_check(df: pd.DataFrame, seq: str = "seq", joint: str = "joint",
+                 probe: str = "probe") -> str:
+    """Report seq's forgetting and its gap to joint against the quick profile's targets."""
+    lines = []
+    variants = set(df["variant"])
+    if seq in variants:
+        f_til = mean_metric(df, seq, "til_forgetting")
+        ok = "meets" if f_til >= TARGET_TIL_FORGETTING else "MISSES"
+        lines.append(f"{seq}: task-incremental forgetting {_pct(f_til)} "
+                     f"({ok} the >= {_pct(TARGET_TIL_FORGETTING)} target); class-incremental "
+                     f"forgetting {_pct(mean_metric(df, seq, 'cil_forgetting'))}.")
+    if seq in variants and joint in variants:
+        a_seq, a_joint = (mean_metric(df, v, "cil_A_last") for v in (seq, joint))
+        gap = a_joint - a_seq
+        ok = "meets" if gap >= TARGET_CIL_GAP else "MISSES"
+        lines.append(f"class-incremental A_last: {seq} {_pct(a_seq)} vs {joint} {_pct(a_joint)}, "
+                     f"a gap of {100 * gap:.1f} points ({ok} the >= {100 * TARGET_CIL_GAP:.0f}-point "
+                     f"target).")
+    if probe in variants:
+        lines.append(f"linear probe of the frozen pretrained features: "
+                     f"{_pct(mean_metric(df, probe, 'cil_A_last'))} class-incremental, "
+                     f"{_pct(mean_metric(df, probe, 'til_A_last'))} task-incremental.")
+    return "\n".join(lines) if lines else "no seq/joint/probe runs in this selection"

@@ -1,0 +1,91 @@
+"""Figures the chapters show: stream examples, accuracy matrices, accuracy curves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from clmerge.experiment.results import read_result
+from clmerge.report.style import PROTOCOL_NAMES, color, order
+
+
+def stream_grid(stream, per_exp: int = 8, seed: int = 0):
+    """A grid of example images, one row per experience, labelled by class."""
+    if not stream.is_image:
+        fig, ax = plt.subplots(figsize=(6, 1.2))
+        ax.axis("off")
+        ax.text(0.0, 0.5, f"{stream.name}: vector inputs of shape {stream.input_shape}, "
+                f"classes per experience {stream.classes_per_exp}", va="center")
+        return fig
+    rng = np.random.default_rng(seed)
+    T = stream.n_experiences
+    fig, axes = plt.subplots(T, per_exp, figsize=(per_exp * 0.9, T * 1.0))
+    for t, exp in enumerate(stream.train_stream):
+        idx = rng.choice(len(exp.dataset), per_exp, replace=False)
+        for k, i in enumerate(idx):
+            x, y, *_ = exp.dataset[int(i)]
+            ax = axes[t, k]
+            ax.imshow(x[0].numpy(), cmap="gray_r", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(str(int(y)), fontsize=8, pad=2)
+            if k == 0:
+                ax.set_ylabel(f"exp {t}\n{stream.classes_per_exp[t]}", fontsize=8)
+    fig.suptitle(f"{stream.name}: {T} experiences, classes in stream order", y=1.0)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_heatmaps(paths, title: str = ""):
+    """Mean over runs of R (class-incremental) and R_til, side by side, in percent."""
+    results = [read_result(p) for p in paths]
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.8))
+    for ax, (key, proto) in zip(axes, (("R", "cil"), ("R_til", "til"))):
+        mats = np.array([[[np.nan if v is None else v for v in row] for row in r[key]]
+                         for r in results], dtype=float)
+        mean = np.nanmean(mats, axis=0) * 100
+        mask = np.isnan(mean)
+        sns.heatmap(mean, mask=mask, annot=True, fmt=".0f", vmin=0, vmax=100, cmap="viridis",
+                    cbar=ax is axes[-1], ax=ax, square=True, annot_kws={"fontsize": 8})
+        ax.set_xlabel("evaluated on experience j")
+        ax.set_ylabel("after training experience i")
+        ax.set_title(PROTOCOL_NAMES[proto], fontsize=10)
+    fig.suptitle(title or f"accuracy matrix R[i][j] (%), mean of {len(results)} seeds")
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_curves(long: pd.DataFrame, protocols=("cil", "til"), references=None):
+    """Mean accuracy over the experiences seen so far after each experience; band = +-1 std
+    over seeds. ``references``: variants drawn as horizontal lines (joint, probe)."""
+    references = list(references or [])
+    fig, axes = plt.subplots(1, len(protocols), figsize=(5.2 * len(protocols), 3.8),
+                             squeeze=False)
+    seen = long[long["on"] <= long["after"]]
+    per_seed = (seen.groupby(["variant", "protocol", "seed", "after"])["accuracy"].mean()
+                .reset_index())
+    for ax, proto in zip(axes[0], protocols):
+        sub = per_seed[per_seed["protocol"] == proto]
+        for v in order(sub["variant"]):
+            d = sub[sub["variant"] == v]
+            if v in references:
+                final = d.groupby("seed")["accuracy"].mean()
+                ax.axhline(final.mean() * 100, ls="--", color=color(v), label=f"{v} (final)")
+                continue
+            g = d.groupby("after")["accuracy"]
+            m, s = g.mean() * 100, g.std(ddof=1).fillna(0) * 100
+            ax.plot(m.index + 1, m.values, marker="o", color=color(v), label=v)
+            ax.fill_between(m.index + 1, m - s, m + s, color=color(v), alpha=0.2)
+        ax.set_xlabel("experiences trained")
+        ax.set_ylabel("mean accuracy on seen experiences (%)")
+        ax.set_title(PROTOCOL_NAMES[proto], fontsize=10)
+        ax.set_ylim(0, 101)
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    axes[0, -1].legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    return fig
