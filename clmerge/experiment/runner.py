@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -92,8 +93,10 @@ def _evaluator():
     from clmerge.avalanche_api import EvaluationPlugin, accuracy_metrics
     from clmerge.plugins.metrics import TaskIncrementalAccuracy
 
-    return EvaluationPlugin(accuracy_metrics(experience=True), TaskIncrementalAccuracy(),
-                            loggers=[])
+    with warnings.catch_warnings():  # results go to the result file, not to a logger
+        warnings.filterwarnings("ignore", message="No loggers specified")
+        return EvaluationPlugin(accuracy_metrics(experience=True), TaskIncrementalAccuracy(),
+                                loggers=[])
 
 
 def _evaluate(run: Run, strategy, upto: int) -> tuple[list[float], list[float]]:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import warnings
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -48,7 +47,9 @@ def accuracy_heatmaps(paths, title: str = ""):
     for ax, (key, proto) in zip(axes, (("R", "cil"), ("R_til", "til"))):
         mats = np.array([[[np.nan if v is None else v for v in row] for row in r[key]]
                          for r in results], dtype=float)
-        mean = np.nanmean(mats, axis=0) * 100
+        with warnings.catch_warnings():  # the upper triangle is all-NaN by design
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(mats, axis=0) * 100
         mask = np.isnan(mean)
         sns.heatmap(mean, mask=mask, annot=True, fmt=".0f", vmin=0, vmax=100, cmap="viridis",
                     cbar=ax is axes[-1], ax=ax, square=True, annot_kws={"fontsize": 8})

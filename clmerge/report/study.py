@@ -58,7 +58,7 @@ def configs(variants: Iterable[str], profile: str, benchmark: str | None = None,
 def ensure_results(variants: Iterable[str], profile: str, benchmark: str | None = None,
                    seeds: Iterable[int] | None = None, results_dir: str | Path | None = None,
                    force: bool = False, overrides: dict | None = None,
-                   progress: bool = True) -> pd.DataFrame:
+                   progress: bool = False) -> pd.DataFrame:
     """Load or compute every variant x seed; return their rows of the tidy frame."""
     results_dir = Path(results_dir) if results_dir else DEFAULT_RESULTS
     cfgs = configs(variants, profile, benchmark, seeds, overrides)
