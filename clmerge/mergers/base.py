@@ -35,6 +35,7 @@ class MergeContext:
             experience t's training data (for Fisher-based mergers).
         logits_fn: callable (model, x) -> logits restricted to experience t's head.
         model: the model (its mergeable weights currently hold ``finetuned``).
+        weights: the mergeable weight parameters of ``model``, by the same keys.
         extras: plugin-provided data (e.g. trajectory snapshots).
     """
 
@@ -46,6 +47,7 @@ class MergeContext:
     train_batches: Callable[[], Iterable] | None = None
     logits_fn: Callable | None = None
     model: Any = None
+    weights: dict = field(default_factory=dict)
     extras: dict = field(default_factory=dict)
 
 

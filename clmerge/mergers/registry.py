@@ -19,4 +19,4 @@ def register_merger(name: str):
 
 def load_builtin_mergers() -> None:
     """Import the built-in merger modules (each registers itself)."""
-    from clmerge.mergers import sequential  # noqa: F401
+    from clmerge.mergers import pm, sequential  # noqa: F401

@@ -69,7 +69,8 @@ class MergePlugin(SupervisedPlugin):
             t=exp.current_experience, theta0=self.theta0, merged=self.merged,
             start=self.start, finetuned=finetuned,
             train_batches=(lambda: self.train_batches(exp)) if self.train_batches else None,
-            logits_fn=self.logits_fn, model=strategy.model, extras=self.extras)
+            logits_fn=self.logits_fn, model=strategy.model, weights=self.weights,
+            extras=self.extras)
         merged = self.merger.merge(ctx)
         self._write(merged)
         self.merged = td.clone(merged)

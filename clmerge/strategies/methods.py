@@ -34,6 +34,20 @@ def register_method(spec: MethodSpec) -> MethodSpec:
 
 register_method(MethodSpec("seq", "sequential fine-tuning, no merge (LoRA, or all weights "
                                   "with --set finetune=full)", merger="seq"))
+def _pm_plugins(cfg, run) -> list:
+    from clmerge.plugins.perturbation import PerturbationPlugin
+
+    o = cfg.method_args
+    if o["perturbation"] == "none":
+        return []
+    return [PerturbationPlugin(run.weights, lora=run.lora, eps=o["eps"],
+                               probs=(o["p0"], o["p_plus"], o["p_minus"]),
+                               mode=o["perturbation"], seed=cfg.seed)]
+
+
+register_method(MethodSpec("pm", "Perturb-and-Merge (arXiv 2505.22389): training with "
+                                 "perturbation + Fisher closed-form merge coefficient",
+                           merger="pm", plugins=_pm_plugins))
 register_method(MethodSpec("joint", "upper bound: one model trained on all experiences at once",
                            kind="joint"))
 register_method(MethodSpec("probe", "linear probe of the frozen pretrained features on all "
