@@ -111,8 +111,28 @@ def _pad(rows: list[list[float]], T: int) -> list[list[float | None]]:
     return [list(r) + [None] * (T - len(r)) for r in rows]
 
 
+CPU_THREADS = 1
+
+
 def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> dict:
-    """Run ``cfg`` and return the result dict (not yet written)."""
+    """Run ``cfg`` and return the result dict (not yet written).
+
+    On the CPU a run uses ``CPU_THREADS`` (1) intra-op threads, whatever the machine:
+    float reductions then happen in the same order everywhere, so a config gives the
+    same numbers bit for bit on any CPU count, and independent runs parallelise across
+    processes instead (``clmerge.report.study.ensure_results``).
+    """
+    if cfg.device == "cpu":
+        threads = torch.get_num_threads()
+        torch.set_num_threads(CPU_THREADS)
+        try:
+            return _run_experiment(cfg, progress)
+        finally:
+            torch.set_num_threads(threads)
+    return _run_experiment(cfg, progress)
+
+
+def _run_experiment(cfg: ExperimentConfig, progress: bool) -> dict:
     from clmerge.strategies.methods import get_method
 
     spec = get_method(cfg.method)
@@ -145,7 +165,7 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> dict:
     }
 
 
-def _run_stream(run: Run, spec, progress: bool):
+def _run_stream(run: Run, spec, progress: bool, extra_plugins: list | None = None):
     from clmerge.mergers.registry import MERGERS, load_builtin_mergers
     from clmerge.plugins.diagnostics import DiagnosticsPlugin
     from clmerge.plugins.merge import MergePlugin
@@ -164,8 +184,9 @@ def _run_stream(run: Run, spec, progress: bool):
                         train_batches=run.train_batches, logits_fn=head_logits)
     extra = spec.plugins(cfg, run) if spec.plugins else []
     plugins = [ProgressPlugin(variant_label(cfg), progress),
-               diag, *extra, merge]
+               diag, *extra, merge, *(extra_plugins or [])]
     strategy = _strategy(run, plugins, _evaluator())
+    run.merger, run.merge_plugin, run.strategy = merger, merge, strategy
     R, R_til = [], []
     for t, exp in enumerate(run.stream.train_stream):
         strategy.train_heads = [t]

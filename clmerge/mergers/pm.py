@@ -37,9 +37,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from clmerge.mergers.base import MergeContext, Merger
+from clmerge.mergers.fisher_context import task_fisher
 from clmerge.mergers.registry import register_merger
 from clmerge.tensormath import tensordict as td
-from clmerge.tensormath.fisher import diagonal_fisher
 from clmerge.tensormath.pm_coefficient import RunningFisherSums, StoredTasks
 
 
@@ -91,12 +91,7 @@ class PerturbAndMergeMerger(Merger):
 
     def fisher(self, ctx: MergeContext) -> td.TensorDict:
         """F_t at theta*_t (the model holds theta*_t while merging) on task t's data."""
-        names = {id(p): n for n, p in ctx.model.named_parameters()}
-        model_names = {k: names[id(p)] for k, p in ctx.weights.items()}
-        f = diagonal_fisher(ctx.model, list(model_names.values()), ctx.train_batches(),
-                            logits_fn=ctx.logits_fn, mode=self.options.fisher,
-                            max_samples=self.options.fisher_samples)
-        return {k: f[n] for k, n in model_names.items()}
+        return task_fisher(ctx, mode=self.options.fisher, max_samples=self.options.fisher_samples)
 
     def merge(self, ctx: MergeContext) -> td.TensorDict:
         o = self.options

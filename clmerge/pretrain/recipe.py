@@ -45,7 +45,7 @@ from clmerge.pretrain.letters import N_CLASSES, render_letters
 class VitLettersRecipe:
     seed: int = field(default=0, metadata={"help": "seed for rendering, split, init, "
                                                    "shuffling and augmentation"})
-    n_per_class: int = field(default=300, metadata={"help": "rendered images per letter "
+    n_per_class: int = field(default=250, metadata={"help": "rendered images per letter "
                                                             "(52 letters)"})
     holdout_frac: float = field(default=0.1, metadata={"help": "fraction of the rendered "
                                                                "images held out for accuracy"})
@@ -63,7 +63,7 @@ class VitLettersRecipe:
     grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm (0: off)"})
     label_smoothing: float = field(default=0.0, metadata={"help": "cross-entropy label "
                                                                   "smoothing"})
-    augment_shift: int = field(default=2, metadata={"help": "random translation in px "
+    augment_shift: int = field(default=1, metadata={"help": "random translation in px "
                                                             "(zero-padded crop) per "
                                                             "training image"})
     embed_dim: int = field(default=128, metadata={"help": "ViT width (= backbone out_dim)"})

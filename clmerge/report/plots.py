@@ -90,3 +90,69 @@ def accuracy_curves(long: pd.DataFrame, protocols=("cil", "til"), references=Non
     axes[0, -1].legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def coefficient_trajectories(df: pd.DataFrame, key: str = "coefficient"):
+    """Merge coefficient a_t per task for each variant that records one (mean +- std)."""
+    from clmerge.experiment.results import read_result
+
+    rows = []
+    for _, r in df.iterrows():
+        for t in read_result(r["path"])["tasks"]:
+            if key in t:
+                rows.append({"variant": r["variant"], "seed": r["seed"],
+                             "task": t["experience"] + 1, key: t[key]})
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    if not rows:
+        ax.text(0.5, 0.5, "no merge coefficients recorded", ha="center")
+        return fig
+    data = pd.DataFrame(rows)
+    for v in order(data["variant"]):
+        g = data[data["variant"] == v].groupby("task")[key]
+        m, s = g.mean(), g.std(ddof=1).fillna(0)
+        ax.errorbar(m.index, m.values, yerr=s.values, marker="o", capsize=3, color=color(v),
+                    label=v)
+    T = int(data["task"].max())
+    ax.plot(range(1, T + 1), [1 / t for t in range(1, T + 1)], ls=":", color="grey",
+            label="1/t (running average)")
+    ax.set_xlabel("task t")
+    ax.set_ylabel("merge coefficient $a_t$")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def objective_curves(check: dict):
+    """J(a) - min J for each task of a closed-form check, the closed form marked."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    pal = sns.color_palette("viridis", len(check["rows"]))
+    for row, c in zip(check["rows"], pal):
+        cur = check["curves"][str(row["task"])]
+        ax.plot(cur["a"], cur["J"], color=c, label=f"task {row['task'] + 1}")
+        ax.axvline(row["a_closed_form"], color=c, ls="--", lw=1)
+    ax.set_yscale("symlog", linthresh=1e-8)
+    ax.set_xlabel("a")
+    ax.set_ylabel("J(a) - min J  (symlog)")
+    ax.set_title("Fisher-quadratic objective; dashed: closed-form $a_t$", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def loss_along_line(lines: dict):
+    """Current- and old-task loss along theta_hat_{k-1} + a Delta_k, one line per variant."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for v, data in lines.items():
+        line = data["line"]
+        for ax, key in zip(axes, ("current", "old")):
+            ax.plot(line["a"], line[key], color=color(v), label=v, marker=".")
+    k = next(iter(lines.values()))["experience"]
+    for ax, title in zip(axes, (f"current task ({k + 1})", f"old tasks (1..{k}), mean")):
+        ax.axvline(1.0, color="grey", ls=":", lw=1)
+        ax.set_xlabel("a  (0: merged model before the task, 1: fine-tuned)")
+        ax.set_ylabel("cross-entropy (task head)")
+        ax.set_title(title, fontsize=10)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -8,14 +8,20 @@ missing ones, then returns the tidy frame of exactly those runs.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import re
+import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Iterable
 
 import pandas as pd
+from tqdm import tqdm
 
 from clmerge.experiment.config import ConfigError, ExperimentConfig, load_profile, make_config
-from clmerge.experiment.results import load_results, result_path
+from clmerge.experiment.results import (CorruptResultError, load_results, read_result,
+                                        result_path)
 from clmerge.experiment.runner import DEFAULT_RESULTS, get_or_run
 
 _VARIANT = re.compile(r"^(?P<method>[a-z0-9_]+?)(?P<full>_full)?(?P<ft>@ft)?(\[(?P<args>[^\]]*)\])?$")
@@ -43,30 +49,65 @@ def profile_seeds(profile: str) -> list[int]:
     return list(load_profile(profile).get("seeds", [0]))
 
 
+def variant_config(label: str, profile: str, benchmark: str | None = None, seed: int = 0,
+                   overrides: dict | None = None) -> ExperimentConfig:
+    """The config of one variant label at one seed."""
+    method, ov = parse_variant(label)
+    return make_config(method, benchmark, profile, seed, {**(overrides or {}), **ov})
+
+
 def configs(variants: Iterable[str], profile: str, benchmark: str | None = None,
             seeds: Iterable[int] | None = None, overrides: dict | None = None
             ) -> list[ExperimentConfig]:
     seeds = profile_seeds(profile) if seeds is None else list(seeds)
-    out = []
-    for label in variants:
-        method, ov = parse_variant(label)
-        out += [make_config(method, benchmark, profile, s, {**(overrides or {}), **ov})
-                for s in seeds]
-    return out
+    return [variant_config(label, profile, benchmark, s, overrides)
+            for label in variants for s in seeds]
+
+
+def _run_one(args) -> str:
+    cfg, results_dir, force = args
+    get_or_run(cfg, results_dir, force=force, progress=False)
+    return cfg.run_name()
 
 
 def ensure_results(variants: Iterable[str], profile: str, benchmark: str | None = None,
                    seeds: Iterable[int] | None = None, results_dir: str | Path | None = None,
                    force: bool = False, overrides: dict | None = None,
-                   progress: bool = False) -> pd.DataFrame:
-    """Load or compute every variant x seed; return their rows of the tidy frame."""
+                   workers: int | None = None) -> pd.DataFrame:
+    """Load or compute every variant x seed; return their rows of the tidy frame.
+
+    Missing runs are computed in ``workers`` processes (default: one per CPU core; each
+    run uses one thread, see ``clmerge.experiment.runner``), with a progress bar.
+    """
     results_dir = Path(results_dir) if results_dir else DEFAULT_RESULTS
     cfgs = configs(variants, profile, benchmark, seeds, overrides)
-    for i, cfg in enumerate(cfgs):
+    todo = []
+    for cfg in cfgs:
         path = result_path(cfg, results_dir)
         if force or not path.exists():
-            print(f"[{i + 1}/{len(cfgs)}] running {cfg.run_name()}", flush=True)
-        get_or_run(cfg, results_dir, force=force, progress=progress)
+            todo.append(cfg)
+        else:
+            try:
+                read_result(path)
+            except CorruptResultError:
+                todo.append(cfg)
+    if todo:
+        workers = min(len(todo), workers or os.cpu_count() or 1)
+        jobs = [(cfg, results_dir, force) for cfg in todo]
+        print(f"computing {len(todo)} of {len(cfgs)} runs in {workers} process(es)", flush=True)
+        bar = tqdm(total=len(todo), desc="runs", file=sys.stdout, mininterval=5)
+        if workers == 1:
+            for job in jobs:
+                bar.set_postfix_str(job[0].run_name())
+                _run_one(job)
+                bar.update()
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+                for name in pool.map(_run_one, jobs):
+                    bar.set_postfix_str(name)
+                    bar.update()
+        bar.close()
     wanted = {str(result_path(c, results_dir)) for c in cfgs}
     df = load_results(results_dir)
     return df[df["path"].isin(wanted)].reset_index(drop=True)

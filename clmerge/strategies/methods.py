@@ -52,6 +52,42 @@ register_method(MethodSpec("joint", "upper bound: one model trained on all exper
                            kind="joint"))
 register_method(MethodSpec("probe", "linear probe of the frozen pretrained features on all "
                                     "classes (bound on what any method reaches)", kind="probe"))
+register_method(MethodSpec("average", "running mean of the fine-tuned models (P&M's Model "
+                                      "Averaging)", merger="average"))
+register_method(MethodSpec("coma", "CoMA (arXiv 2312.08977): fixed-coefficient continual model "
+                                   "averaging", merger="coma"))
+register_method(MethodSpec("cofima", "CoFiMA (arXiv 2312.08977): Fisher-weighted continual model "
+                                     "averaging", merger="cofima"))
+register_method(MethodSpec("task_arithmetic", "task arithmetic (arXiv 2212.04089): running sum "
+                                              "of task vectors", merger="task_arithmetic"))
+register_method(MethodSpec("ties", "TIES-Merging (arXiv 2306.01708) of all task vectors so far",
+                           merger="ties"))
+register_method(MethodSpec("dare", "DARE (arXiv 2311.03099) drop-and-rescale of each update, then "
+                                   "the running mean", merger="dare"))
+register_method(MethodSpec("magmax", "MagMax (arXiv 2407.06322): max-magnitude task vector "
+                                     "(--set start=finetuned for the paper's protocol)",
+                           merger="magmax"))
+
+
+def _ewc_plugins(cfg, run) -> list:
+    from clmerge.plugins.regularization import EWC
+
+    o = cfg.method_args
+    return [EWC(o["ewc_lambda"], mode=o["mode"], decay_factor=o["decay_factor"], lora=run.lora)]
+
+
+def _lwf_plugins(cfg, run) -> list:
+    from clmerge.plugins.regularization import HeadedLwF
+
+    o = cfg.method_args
+    return [HeadedLwF(alpha=o["alpha"], temperature=o["temperature"])]
+
+
+register_method(MethodSpec("ewc", "EWC (arXiv 1612.00796), Avalanche's plugin, no merge (LoRA: "
+                                  "on the dense target weights)", merger="ewc",
+                           plugins=_ewc_plugins))
+register_method(MethodSpec("lwf", "LwF (arXiv 1606.09282), Avalanche's plugin distilling the "
+                                  "previous heads, no merge", merger="lwf", plugins=_lwf_plugins))
 
 
 def get_method(name: str) -> MethodSpec:

@@ -1,0 +1,164 @@
+"""Numerical checks of Perturb-and-Merge's two stages on a real run (chapter 2).
+
+- :func:`closed_form_check`: after every merge of a P&M run (stored mode), the
+  closed-form a_t against a brute-force line search of the Fisher-quadratic objective
+  J(a) = sum_i 1/2 (prev + a Delta - theta*_i)^T F_i (prev + a Delta - theta*_i).
+- :func:`line_check`: train experiences 0..k-1 with merging, then experience k without;
+  along the line theta_hat_{k-1} + a Delta_k (LoRA branch scaled by a) record the
+  current and old tasks' losses, the exact second directional derivative
+  Delta^T H Delta of the current task's loss (double backward through a), and the
+  finite-difference identity behind stage 1: for each e, the expected sampled loss
+  E_s L(theta + s e Delta) against L(theta) + (p+ + p-)/2 * e^2 * Delta^T H Delta.
+
+Both return plain dicts (lists of floats), cached by ``clmerge.experiment.analyses``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from clmerge.experiment.config import ExperimentConfig
+from clmerge.tensormath import tensordict as td
+from clmerge.tensormath.pm_coefficient import pm_coefficient, quadratic_objective
+
+
+def _golden(f, lo: float, hi: float, iters: int = 200) -> float:
+    g = (math.sqrt(5) - 1) / 2
+    a, b = lo, hi
+    c, d = b - g * (b - a), a + g * (b - a)
+    for _ in range(iters):
+        if f(c) < f(d):
+            b = d
+        else:
+            a = c
+        c, d = b - g * (b - a), a + g * (b - a)
+    return (a + b) / 2
+
+
+def closed_form_check(cfg: ExperimentConfig, grid: int = 2001) -> dict:
+    """Run ``cfg`` (a pm config; forced to stored mode, global a) and check every a_t."""
+    from dataclasses import replace
+
+    from clmerge.experiment.runner import Run, _run_stream
+    from clmerge.strategies.methods import get_method
+
+    cfg = replace(cfg, method_args={**cfg.method_args, "storage": "stored", "alpha": "global"})
+    run = Run(cfg)
+    _run_stream(run, get_method("pm"), progress=False)
+    state = run.merger.state
+    recorded = [r["coefficient"] for r in run.merger.records]
+    prev = td.clone(run.theta0)
+    rows, curves = [], {}
+    a_grid = np.linspace(0.0, 1.0, grid)
+    for t in range(len(state.finetuned)):
+        thetas, fishers = state.finetuned[: t + 1], state.fishers[: t + 1]
+        delta = td.sub(thetas[t], prev)
+        a_cf = pm_coefficient(prev, thetas, fishers, delta, clip=True)
+
+        def J(a):
+            return float(quadratic_objective(a, prev, thetas, fishers, delta))
+        values = np.array([J(a) for a in a_grid])
+        i = int(values.argmin())
+        a_bf = _golden(J, a_grid[max(i - 1, 0)], a_grid[min(i + 1, grid - 1)])
+        rows.append({"task": t, "a_closed_form": float(a_cf), "a_brute_force": float(a_bf),
+                     "abs_diff": float(abs(a_cf - a_bf)), "a_recorded": recorded[t]})
+        keep = np.linspace(0, grid - 1, 101).astype(int)
+        curves[str(t)] = {"a": a_grid[keep].tolist(), "J": (values[keep] - values.min()).tolist()}
+        prev = td.axpy(prev, recorded[t], delta)
+    return {"rows": rows, "curves": curves}
+
+
+@torch.no_grad()
+def _task_loss(run, j: int, batches) -> float:
+    run.model.set_active_heads([j])
+    total, n = 0.0, 0
+    for x, y in batches:
+        total += float(torch.nn.functional.cross_entropy(run.model(x), y, reduction="sum"))
+        n += len(y)
+    return total / n
+
+
+def _directional_curvature(run, batches) -> tuple[float, float]:
+    """(L, d^2/da^2 L) at a = 1 along the LoRA branch scale, by double backward."""
+    lora = run.lora
+    alpha = torch.ones((), dtype=torch.float32, requires_grad=True)
+    for k, m in lora.layers.items():
+        m.scaling["default"] = lora.base_scaling[k] * alpha
+    loss, n = 0.0, 0
+    for x, y in batches:
+        loss = loss + torch.nn.functional.cross_entropy(run.model(x), y, reduction="sum")
+        n += len(y)
+    loss = loss / n
+    (g,) = torch.autograd.grad(loss, alpha, create_graph=True)
+    (h,) = torch.autograd.grad(g, alpha)
+    lora.set_scale_factor(1.0)
+    return float(loss.detach()), float(h)
+
+
+def line_check(cfg: ExperimentConfig, experience: int = 1, n_samples: int = 512,
+               alphas=None, eps_list=(0.1, 0.25, 0.5, 0.75, 1.0)) -> dict:
+    """Losses along theta_hat_{k-1} + a Delta_k after training experience k = ``experience``."""
+    from clmerge.experiment.runner import Run, _evaluator, _strategy
+    from clmerge.mergers.registry import MERGERS, load_builtin_mergers
+    from clmerge.plugins.merge import MergePlugin
+    from clmerge.strategies.methods import get_method
+
+    if cfg.finetune != "lora":
+        raise ValueError("line_check scales the LoRA branch; it needs finetune=lora")
+    load_builtin_mergers()
+    alphas = list(np.linspace(0.0, 1.5, 31) if alphas is None else alphas)
+    run = Run(cfg)
+    spec = get_method(cfg.method)
+    merger_cls = MERGERS[spec.merger]
+    merger = merger_cls(merger_cls.Options(**cfg.method_args) if merger_cls.Options else None)
+    merge = MergePlugin(merger, run.weights, run.theta0, lora=run.lora, start=cfg.start,
+                        train_batches=run.train_batches, logits_fn=lambda m, x: m(x))
+    extra = spec.plugins(cfg, run) if spec.plugins else []
+    strategy = _strategy(run, [*extra, merge], _evaluator())
+    for t, exp in enumerate(run.stream.train_stream[: experience + 1]):
+        if t == experience:
+            strategy.plugins.remove(merge)
+        strategy.train_heads = [t]
+        strategy.train(exp)
+    run.model.eval()
+
+    def data(j):
+        out, n = [], 0
+        for x, y in run.train_batches(run.stream.train_stream[j]):
+            out.append((x[: n_samples - n], y[: n_samples - n]))
+            n += len(out[-1][1])
+            if n >= n_samples:
+                break
+        return out
+
+    current = data(experience)
+    old = [data(j) for j in range(experience)]
+    line = {"a": alphas, "current": [], "old": []}
+    for a in alphas:
+        run.lora.set_scale_factor(float(a))
+        line["current"].append(_task_loss(run, experience, current))
+        line["old"].append(float(np.mean([_task_loss(run, j, old[j]) for j in range(experience)])))
+    run.lora.set_scale_factor(1.0)
+    run.model.set_active_heads([experience])
+    loss0, curvature = _directional_curvature(run, current)
+    o = cfg.method_args
+    p_plus, p_minus = o.get("p_plus", 1 / 3), o.get("p_minus", 1 / 3)
+    p0 = 1 - p_plus - p_minus
+    fd = []
+    for e in eps_list:
+        losses = {}
+        for s in (-1, 1):
+            run.lora.set_scale_factor(1.0 + s * e)
+            losses[s] = _task_loss(run, experience, current)
+        run.lora.set_scale_factor(1.0)
+        expected = p0 * loss0 + p_plus * losses[1] + p_minus * losses[-1]
+        second_order = loss0 + 0.5 * (p_plus + p_minus) * e ** 2 * curvature
+        fd.append({"eps": e, "L(theta)": loss0, "L(theta+e Delta)": losses[1],
+                   "L(theta-e Delta)": losses[-1], "expected sampled loss": expected,
+                   "L + (p+ + p-)/2 e^2 Delta'H Delta": second_order,
+                   "finite-difference Delta'H Delta": (losses[1] + losses[-1] - 2 * loss0) / e ** 2})
+    return {"line": line, "curvature": curvature, "loss": loss0, "finite_difference": fd,
+            "experience": experience}

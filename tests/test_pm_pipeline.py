@@ -1,0 +1,110 @@
+"""Perturb-and-Merge in the pipeline: the paper's invariants, and that it learns."""
+
+import pytest
+import torch
+
+from clmerge.experiment.config import make_config
+from clmerge.avalanche_api import SupervisedPlugin
+from clmerge.experiment.runner import Run, _run_stream, run_experiment
+from clmerge.plugins.perturbation import PerturbationPlugin
+from clmerge.strategies.methods import get_method
+
+
+def pm(**overrides):
+    return make_config("pm", profile="smoke", overrides=overrides)
+
+
+@pytest.fixture(scope="module")
+def pm_default():
+    return run_experiment(pm(), progress=False)
+
+
+def test_first_coefficient_is_one_and_all_in_unit_interval(pm_default):
+    a = [t["coefficient"] for t in pm_default["tasks"]]
+    assert a[0] == 1.0
+    assert all(0.0 <= x <= 1.0 for x in a)
+
+
+def test_running_sums_give_the_stored_coefficients(pm_default):
+    stored = run_experiment(pm(**{"pm.storage": "stored"}), progress=False)
+    a_run = [t["coefficient"] for t in pm_default["tasks"]]
+    a_sto = [t["coefficient"] for t in stored["tasks"]]
+    assert a_run == pytest.approx(a_sto, abs=1e-9)
+    assert pm_default["R"] == stored["R"]
+    bytes_run = [t["state_bytes"] for t in pm_default["tasks"]]
+    bytes_sto = [t["state_bytes"] for t in stored["tasks"]]
+    assert len(set(bytes_run)) == 1                    # O(1) in the number of tasks
+    assert bytes_sto == [bytes_sto[0] * (i + 1) for i in range(len(bytes_sto))]  # O(T)
+
+
+def test_eps_zero_is_merge_only():
+    a = run_experiment(pm(**{"pm.eps": 0.0}), progress=False)
+    b = run_experiment(pm(**{"pm.perturbation": "none"}), progress=False)
+    assert a["R"] == b["R"]
+    c = run_experiment(pm(**{"pm.eps": 0.5, "pm.p0": 0.0, "pm.p_plus": 1.0,
+                             "pm.p_minus": 0.0}), progress=False)
+    assert c["R"] != b["R"]
+
+
+class StepCounter(SupervisedPlugin):
+    """Checks that each training iteration ran exactly one forward and one backward."""
+
+    def __init__(self, model, monkeypatch):
+        super().__init__()
+        self.calls = {"forward": 0, "backward": 0}
+        self.steps = 0
+        model.register_forward_pre_hook(lambda *a: self._bump("forward"))
+        original = torch.Tensor.backward
+
+        def counted(tensor, *args, **kwargs):
+            self._bump("backward")
+            return original(tensor, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, "backward", counted)
+
+    def _bump(self, key):
+        self.calls[key] += 1
+
+    def before_training_iteration(self, strategy, **kwargs):
+        self.calls = {"forward": 0, "backward": 0}
+
+    def after_training_iteration(self, strategy, **kwargs):
+        assert self.calls == {"forward": 1, "backward": 1}
+        self.steps += 1
+
+
+@pytest.mark.parametrize("overrides", [
+    {}, {"pm.perturbation": "gaussian"}, {"finetune": "full"},
+])
+def test_each_step_is_one_forward_and_one_backward(overrides, monkeypatch):
+    run = Run(pm(**overrides))
+    counter = StepCounter(run.model, monkeypatch)
+    _run_stream(run, get_method("pm"), progress=False, extra_plugins=[counter])
+    n_batches = sum(-(-len(e.dataset) // run.cfg.batch_size) for e in run.stream.train_stream)
+    assert counter.steps == n_batches * run.cfg.epochs
+
+
+def test_perturbation_restores_weights_exactly():
+    run = Run(pm(finetune="full"))
+    plugin = PerturbationPlugin(run.weights, lora=None, eps=0.5, probs=(0, 1, 0), seed=0)
+
+    class S:  # the strategy attributes the plugin reads
+        pass
+    plugin.before_training_exp(S())
+    with torch.no_grad():
+        for p in run.weights.values():
+            p.add_(0.1)
+    before = {k: p.detach().clone() for k, p in run.weights.items()}
+    plugin.before_forward(S())
+    assert any(not torch.equal(before[k], p) for k, p in run.weights.items())
+    plugin.after_backward(S())
+    assert all(torch.equal(before[k], p) for k, p in run.weights.items())
+
+
+def test_pm_learns_on_split_mnist5k_quick():
+    """Seeded minimum accuracy on the real quick stream (1 epoch to keep the test short).
+    Chance is 10% class-incremental and 50% task-incremental."""
+    cfg = make_config("pm", "split_mnist5k", "quick", 0,
+                      {"epochs": 1, "pm.fisher_samples": 256})
+    r = run_experiment(cfg, progress=False)
+    assert r["metrics"]["til"]["A_last"] >= 0.80
+    assert r["metrics"]["cil"]["A_last"] >= 0.25
