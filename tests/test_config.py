@@ -44,3 +44,13 @@ def test_parse_assignments():
     assert parse_assignments(["a=1", "pm.eps = 0.5"]) == {"a": "1", "pm.eps": "0.5"}
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_assignments(["novalue"])
+
+
+def test_full_finetuning_block_applies_before_explicit_overrides(tmp_path, monkeypatch):
+    import clmerge.experiment.config as C
+    prof = {"defaults": {"benchmark": "synthetic", "backbone": "mlp", "lr": 0.01},
+            "finetune_full": {"lr": 0.001}}
+    monkeypatch.setattr(C, "load_profile", lambda name: prof)
+    assert C.make_config("seq", profile="x").lr == 0.01
+    assert C.make_config("seq", profile="x", overrides={"finetune": "full"}).lr == 0.001
+    assert C.make_config("seq", profile="x", overrides={"finetune": "full", "lr": 0.5}).lr == 0.5

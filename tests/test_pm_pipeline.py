@@ -108,3 +108,23 @@ def test_pm_learns_on_split_mnist5k_quick():
     r = run_experiment(cfg, progress=False)
     assert r["metrics"]["til"]["A_last"] >= 0.80
     assert r["metrics"]["cil"]["A_last"] >= 0.25
+
+
+def test_closed_form_matches_line_search_on_a_real_run():
+    from clmerge.experiment.pm_checks import closed_form_check
+    check = closed_form_check(pm())
+    assert len(check["rows"]) == 5
+    for row in check["rows"]:
+        assert row["abs_diff"] < 1e-5
+        assert row["a_closed_form"] == pytest.approx(row["a_recorded"], abs=1e-9)
+
+
+def test_finite_difference_identity_holds_to_second_order():
+    from clmerge.experiment.pm_checks import line_check
+    res = line_check(pm(), experience=1, n_samples=128)
+    gaps = [abs(r["expected sampled loss"] - r["L + (p+ + p-)/2 e^2 Delta'H Delta"])
+            for r in res["finite_difference"]]
+    eps = [r["eps"] for r in res["finite_difference"]]
+    # the gap is O(e^4): it shrinks much faster than e^2 as e -> 0
+    assert gaps[0] <= gaps[-1] * (eps[0] / eps[-1]) ** 2
+    assert len(res["line"]["current"]) == len(res["line"]["a"])

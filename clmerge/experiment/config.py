@@ -6,7 +6,9 @@ this order, later wins:
 1. the dataclass defaults below;
 2. the profile's ``defaults`` (``clmerge/profiles/<profile>.yaml``);
 3. the profile's per-benchmark block (``benchmarks: {name: {...}}``);
-4. explicit overrides (``--set key=value`` on the command line, or a dict from a
+4. the profile's ``finetune_full`` block when the run fine-tunes all weights (full
+   fine-tuning needs a much smaller learning rate than LoRA);
+5. explicit overrides (``--set key=value`` on the command line, or a dict from a
    papermill parameter).
 
 Method-specific options live in ``method_args`` and are set as ``--set pm.eps=0.3``;
@@ -142,7 +144,8 @@ def parse_assignments(items: list[str]) -> dict[str, str]:
 
 def make_config(method: str, benchmark: str | None = None, profile: str = "quick",
                 seed: int = 0, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
-    """Resolve a full config: defaults < profile < profile's benchmark block < overrides.
+    """Resolve a full config: defaults < profile < benchmark block < finetune_full block
+    < overrides.
 
     ``overrides`` may hold plain settings (``epochs``) and method options
     (``pm.eps``, or a ``method_args`` dict). Names are validated here; the method's
@@ -160,6 +163,7 @@ def make_config(method: str, benchmark: str | None = None, profile: str = "quick
                           f"{', '.join(BENCHMARKS)}")
     values.update((prof.get("benchmarks") or {}).get(benchmark, {}))
     method_args: dict[str, Any] = {}
+    explicit: dict[str, Any] = {}
     for k, v in (overrides or {}).items():
         if k == "method_args":
             method_args.update(v)
@@ -170,7 +174,11 @@ def make_config(method: str, benchmark: str | None = None, profile: str = "quick
                                   f"but the method is {method!r}")
             method_args[sub] = v
         else:
-            values[k] = v
+            explicit[k] = v
+    finetune = explicit.get("finetune", values.get("finetune", ExperimentConfig.finetune))
+    if finetune == "full":
+        values.update(prof.get("finetune_full") or {})
+    values.update(explicit)
     values.update(method=method, benchmark=benchmark, profile=profile, seed=seed)
     clean = {k: coerce(k, v) for k, v in values.items() if k != "method_args"}
     backbone = clean.get("backbone", ExperimentConfig.backbone)

@@ -17,8 +17,9 @@ other method option.
 
   Defaults: ``mode = separate`` (Avalanche's default), ``ewc_lambda = 100``:
   Avalanche's importance is the squared mean gradient of a minibatch averaged over
-  minibatches, roughly 1/B of the per-sample Fisher, so useful strengths are large;
-  there is no canonical value (MagMax's scripts sweep it per benchmark): sweep it.
+  minibatches, roughly 1/B of the per-sample Fisher at an optimum, so useful strengths
+  are large; there is no canonical value (it depends on the model and the data): sweep
+  it with ``--set ewc.ewc_lambda=...``.
   ``decay_factor = 1.0`` only applies to ``online`` mode.
 
   With ``finetune=lora`` the regularised weights are the dense LoRA target weights
