@@ -38,3 +38,15 @@ def budget_check(df: pd.DataFrame, seq: str = "seq", joint: str = "joint",
                      f"{_pct(mean_metric(df, probe, 'cil_A_last'))} class-incremental, "
                      f"{_pct(mean_metric(df, probe, 'til_A_last'))} task-incremental.")
     return "\n".join(lines) if lines else "no seq/joint/probe runs in this selection"
+
+
+def ordering(df: pd.DataFrame, variants: list[str], column: str = "cil_A_last",
+             expected: str | None = None) -> str:
+    """The variants sorted by the mean of ``column`` (percent), and the paper's order."""
+    means = {v: mean_metric(df, v, column) for v in variants if v in set(df["variant"])}
+    ranked = sorted(means, key=means.get)
+    text = f"measured order by {column} (mean over seeds): " + " < ".join(
+        f"{v} ({100 * means[v]:.1f})" for v in ranked)
+    if expected:
+        text += f"\npaper's order: {expected}"
+    return text
