@@ -25,7 +25,7 @@ from clmerge.tensormath import tensordict as td
 from clmerge.tensormath.pm_coefficient import pm_coefficient, quadratic_objective
 
 
-def _golden(f, lo: float, hi: float, iters: int = 200) -> float:
+def _golden(f, lo: float, hi: float, iters: int = 80) -> float:
     g = (math.sqrt(5) - 1) / 2
     a, b = lo, hi
     c, d = b - g * (b - a), a + g * (b - a)
@@ -38,7 +38,7 @@ def _golden(f, lo: float, hi: float, iters: int = 200) -> float:
     return (a + b) / 2
 
 
-def closed_form_check(cfg: ExperimentConfig, grid: int = 2001) -> dict:
+def closed_form_check(cfg: ExperimentConfig, grid: int = 401) -> dict:
     """Run ``cfg`` (a pm config; forced to stored mode, global a) and check every a_t."""
     from dataclasses import replace
 

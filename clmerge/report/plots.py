@@ -156,3 +156,21 @@ def loss_along_line(lines: dict):
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def storage_vs_accuracy(df: pd.DataFrame, column: str = "til_A_last"):
+    """Persisted bytes across tasks against final accuracy, one point per variant
+    (mean over seeds, error bar = std)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for v in order(df["variant"]):
+        sub = df[df["variant"] == v]
+        x = max(sub["state_bytes_max"].max(), 1) / 2**20
+        y, s = sub[column].mean() * 100, (sub[column].std(ddof=1) if len(sub) > 1 else 0) * 100
+        ax.errorbar(x, y, yerr=s, fmt="o", color=color(v), capsize=3)
+        ax.annotate(v, (x, y), textcoords="offset points", xytext=(5, 3), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("bytes persisted across tasks (MiB, log; 0 drawn at 1 byte)")
+    ax.set_ylabel(f"{column.replace('_', ' ')} (%)")
+    ax.set_title("storage vs accuracy", fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
 from clmerge.report.style import order
@@ -40,3 +42,43 @@ def mean_metric(df: pd.DataFrame, variant: str, column: str) -> float:
     if sub.empty:
         raise KeyError(f"no {column} for variant {variant!r}")
     return float(sub.mean())
+
+
+PAPER_NUMBERS = Path(__file__).resolve().parents[2] / "data" / "paper_numbers.csv"
+
+
+def cost(df: pd.DataFrame) -> pd.DataFrame:
+    """Per variant: bytes persisted across tasks (max over tasks), train and merge seconds
+    per run (mean over seeds; wall clock of one CPU thread)."""
+    g = df.groupby("variant")
+    out = pd.DataFrame({
+        "persisted MiB": g["state_bytes_max"].max() / 2**20,
+        "train s / run": g["train_seconds"].mean(),
+        "merge s / run": g["merge_seconds"].mean(),
+    }).round(2)
+    return out.loc[order(out.index)]
+
+
+def side_by_side(df: pd.DataFrame, protocol: str, paper_benchmark: str = "imagenet_r",
+                 paper_tasks: int = 10, metric: str = "A_last",
+                 paper_csv: Path = PAPER_NUMBERS) -> pd.DataFrame:
+    """This study's class-incremental ``metric`` next to the paper's for the same method.
+
+    The two columns come from different protocols (named in the column headers); the
+    comparison is of orderings and gaps, never of absolute values.
+    """
+    paper = pd.read_csv(paper_csv)
+    paper = paper[(paper["benchmark"] == paper_benchmark) & (paper["tasks"] == paper_tasks)
+                  & (paper["metric"] == metric)]
+    paper = paper.drop_duplicates("method", keep="first").set_index("method")
+    rows = []
+    for variant in order(df["variant"]):
+        vals = df.loc[df["variant"] == variant, f"cil_{metric}"].dropna() * 100
+        mean = f"{vals.mean():.1f} ± {vals.std(ddof=1):.1f}" if len(vals) > 1 else (
+            f"{vals.iloc[0]:.1f}" if len(vals) else "-")
+        p = paper.loc[variant] if variant in paper.index else None
+        rows.append({"variant": variant, f"this study ({protocol})": mean,
+                     f"paper ({paper_benchmark} {paper_tasks} tasks, ViT-B/16)":
+                         "-" if p is None else f"{p['value']:.2f}",
+                     "paper note": "" if p is None or pd.isna(p["note"]) else p["note"]})
+    return pd.DataFrame(rows).set_index("variant")
