@@ -10,7 +10,7 @@ import pandas as pd
 import seaborn as sns
 
 from clmerge.experiment.results import read_result
-from clmerge.report.style import PROTOCOL_NAMES, color, order
+from clmerge.report.style import PROTOCOL_NAMES, color, linestyle, order
 
 
 def stream_grid(stream, per_exp: int = 8, seed: int = 0):
@@ -80,7 +80,7 @@ def accuracy_curves(long: pd.DataFrame, protocols=("cil", "til"), references=Non
                 continue
             g = d.groupby("after")["accuracy"]
             m, s = g.mean() * 100, g.std(ddof=1).fillna(0) * 100
-            ax.plot(m.index + 1, m.values, marker="o", color=color(v), label=v)
+            ax.plot(m.index + 1, m.values, marker="o", color=color(v), ls=linestyle(v), label=v)
             ax.fill_between(m.index + 1, m - s, m + s, color=color(v), alpha=0.2)
         ax.set_xlabel("experiences trained")
         ax.set_ylabel("mean accuracy on seen experiences (%)")
@@ -132,6 +132,7 @@ def objective_curves(check: dict):
         ax.plot(cur["a"], cur["J"], color=c, label=f"task {row['task'] + 1}")
         ax.axvline(row["a_closed_form"], color=c, ls="--", lw=1)
     ax.set_yscale("symlog", linthresh=1e-8)
+    ax.set_ylim(bottom=0)
     ax.set_xlabel("a")
     ax.set_ylabel("J(a) - min J  (symlog)")
     ax.set_title("Fisher-quadratic objective; dashed: closed-form $a_t$", fontsize=10)
@@ -143,10 +144,11 @@ def objective_curves(check: dict):
 def loss_along_line(lines: dict):
     """Current- and old-task loss along theta_hat_{k-1} + a Delta_k, one line per variant."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for v, data in lines.items():
+    styles = ["-", "--", ":", "-."]
+    for i, (v, data) in enumerate(lines.items()):
         line = data["line"]
         for ax, key in zip(axes, ("current", "old")):
-            ax.plot(line["a"], line[key], color=color(v), label=v, marker=".")
+            ax.plot(line["a"], line[key], color=color(v), ls=styles[i % 4], label=v, marker=".")
     k = next(iter(lines.values()))["experience"]
     for ax, title in zip(axes, (f"current task ({k + 1})", f"old tasks (1..{k}), mean")):
         ax.axvline(1.0, color="grey", ls=":", lw=1)

@@ -95,18 +95,24 @@ def ensure_results(variants: Iterable[str], profile: str, benchmark: str | None 
         workers = min(len(todo), workers or os.cpu_count() or 1)
         jobs = [(cfg, results_dir, force) for cfg in todo]
         print(f"computing {len(todo)} of {len(cfgs)} runs in {workers} process(es)", flush=True)
-        bar = tqdm(total=len(todo), desc="runs", file=sys.stdout, mininterval=5)
+        # a live bar on a terminal; one line per finished run in a notebook or a log
+        bar = tqdm(total=len(todo), desc="runs", file=sys.stdout, mininterval=5,
+                   disable=not sys.stdout.isatty())
         if workers == 1:
-            for job in jobs:
+            for k, job in enumerate(jobs):
                 bar.set_postfix_str(job[0].run_name())
                 _run_one(job)
                 bar.update()
+                if bar.disable:
+                    print(f"  [{k + 1}/{len(jobs)}] {job[0].run_name()}", flush=True)
         else:
             ctx = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-                for name in pool.map(_run_one, jobs):
+                for k, name in enumerate(pool.map(_run_one, jobs)):
                     bar.set_postfix_str(name)
                     bar.update()
+                    if bar.disable:
+                        print(f"  [{k + 1}/{len(jobs)}] {name}", flush=True)
         bar.close()
     wanted = {str(result_path(c, results_dir)) for c in cfgs}
     df = load_results(results_dir)
