@@ -83,7 +83,22 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"clmerge: error: {e}", file=sys.stderr)
         return 2
+    except (FileNotFoundError, RuntimeError) as e:  # missing data / weights: user errors
+        if not isinstance(e, _missing_input_errors()):
+            raise
+        print(f"clmerge: error: {e}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _missing_input_errors() -> tuple[type, ...]:
+    """Missing-data and missing-weights error classes (only if their module is loaded)."""
+    found = []
+    for module, name in (("clmerge.benchmarks.paper", "DatasetMissingError"),
+                         ("clmerge.backbones.vit_b16", "WeightsUnavailableError")):
+        if module in sys.modules:
+            found.append(getattr(sys.modules[module], name))
+    return tuple(found)
 
 
 def _run(args) -> int:

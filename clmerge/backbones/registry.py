@@ -22,12 +22,19 @@ def _vit_letters(input_shape, image_size, pretrained):
     return build_small_vit(pretrained=pretrained)
 
 
+def _vit_b16(input_shape, image_size, pretrained):
+    from clmerge.backbones.vit_b16 import build_vit_b16
+    return build_vit_b16(pretrained=pretrained)
+
+
 BACKBONES: dict[str, tuple[Callable[..., Backbone], str]] = {
     "mlp": (_mlp, "2-layer MLP, random init (smoke profile, tests)"),
     "mobilenet_v2": (_mobilenet, "torchvision MobileNetV2, ImageNet-1k weights (offline copy); "
                                  "LoRA on pointwise convs"),
     "vit_letters": (_vit_letters, "timm ViT (28x28, patch 4) pretrained in-project on rendered "
                                   "letters; LoRA on attention qkv/proj"),
+    "vit_b16_in21k": (_vit_b16, "timm ViT-B/16 IN21K->IN1K (hub or CLMERGE_VIT_B16_WEIGHTS), "
+                                "224 px; LoRA on the K/V rows of qkv (paper profile)"),
 }
 
 

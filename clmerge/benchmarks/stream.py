@@ -100,3 +100,27 @@ def stratified_split(y: np.ndarray, test_per_class: int, seed: int):
         test.extend(idx[:test_per_class])
         train.extend(idx[test_per_class:])
     return np.sort(np.array(train)), np.sort(np.array(test))
+
+
+def class_incremental_stream_from_datasets(name: str, train, test, *, n_classes: int,
+                                           n_experiences: int, seed: int,
+                                           input_shape: tuple[int, ...], is_image: bool = True,
+                                           info: dict | None = None) -> Stream:
+    """Like :func:`class_incremental_stream`, for (lazy) torch ``Dataset``s.
+
+    ``train`` and ``test`` return ``(x, y)`` and expose ``targets`` (a list of int class
+    ids in ``0..n_classes-1``); items are read only when iterated, so file-backed datasets
+    stay on disk. Every class must occur in ``train``.
+    """
+    if n_experiences < 1 or n_classes % n_experiences:
+        raise ValueError(
+            f"benchmark {name!r} has {n_classes} classes, which cannot be split into "
+            f"{n_experiences} experiences of equal size; choose a divisor of {n_classes}")
+    order = seeded_class_order(n_classes, seed)
+    per = n_classes // n_experiences
+    classes_per_exp = [order[i * per:(i + 1) * per] for i in range(n_experiences)]
+    scenario = class_incremental_benchmark({"train": train, "test": test},
+                                           class_order=order, num_experiences=n_experiences)
+    return Stream(name=name, scenario=scenario, classes_per_exp=classes_per_exp,
+                  n_classes=n_classes, input_shape=tuple(input_shape), is_image=is_image,
+                  info=dict(info or {}))

@@ -55,6 +55,10 @@ class Run:
         self.cfg = cfg
         self.generator = seed_everything(cfg.seed)
         self.stream = build_stream(cfg.benchmark, cfg.n_experiences, cfg.seed)
+        if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+            from clmerge.experiment.config import ConfigError
+            raise ConfigError("device cuda requested but no GPU is available; "
+                              "use --set device=cpu")
         backbone = build_backbone(cfg.backbone, self.stream.input_shape, cfg.image_size,
                                   pretrained=cfg.pretrained)
         torch.manual_seed(cfg.seed)  # heads and LoRA init do not depend on backbone loading

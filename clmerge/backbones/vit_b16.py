@@ -1,0 +1,241 @@
+"""ViT-B/16 pretrained on ImageNet-21K and fine-tuned on ImageNet-1K: the papers' backbone.
+
+``VitB16`` wraps timm's ``vit_base_patch16_224.augreg_in21k_ft_in1k`` with no classifier
+(``num_classes=0``; ``out_dim`` 768, the class token's final feature).
+
+**Input.** The ``paper`` benchmarks (:mod:`clmerge.benchmarks.paper`) already resize,
+crop and normalise to 3 x 224 x 224, so the backbone's pre-processing is the identity
+for such input (it does not re-normalise). Other sizes are resized bilinearly to 224.
+Note: timm's pretrained config for these weights uses mean = std = 0.5, while the
+benchmark transforms use the ImageNet statistics (see ``clmerge.benchmarks.paper``).
+
+**Weights**, first that applies:
+
+1. ``weights=`` path or the env var ``CLMERGE_VIT_B16_WEIGHTS``: a state dict in a
+   ``.safetensors``, ``.pth``/``.pt``/``.bin`` or timm/big_vision ``.npz`` file;
+2. the copy in the local Hugging Face cache, if any;
+3. the Hugging Face hub (``timm/vit_base_patch16_224.augreg_in21k_ft_in1k``) through
+   timm, when ``huggingface.co`` is reachable.
+
+Otherwise :class:`WeightsUnavailableError` names both ways. ``pretrained=False`` gives a
+random init (tests); ``depth`` < 12 keeps the first ``depth`` blocks (of the pretrained
+weights too), so tests can build a 2-block model.
+
+**LoRA on K and V only.** timm fuses q, k, v into one ``Linear`` ``blocks.i.attn.qkv``
+(output rows ``[q | k | v]``, 768 each). ``lora_targets`` selects exactly those
+modules; LoRAAdapter (peft) wraps each. The backbone then restricts every qkv LoRA to
+the K/V rows by two hooks on the branch's ``lora_B`` (installed on the first
+``train()``/``forward`` after injection, see :meth:`VitB16.install_kv_only`):
+
+- a forward hook multiplies the ``lora_B`` output by a 0/1 row mask (Q rows 0), so the
+  LoRA update of Q is exactly zero in the forward pass, and, by the chain rule, the
+  gradient of ``B``'s Q rows is exactly zero;
+- ``B``'s Q rows are set to zero when the hooks are installed and at every
+  ``train()`` call (peft initialises and resets B to zero anyway).
+
+With B's Q rows at 0 and their gradient exactly 0, Adam/AdamW (decoupled weight decay
+included) and SGD never move them, so ``LoRAAdapter.delta()`` (dense
+``scaling * B @ A``) has exact zeros in the Q rows and folding it never changes the Q
+rows of ``qkv.weight``. Task vectors and Fisher stay keyed ``blocks.i.attn.qkv.weight``
+(full 2304 x 768 shape; the Q block of a delta is zero). This choice keeps peft's
+module tree and the adapter unchanged; the alternative (splitting qkv into two Linear
+layers) would change state-dict keys. Deviation to know: the P&M ``gaussian``
+perturbation ablation draws noise on the full qkv weight, Q rows included (restored
+after each step, so it never changes the model).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .base import Backbone
+
+MODEL_NAME = "vit_base_patch16_224.augreg_in21k_ft_in1k"
+HUB_ID = f"timm/{MODEL_NAME}"
+WEIGHTS_ENV = "CLMERGE_VIT_B16_WEIGHTS"
+LORA_TARGETS = r".*attn\.qkv"   # regex (peft fullmatch): the fused qkv Linear of every block
+EMBED_DIM = 768
+IMG_SIZE = 224
+
+
+class WeightsUnavailableError(RuntimeError):
+    """The pretrained ViT-B/16 weights are neither in a local file nor on the hub."""
+
+
+def _missing_message(detail: str = "") -> str:
+    return (f"ViT-B/16 pretrained weights not available{detail}: set {WEIGHTS_ENV} to a local "
+            f"state-dict file (.safetensors/.pth/.npz of {MODEL_NAME}), or give this machine "
+            f"access to the Hugging Face hub ({HUB_ID}); use --set pretrained=false for a "
+            f"random init")
+
+
+class VitB16(Backbone):
+    """timm ViT-B/16 (IN21K -> IN1K) without head; LoRA on the K/V rows of ``attn.qkv``."""
+
+    freeze_norm_stats = False  # LayerNorm only
+
+    def __init__(self, depth: int = 12):
+        super().__init__()
+        import timm
+
+        if not 1 <= depth <= 12:
+            raise ValueError(f"depth must be in 1..12, got {depth}")
+        self.depth = depth
+        self.vit = timm.create_model(MODEL_NAME, pretrained=False, num_classes=0, depth=depth)
+        self.out_dim = EMBED_DIM
+        self.lora_targets = LORA_TARGETS
+        self._kv_hooked: set[int] = set()
+
+    # ------------------------------------------------------------------ K/V-only LoRA
+    def qkv_modules(self) -> dict[str, nn.Module]:
+        return {f"vit.blocks.{i}.attn.qkv": b.attn.qkv for i, b in enumerate(self.vit.blocks)}
+
+    def install_kv_only(self, zero_q_rows: bool = True) -> int:
+        """Restrict every LoRA branch on ``qkv`` to the K/V rows; idempotent.
+
+        ``zero_q_rows`` also sets B's Q rows to zero in place (done at install and by
+        ``train()``; not from ``forward``, which may run under ``torch.func`` transforms
+        that forbid in-place writes to captured tensors). Returns the number of qkv
+        LoRA layers now restricted (0 before injection).
+        """
+        from peft.tuners.lora import LoraLayer
+
+        n = 0
+        for qkv in self.qkv_modules().values():
+            if not isinstance(qkv, LoraLayer):
+                continue
+            n += 1
+            for name, lin in qkv.lora_B.items():
+                out = lin.weight.shape[0]
+                d = out // 3
+                hooked = id(lin) in self._kv_hooked
+                if zero_q_rows or not hooked:
+                    with torch.no_grad():
+                        lin.weight[:d].zero_()
+                if hooked:
+                    continue
+                mask = torch.ones(out, dtype=lin.weight.dtype, device=lin.weight.device)
+                mask[:d] = 0
+                lin.register_buffer("kv_mask", mask, persistent=False)
+                lin.register_forward_hook(_mask_q_rows)
+                self._kv_hooked.add(id(lin))
+        return n
+
+    def train(self, mode: bool = True):  # noqa: D401 - nn.Module API
+        super().train(mode)
+        if mode:
+            self.install_kv_only()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.install_kv_only(zero_q_rows=False)
+        x = x.float()
+        if x.shape[-2:] != (IMG_SIZE, IMG_SIZE):
+            x = nn.functional.interpolate(x, size=(IMG_SIZE, IMG_SIZE), mode="bilinear",
+                                          align_corners=False)
+        return self.vit(x)
+
+
+def _mask_q_rows(module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
+    return output * module.kv_mask.to(output.dtype)
+
+
+# ---------------------------------------------------------------------- weights
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor] | None:
+    """State dict in ``path``; None for ``.npz`` (loaded by timm's own npz reader)."""
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        return None
+    if suffix == ".safetensors":
+        from safetensors.torch import load_file
+        sd = load_file(str(path))
+    else:
+        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        for key in ("state_dict", "model", "module"):
+            if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+                sd = sd[key]
+    return {k.removeprefix("module.").removeprefix("vit."): v for k, v in sd.items()}
+
+
+def load_weights_file(model: VitB16, path: str | os.PathLike) -> None:
+    """Load ``path`` into ``model`` (head weights dropped, blocks >= depth dropped)."""
+    from timm.models.vision_transformer import _load_weights, checkpoint_filter_fn
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise WeightsUnavailableError(_missing_message(f" (no file {path})"))
+    sd = _read_state_dict(path)
+    if sd is None:
+        if model.depth != 12:
+            raise ValueError("an .npz checkpoint can only be loaded at depth 12")
+        _load_weights(model.vit, str(path))
+        return
+    sd = checkpoint_filter_fn(sd, model.vit)
+    keep = {}
+    for k, v in sd.items():
+        if k.startswith("head."):
+            continue
+        if k.startswith("blocks.") and int(k.split(".")[1]) >= model.depth:
+            continue
+        keep[k] = v
+    model.vit.load_state_dict(keep, strict=True)
+
+
+def _hub_cached_file() -> str | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover
+        return None
+    for fname in ("model.safetensors", "pytorch_model.bin"):
+        p = try_to_load_from_cache(HUB_ID, fname)
+        if isinstance(p, str) and os.path.isfile(p):
+            return p
+    return None
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def build_vit_b16(pretrained: bool = True, depth: int = 12,
+                  weights: str | os.PathLike | None = None, hub: bool = True) -> VitB16:
+    """The ViT-B/16 backbone, with pretrained weights (see the module docstring).
+
+    Args:
+        pretrained: load the IN21K->IN1K weights; False gives timm's random init.
+        depth: number of transformer blocks kept (12 = the full model).
+        weights: local state-dict file; default: the env var ``CLMERGE_VIT_B16_WEIGHTS``.
+        hub: allow the Hugging Face hub (and its local cache) as a source.
+
+    Raises:
+        WeightsUnavailableError: ``pretrained`` and no source is reachable.
+    """
+    model = VitB16(depth=depth)
+    if not pretrained:
+        return model
+    path = weights or os.environ.get(WEIGHTS_ENV) or (hub and _hub_cached_file()) or None
+    if path:
+        load_weights_file(model, path)
+        return model
+    if not (hub and _hub_reachable()):
+        raise WeightsUnavailableError(_missing_message(" (no local file and no hub access)"))
+    import timm
+    try:
+        full = timm.create_model(MODEL_NAME, pretrained=True, num_classes=0)
+    except Exception as e:  # network / hub errors of many kinds
+        raise WeightsUnavailableError(_missing_message(f" ({type(e).__name__}: {e})")) from e
+    sd = {k: v for k, v in full.state_dict().items()
+          if not (k.startswith("blocks.") and int(k.split(".")[1]) >= depth)}
+    model.vit.load_state_dict(sd, strict=True)
+    return model
