@@ -16,7 +16,7 @@ from typing import Callable
 from clmerge.experiment.config import ExperimentConfig
 from clmerge.experiment.provenance import device_name, git_commit, versions
 from clmerge.experiment.results import CorruptResultError, read_result, write_result
-from clmerge.experiment.runner import DEFAULT_RESULTS
+from clmerge.experiment.runner import DEFAULT_RESULTS, cpu_threads
 
 
 def analysis_path(kind: str, cfg: ExperimentConfig, params: dict, out_dir) -> Path:
@@ -35,7 +35,8 @@ def get_or_compute(kind: str, cfg: ExperimentConfig, fn: Callable[..., dict],
             return read_result(path)["data"]
         except CorruptResultError as e:
             print(f"recomputing: {e}")
-    data = fn(cfg, **params)
+    with cpu_threads(cfg):  # the same thread policy as runs, so numbers match them
+        data = fn(cfg, **params)
     write_result({"kind": kind, "config": cfg.to_dict(), "params": params, "data": data,
                   "provenance": {"versions": versions(), "git_commit": git_commit(),
                                  "device": device_name(cfg.device)}}, path)

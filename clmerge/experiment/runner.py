@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import time
 import warnings
@@ -126,14 +127,22 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> dict:
     same numbers bit for bit on any CPU count, and independent runs parallelise across
     processes instead (``clmerge.report.study.ensure_results``).
     """
-    if cfg.device == "cpu":
-        threads = torch.get_num_threads()
-        torch.set_num_threads(CPU_THREADS)
-        try:
-            return _run_experiment(cfg, progress)
-        finally:
-            torch.set_num_threads(threads)
-    return _run_experiment(cfg, progress)
+    with cpu_threads(cfg):
+        return _run_experiment(cfg, progress)
+
+
+@contextlib.contextmanager
+def cpu_threads(cfg: ExperimentConfig):
+    """Run the body with ``CPU_THREADS`` intra-op threads when ``cfg`` runs on the CPU."""
+    if cfg.device != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(CPU_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _run_experiment(cfg: ExperimentConfig, progress: bool) -> dict:

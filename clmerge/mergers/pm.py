@@ -100,10 +100,13 @@ class PerturbAndMergeMerger(Merger):
         a = self.state.coefficient(ctx.merged, delta, fisher_t,
                                    per_module=o.alpha == "per_module", clip=o.clip)
         self.state.update(fisher_t, ctx.finetuned)
+        # tr(F_t) and Delta^T F_t Delta: how strongly the current task pulls a_t up
+        diag = {"fisher_trace": float(sum(f.double().sum() for f in fisher_t.values())),
+                "delta_F_delta": float(td.dot(delta, delta, weight=fisher_t))}
         if isinstance(a, dict):
-            self.record(coefficient=sum(a.values()) / len(a), coefficients=a)
+            self.record(coefficient=sum(a.values()) / len(a), coefficients=a, **diag)
         else:
-            self.record(coefficient=a)
+            self.record(coefficient=a, **diag)
         return td.axpy(ctx.merged, a, delta)
 
     def state_bytes(self) -> int:
