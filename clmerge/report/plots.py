@@ -93,7 +93,8 @@ def accuracy_curves(long: pd.DataFrame, protocols=("cil", "til"), references=Non
 
 
 def coefficient_trajectories(df: pd.DataFrame, key: str = "coefficient"):
-    """Merge coefficient a_t per task for each variant that records one (mean +- std)."""
+    """Merge coefficient a_t per task for each variant that records one: every seed as a
+    dot, the mean over seeds as a line."""
     from clmerge.experiment.results import read_result
 
     rows = []
@@ -107,11 +108,13 @@ def coefficient_trajectories(df: pd.DataFrame, key: str = "coefficient"):
         ax.text(0.5, 0.5, "no merge coefficients recorded", ha="center")
         return fig
     data = pd.DataFrame(rows)
-    for v in order(data["variant"]):
-        g = data[data["variant"] == v].groupby("task")[key]
-        m, s = g.mean(), g.std(ddof=1).fillna(0)
-        ax.errorbar(m.index, m.values, yerr=s.values, marker="o", capsize=3, color=color(v),
-                    label=v)
+    variants = order(data["variant"])
+    for i, v in enumerate(variants):
+        d = data[data["variant"] == v]
+        shift = (i - (len(variants) - 1) / 2) * 0.06   # side by side, not on top
+        ax.scatter(d["task"] + shift, d[key], color=color(v), alpha=0.55, s=18)
+        m = d.groupby("task")[key].mean()
+        ax.plot(m.index + shift, m.values, color=color(v), ls=linestyle(v), label=f"{v} (mean)")
     T = int(data["task"].max())
     ax.plot(range(1, T + 1), [1 / t for t in range(1, T + 1)], ls=":", color="grey",
             label="1/t (running average)")

@@ -8,7 +8,8 @@ import pandas as pd
 
 from clmerge.report.style import order
 
-METRICS = ["A_last", "A_avg", "forgetting", "bwt"]
+METRICS = ["A_last", "A_avg", "forgetting"]
+PM = "\u00a0±\u00a0"  # non-breaking, so a cell never wraps inside a number
 
 
 def summary(df: pd.DataFrame, protocols=("cil", "til"), metrics=METRICS,
@@ -27,7 +28,7 @@ def summary(df: pd.DataFrame, protocols=("cil", "til"), metrics=METRICS,
                 elif len(vals) == 1:
                     row[col] = f"{vals.iloc[0]:.1f}"
                 else:
-                    row[col] = f"{vals.mean():.1f} ± {vals.std(ddof=1):.1f}"
+                    row[col] = f"{vals.mean():.1f}{PM}{vals.std(ddof=1):.1f}"
         rows.append(row)
     out = pd.DataFrame(rows).set_index("variant")
     out.columns = pd.MultiIndex.from_tuples(
@@ -74,7 +75,7 @@ def side_by_side(df: pd.DataFrame, protocol: str, paper_benchmark: str = "imagen
     rows = []
     for variant in order(df["variant"]):
         vals = df.loc[df["variant"] == variant, f"cil_{metric}"].dropna() * 100
-        mean = f"{vals.mean():.1f} ± {vals.std(ddof=1):.1f}" if len(vals) > 1 else (
+        mean = f"{vals.mean():.1f}{PM}{vals.std(ddof=1):.1f}" if len(vals) > 1 else (
             f"{vals.iloc[0]:.1f}" if len(vals) else "-")
         p = paper.loc[variant] if variant in paper.index else None
         rows.append({"variant": variant, f"this study ({protocol})": mean,
