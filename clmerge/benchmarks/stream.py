@@ -75,20 +75,10 @@ def class_incremental_stream(name: str, x_train, y_train, x_test, y_test, *,
     x_test = torch.as_tensor(x_test, dtype=torch.float32)
     y_train = torch.as_tensor(y_train, dtype=torch.long)
     y_test = torch.as_tensor(y_test, dtype=torch.long)
-    n_classes = int(y_train.max()) + 1
-    if n_experiences < 1 or n_classes % n_experiences:
-        raise ValueError(
-            f"benchmark {name!r} has {n_classes} classes, which cannot be split into "
-            f"{n_experiences} experiences of equal size; choose a divisor of {n_classes}")
-    order = seeded_class_order(n_classes, seed)
-    per = n_classes // n_experiences
-    classes_per_exp = [order[i * per:(i + 1) * per] for i in range(n_experiences)]
-    scenario = class_incremental_benchmark(
-        {"train": LabelledTensors(x_train, y_train), "test": LabelledTensors(x_test, y_test)},
-        class_order=order, num_experiences=n_experiences)
-    return Stream(name=name, scenario=scenario, classes_per_exp=classes_per_exp,
-                  n_classes=n_classes, input_shape=tuple(x_train.shape[1:]),
-                  is_image=is_image, info=dict(info or {}))
+    return class_incremental_stream_from_datasets(
+        name, LabelledTensors(x_train, y_train), LabelledTensors(x_test, y_test),
+        n_classes=int(y_train.max()) + 1, n_experiences=n_experiences, seed=seed,
+        input_shape=tuple(x_train.shape[1:]), is_image=is_image, info=info)
 
 
 def stratified_split(y: np.ndarray, test_per_class: int, seed: int):
