@@ -33,7 +33,6 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from clmerge.benchmarks.stream import Stream, class_incremental_stream_from_datasets

@@ -13,6 +13,7 @@ compared on.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterable
 
@@ -49,6 +50,18 @@ class MergeContext:
     model: Any = None
     weights: dict = field(default_factory=dict)
     extras: dict = field(default_factory=dict)
+
+
+def check_choice(value, name: str, choices) -> None:
+    """Raise ValueError naming the valid choices when ``value`` is not one of them."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def check_finite(value: float, name: str) -> None:
+    """Raise ValueError when ``value`` is not a finite number."""
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number; got {value}")
 
 
 class Merger:

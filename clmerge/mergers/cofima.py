@@ -52,7 +52,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from clmerge.mergers.base import MergeContext, Merger
+from clmerge.mergers.base import MergeContext, Merger, check_choice
 from clmerge.mergers.fisher_context import task_fisher
 from clmerge.mergers.registry import register_merger
 from clmerge.tensormath.merge_rules import cofima
@@ -79,8 +79,7 @@ class CoFiMAOptions:
         if self.fisher_max != 0 and not self.fisher_max >= self.fisher_floor:
             raise ValueError(f"fisher_max must be 0 (no cap) or >= fisher_floor "
                              f"({self.fisher_floor}); got {self.fisher_max}")
-        if self.fisher not in ("per_sample", "per_batch"):
-            raise ValueError(f"fisher must be one of per_sample, per_batch; got {self.fisher!r}")
+        check_choice(self.fisher, "fisher", ("per_sample", "per_batch"))
         if self.fisher_samples < 1:
             raise ValueError(f"fisher_samples must be >= 1; got {self.fisher_samples}")
 

@@ -29,10 +29,9 @@ weights, constant in t) or every tau_i (``keep_all``: grows linearly in t).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
-from clmerge.mergers.base import MergeContext, Merger
+from clmerge.mergers.base import MergeContext, Merger, check_choice, check_finite
 from clmerge.mergers.registry import register_merger
 from clmerge.tensormath.merge_rules import MaxAbsAccumulator, magmax
 from clmerge.tensormath.tensordict import TensorDict, nbytes, sub
@@ -47,10 +46,8 @@ class MagMaxOptions:
                 "task vector (as published); same result"})
 
     def __post_init__(self):
-        if not math.isfinite(self.lam):
-            raise ValueError(f"lam must be a finite number; got {self.lam}")
-        if self.form not in ("streaming", "keep_all"):
-            raise ValueError(f"form must be one of streaming, keep_all; got {self.form!r}")
+        check_finite(self.lam, "lam")
+        check_choice(self.form, "form", ("streaming", "keep_all"))
 
 
 @register_merger("magmax")

@@ -36,16 +36,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from clmerge.mergers.base import MergeContext, Merger
+from clmerge.mergers.base import MergeContext, Merger, check_choice
 from clmerge.mergers.fisher_context import task_fisher
 from clmerge.mergers.registry import register_merger
 from clmerge.tensormath import tensordict as td
 from clmerge.tensormath.pm_coefficient import RunningFisherSums, StoredTasks
-
-
-def _choice(value, name, choices):
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
 @dataclass
@@ -73,10 +68,10 @@ class PMOptions:
         probs = (self.p0, self.p_plus, self.p_minus)
         if any(p < 0 or p > 1 for p in probs) or abs(sum(probs) - 1) > 1e-6:
             raise ValueError(f"p0, p_plus, p_minus must be in [0, 1] and sum to 1; got {probs}")
-        _choice(self.perturbation, "perturbation", ("delta", "gaussian", "none"))
-        _choice(self.alpha, "alpha", ("global", "per_module"))
-        _choice(self.fisher, "fisher", ("per_sample", "per_batch"))
-        _choice(self.storage, "storage", ("running", "stored"))
+        check_choice(self.perturbation, "perturbation", ("delta", "gaussian", "none"))
+        check_choice(self.alpha, "alpha", ("global", "per_module"))
+        check_choice(self.fisher, "fisher", ("per_sample", "per_batch"))
+        check_choice(self.storage, "storage", ("running", "stored"))
         if self.fisher_samples < 1:
             raise ValueError(f"fisher_samples must be >= 1; got {self.fisher_samples}")
 

@@ -48,7 +48,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from clmerge.mergers.base import MergeContext
+from clmerge.mergers.base import MergeContext, check_choice
 from clmerge.mergers.registry import register_merger
 from clmerge.mergers.sequential import Sequential
 from clmerge.tensormath.tensordict import TensorDict
@@ -68,8 +68,7 @@ class EWCOptions:
     def __post_init__(self):
         if not (math.isfinite(self.ewc_lambda) and self.ewc_lambda >= 0):
             raise ValueError(f"ewc_lambda must be a finite number >= 0; got {self.ewc_lambda}")
-        if self.mode not in ("separate", "online"):
-            raise ValueError(f"mode must be one of separate, online; got {self.mode!r}")
+        check_choice(self.mode, "mode", ("separate", "online"))
         if not 0.0 <= self.decay_factor <= 1.0:
             raise ValueError(f"decay_factor must be in [0, 1]; got {self.decay_factor}")
 

@@ -32,10 +32,9 @@ Keeps across tasks: the running sum S_t (the size of the mergeable weights).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
-from clmerge.mergers.base import MergeContext, Merger
+from clmerge.mergers.base import MergeContext, Merger, check_choice, check_finite
 from clmerge.mergers.registry import register_merger
 from clmerge.tensormath.merge_rules import RunningSum
 from clmerge.tensormath.tensordict import TensorDict, sub
@@ -50,10 +49,8 @@ class TaskArithmeticOptions:
                 "with lam=1)"})
 
     def __post_init__(self):
-        if not math.isfinite(self.lam):
-            raise ValueError(f"lam must be a finite number; got {self.lam}")
-        if self.scale not in ("fixed", "mean"):
-            raise ValueError(f"scale must be one of fixed, mean; got {self.scale!r}")
+        check_finite(self.lam, "lam")
+        check_choice(self.scale, "scale", ("fixed", "mean"))
 
 
 @register_merger("task_arithmetic")

@@ -25,10 +25,9 @@ Keeps across tasks: every task vector tau_1..tau_t (grows linearly in t).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
-from clmerge.mergers.base import MergeContext, Merger
+from clmerge.mergers.base import MergeContext, Merger, check_choice, check_finite
 from clmerge.mergers.registry import register_merger
 from clmerge.tensormath.merge_rules import ties_merge
 from clmerge.tensormath.tensordict import TensorDict, nbytes, sub
@@ -47,10 +46,8 @@ class TiesOptions:
         if not 0.0 < self.k <= 1.0:
             raise ValueError(f"k must be in (0, 1] (a fraction: 0.2 keeps the top 20%); "
                              f"got {self.k}")
-        if not math.isfinite(self.lam):
-            raise ValueError(f"lam must be a finite number; got {self.lam}")
-        if self.trim_scope not in ("model", "tensor"):
-            raise ValueError(f"trim_scope must be one of model, tensor; got {self.trim_scope!r}")
+        check_finite(self.lam, "lam")
+        check_choice(self.trim_scope, "trim_scope", ("model", "tensor"))
 
 
 @register_merger("ties")

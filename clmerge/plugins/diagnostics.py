@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import time
 
-import torch
 
 from clmerge.avalanche_api import SupervisedPlugin
 
