@@ -165,16 +165,22 @@ def loss_along_line(lines: dict):
 
 def storage_vs_accuracy(df: pd.DataFrame, column: str = "til_A_last"):
     """Persisted bytes across tasks against final accuracy, one point per variant
-    (mean over seeds, error bar = std)."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    (mean over seeds, error bar = std); the x axis is linear below 0.1 MiB so methods
+    that keep nothing sit at 0."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    placed: list[tuple[float, float]] = []
     for v in order(df["variant"]):
         sub = df[df["variant"] == v]
-        x = max(sub["state_bytes_max"].max(), 1) / 2**20
+        x = sub["state_bytes_max"].max() / 2**20
         y, s = sub[column].mean() * 100, (sub[column].std(ddof=1) if len(sub) > 1 else 0) * 100
         ax.errorbar(x, y, yerr=s, fmt="o", color=color(v), capsize=3)
-        ax.annotate(v, (x, y), textcoords="offset points", xytext=(5, 3), fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel("bytes persisted across tasks (MiB, log; 0 drawn at 1 byte)")
+        # labels of nearby points are stacked instead of drawn over each other
+        near = sum(1 for px, py in placed if abs(px - x) < 1 and abs(py - y) < 3.5)
+        placed.append((x, y))
+        ax.annotate(v, (x, y), textcoords="offset points", xytext=(6, 3 - 9 * near), fontsize=8)
+    ax.set_xscale("symlog", linthresh=0.1)
+    ax.set_xlim(left=-0.02)
+    ax.set_xlabel("bytes persisted across tasks (MiB; symlog, 0 = keeps nothing)")
     ax.set_ylabel(f"{column.replace('_', ' ')} (%)")
     ax.set_title("storage vs accuracy", fontsize=10)
     fig.tight_layout()
