@@ -101,22 +101,14 @@ def _directional_curvature(run, batches) -> tuple[float, float]:
 def line_check(cfg: ExperimentConfig, experience: int = 1, n_samples: int = 512,
                alphas=None, eps_list=(0.1, 0.25, 0.5, 0.75, 1.0)) -> dict:
     """Losses along theta_hat_{k-1} + a Delta_k after training experience k = ``experience``."""
-    from clmerge.experiment.runner import Run, _evaluator, _strategy
-    from clmerge.mergers.registry import MERGERS, load_builtin_mergers
-    from clmerge.plugins.merge import MergePlugin
+    from clmerge.experiment.runner import Run, _evaluator, _strategy, merge_parts
     from clmerge.strategies.methods import get_method
 
     if cfg.finetune != "lora":
         raise ValueError("line_check scales the LoRA branch; it needs finetune=lora")
-    load_builtin_mergers()
     alphas = list(np.linspace(0.0, 1.5, 31) if alphas is None else alphas)
     run = Run(cfg)
-    spec = get_method(cfg.method)
-    merger_cls = MERGERS[spec.merger]
-    merger = merger_cls(merger_cls.Options(**cfg.method_args) if merger_cls.Options else None)
-    merge = MergePlugin(merger, run.weights, run.theta0, lora=run.lora, start=cfg.start,
-                        train_batches=run.train_batches, logits_fn=lambda m, x: m(x))
-    extra = spec.plugins(cfg, run) if spec.plugins else []
+    _, merge, extra = merge_parts(run, get_method(cfg.method))
     strategy = _strategy(run, [*extra, merge], _evaluator())
     for t, exp in enumerate(run.stream.train_stream[: experience + 1]):
         if t == experience:

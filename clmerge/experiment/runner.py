@@ -178,24 +178,34 @@ def _run_experiment(cfg: ExperimentConfig, progress: bool) -> dict:
     }
 
 
-def _run_stream(run: Run, spec, progress: bool, extra_plugins: list | None = None):
+def _active_head_logits(model, x):
+    """Logits through the model's active heads (the current task's, while merging)."""
+    return model(x)
+
+
+def merge_parts(run: Run, spec):
+    """The merger of ``spec`` built from the run's options, the plugin that drives it, and
+    the method's training-time plugins: what every merging strategy of a run is made of."""
     from clmerge.mergers.registry import MERGERS, load_builtin_mergers
-    from clmerge.plugins.diagnostics import DiagnosticsPlugin
     from clmerge.plugins.merge import MergePlugin
-    from clmerge.plugins.progress import ProgressPlugin
 
     load_builtin_mergers()
     cfg = run.cfg
     merger_cls = MERGERS[spec.merger]
     merger = merger_cls(merger_cls.Options(**cfg.method_args) if merger_cls.Options else None)
-
-    def head_logits(model, x, t=None):
-        return model(x)
-
-    diag = DiagnosticsPlugin()
     merge = MergePlugin(merger, run.weights, run.theta0, lora=run.lora, start=cfg.start,
-                        train_batches=run.train_batches, logits_fn=head_logits)
+                        train_batches=run.train_batches, logits_fn=_active_head_logits)
     extra = spec.plugins(cfg, run) if spec.plugins else []
+    return merger, merge, extra
+
+
+def _run_stream(run: Run, spec, progress: bool, extra_plugins: list | None = None):
+    from clmerge.plugins.diagnostics import DiagnosticsPlugin
+    from clmerge.plugins.progress import ProgressPlugin
+
+    cfg = run.cfg
+    merger, merge, extra = merge_parts(run, spec)
+    diag = DiagnosticsPlugin()
     plugins = [ProgressPlugin(variant_label(cfg), progress),
                diag, *extra, merge, *(extra_plugins or [])]
     strategy = _strategy(run, plugins, _evaluator())
