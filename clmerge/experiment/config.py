@@ -67,6 +67,13 @@ class ExperimentConfig:
     start: str = _f("merged", "where task t starts: the merged model (default) or the previous "
                     "fine-tuned model (MagMax protocol)", choices=("merged", "finetuned"))
     device: str = _f("cpu", "torch device", choices=("cpu", "cuda"))
+    amp: str = _f("auto", "mixed precision of training forwards: auto (bf16 autocast on CUDA, "
+                  "off on the CPU), bf16, or off", choices=("auto", "bf16", "off"))
+    num_workers: int = _f(0, "DataLoader worker processes for training data (pinned memory on "
+                          "CUDA)", minimum=0)
+    diag_steps: int = _f(20, "training steps at the start of each experience whose loss and "
+                         "gradient norms are recorded (the 'beginning of the task' diagnostics)",
+                         minimum=1)
     method_args: dict = _f({}, "method-specific options, set as --set METHOD.KEY=VALUE")
 
     # ------------------------------------------------------------------ identity
@@ -74,8 +81,15 @@ class ExperimentConfig:
         return dataclasses.asdict(self)
 
     def config_hash(self) -> str:
-        """sha256 (first 12 hex digits) of the canonical JSON of the whole config."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """sha256 (first 12 hex digits) of the canonical JSON of the config.
+
+        Settings in ``HASH_NEUTRAL_DEFAULTS`` are left out while they hold that value:
+        they were added after results were first published, and at that value they
+        reproduce what those results did, so the results keep their names.
+        """
+        values = {k: v for k, v in self.to_dict().items()
+                  if k not in HASH_NEUTRAL_DEFAULTS or HASH_NEUTRAL_DEFAULTS[k] != v}
+        blob = json.dumps(values, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def run_name(self) -> str:
@@ -83,6 +97,10 @@ class ExperimentConfig:
 
 
 FIELDS = {f.name: f for f in fields(ExperimentConfig)}
+
+# Settings added later; at these values a run computes what it computed before they
+# existed (amp=auto is off on the CPU; the diagnostics only read gradients).
+HASH_NEUTRAL_DEFAULTS = {"amp": "auto", "num_workers": 0, "diag_steps": 20}
 
 
 # ---------------------------------------------------------------------- profiles

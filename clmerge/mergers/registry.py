@@ -21,4 +21,4 @@ def load_builtin_mergers() -> None:
     """Import the built-in merger modules (each registers itself)."""
     from clmerge.mergers import pm, sequential  # noqa: F401
     from clmerge.mergers import (average, cofima, coma, dare, magmax,  # noqa: F401
-                                 regularized, task_arithmetic, ties)
+                                 regularized, task_arithmetic, ties, trm)

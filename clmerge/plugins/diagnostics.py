@@ -1,9 +1,23 @@
-"""Per-task diagnostics: gradient norm of the first training step, training seconds.
+"""Per-task diagnostics: the first training steps of each task, and training seconds.
 
-The gradient norm at the very start of task t (over the trainable weights, on the
-first minibatch, before the first optimizer step) tells how responsive the model that
-task t starts from is: TRM (arXiv 2605.08311) argues merged models start where
-gradients vanish.
+TRM (arXiv 2605.08311) argues that a merged model is a poor *starting point*: the next
+task starts where gradients vanish, so optimisation stagnates. This plugin records, for
+every method alike, what the first ``steps`` training steps of each task see from the
+model the task starts from (the merged model, or theta*_{t-1} under the fine-tuned start):
+
+- ``losses_first``: the training loss of each of those steps;
+- ``grad_norms_first``: the gradient norm over the trainable backbone weights (the
+  fresh LoRA factors, or every backbone weight under full fine-tuning; the new head is
+  left out: it is fresh at every task whatever the method);
+- ``dense_grad_norms_first``: the gradient norm over the mergeable weights themselves,
+  dL/dW (with LoRA, the base weights are made to require a gradient for those steps
+  only; the optimiser never sees them). This is the quantity a merger can reason
+  about, in the same units as TRM's gradient-responsiveness term.
+
+``grad_norm_start`` / ``loss_start`` are the first step's values. The means over the
+steps are published to the merge plugin's ``extras`` (``g0``: mean dense gradient norm)
+so a merger may use them (TRM's hinge reference). A loss that is not finite stops the
+run with the experience and step named.
 """
 
 from __future__ import annotations
@@ -11,41 +25,71 @@ from __future__ import annotations
 import math
 import time
 
-
 from clmerge.avalanche_api import SupervisedPlugin
 
 
 class DiagnosticsPlugin(SupervisedPlugin):
-    def __init__(self):
+    def __init__(self, weights: dict | None = None, lora=None, steps: int = 20,
+                 extras: dict | None = None):
         super().__init__()
+        self.weights = weights or {}
+        self.lora = lora
+        self.steps = steps
+        self.extras = extras
         self.records: list[dict] = []
-        self._first = False
+        self._step = 0
         self._t0 = 0.0
 
+    def _watch_dense(self) -> bool:
+        return self.lora is not None and self._step < self.steps
+
     def before_training_exp(self, strategy, **kwargs):
-        self._first = True
+        self._step = 0
         self._t0 = time.perf_counter()
-        self.records.append({"experience": strategy.experience.current_experience})
+        self.records.append({"experience": strategy.experience.current_experience,
+                             "losses_first": [], "grad_norms_first": [],
+                             "dense_grad_norms_first": []})
+
+    def before_forward(self, strategy, **kwargs):
+        if strategy.is_training and self._watch_dense():
+            for w in self.weights.values():
+                w.requires_grad_(True)
 
     def after_backward(self, strategy, **kwargs):
-        if not self._first:
-            return
-        self._first = False
-        sq = 0.0
-        for group in strategy.optimizer.param_groups:
-            if group.get("name") == "head":
-                continue
-            for p in group["params"]:
-                if p.grad is not None:
-                    sq += float(p.grad.detach().double().pow(2).sum())
-        self.records[-1]["grad_norm_start"] = math.sqrt(sq)
-        self.records[-1]["loss_start"] = float(strategy.loss.detach())
-
-    def after_training_epoch(self, strategy, **kwargs):
-        if not math.isfinite(float(strategy.loss.detach())):
+        loss = float(strategy.loss.detach())
+        if not math.isfinite(loss):
             raise FloatingPointError(
-                f"loss became {float(strategy.loss.detach())} in experience "
+                f"loss became {loss} at step {self._step} of experience "
                 f"{strategy.experience.current_experience}")
+        if self._step < self.steps:
+            rec = self.records[-1]
+            rec["losses_first"].append(loss)
+            rec["grad_norms_first"].append(_norm(
+                p for g in strategy.optimizer.param_groups if g.get("name") != "head"
+                for p in g["params"]))
+            rec["dense_grad_norms_first"].append(_norm(self.weights.values()))
+            if self.lora is not None:
+                for w in self.weights.values():
+                    w.grad = None
+                    w.requires_grad_(False)
+        self._step += 1
 
     def after_training_exp(self, strategy, **kwargs):
-        self.records[-1]["train_seconds"] = time.perf_counter() - self._t0
+        rec = self.records[-1]
+        rec["train_seconds"] = time.perf_counter() - self._t0
+        rec["train_steps"] = self._step
+        if rec["losses_first"]:
+            rec["grad_norm_start"] = rec["grad_norms_first"][0]
+            rec["loss_start"] = rec["losses_first"][0]
+            if self.extras is not None and rec["dense_grad_norms_first"]:
+                dense = rec["dense_grad_norms_first"]
+                self.extras["g0"] = sum(dense) / len(dense)
+
+
+def _norm(params) -> float:
+    sq = 0.0
+    for p in params:
+        if p.grad is not None:
+            sq += float(p.grad.detach().double().pow(2).sum())
+    return math.sqrt(sq)
+

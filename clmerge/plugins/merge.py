@@ -75,7 +75,7 @@ class MergePlugin(SupervisedPlugin):
         self._write(merged)
         self.merged = td.clone(merged)
         self.finetuned_prev = finetuned if self.start_mode == "finetuned" else None
-        self.extras = {}
+        self.extras.clear()  # nothing of task t survives the merge
         self.records.append({
             "merge_seconds": time.perf_counter() - t0,
             "state_bytes": int(self.merger.state_bytes()),

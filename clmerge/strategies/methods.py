@@ -69,6 +69,21 @@ register_method(MethodSpec("magmax", "MagMax (arXiv 2407.06322): max-magnitude t
                            merger="magmax"))
 
 
+def _trm_plugins(cfg, run) -> list:
+    from clmerge.plugins.trajectory import TrajectoryPlugin
+
+    o = cfg.method_args
+    return [TrajectoryPlugin(run.weights, run.merge_plugin.extras, lora=run.lora,
+                             snapshots=o["snapshots"] if o["trajectory"] else 1,
+                             keep_batches=o["batches"] + 1 if o["steps"] > 0 else 0)]
+
+
+register_method(MethodSpec("trm", "Trajectory Regularized Merging (arXiv 2605.08311), "
+                                  "reconstructed from its abstract: coefficients in a trajectory "
+                                  "subspace optimised for alignment, consistency, responsiveness",
+                           merger="trm", plugins=_trm_plugins))
+
+
 def _ewc_plugins(cfg, run) -> list:
     from clmerge.plugins.regularization import EWC
 
