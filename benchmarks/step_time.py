@@ -6,33 +6,26 @@ perturbation plugin, alternating the two several times in one process, and print
 median time of a training iteration of each and their ratio (target <= 1.05).
 
     .venv/bin/python benchmarks/step_time.py [--profile quick] [--rounds 5] [--threads 1]
+
+The paper-scale version (ViT-B/16 on a GPU, images/s, memory, MFU, merge time) is
+``benchmarks/throughput.py``, whose ``StepTimer`` this script shares (CUDA events on a GPU).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 
-from clmerge.avalanche_api import SupervisedPlugin
 from clmerge.experiment.config import make_config
 from clmerge.experiment.runner import Run, _evaluator, _strategy
 from clmerge.strategies.methods import get_method
 
-
-class IterationTimer(SupervisedPlugin):
-    def __init__(self):
-        super().__init__()
-        self.times: list[float] = []
-        self._t = 0.0
-
-    def before_training_iteration(self, strategy, **kwargs):
-        self._t = time.perf_counter()
-
-    def after_training_iteration(self, strategy, **kwargs):
-        self.times.append(time.perf_counter() - self._t)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from throughput import StepTimer  # noqa: E402  (benchmarks/ is not a package)
 
 
 def main() -> None:
@@ -53,7 +46,7 @@ def main() -> None:
                           {"epochs": 1, "device": args.device})
         run = Run(cfg)
         spec = get_method(method)
-        timers[method] = IterationTimer()
+        timers[method] = StepTimer()
         plugins = (spec.plugins(cfg, run) if spec.plugins else []) + [timers[method]]
         strategies[method] = _strategy(run, plugins, _evaluator())
         runs[method] = run

@@ -1,8 +1,9 @@
-"""The ``clmerge`` command line: run, list, book.
+"""The ``clmerge`` command line: run, list, book, sweep.
 
     clmerge run --method M --benchmark B [--profile P] [--seed S] [--set KEY=VALUE ...] [--out DIR] [--force]
     clmerge list methods|benchmarks|backbones|profiles
     clmerge book [--profile P] [--force]
+    clmerge sweep GRID.yaml [--executor local|submitit_local|slurm] [--workers N] [--results-dir DIR] [--dry-run]
 
 Unknown names and bad values fail before any work with one message naming the valid
 choices and exit status 2; nothing is written.
@@ -62,6 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--chapters", nargs="*", default=None, help="only these chapters (stems)")
     b.add_argument("--results-dir", default=None,
                    help="results folder the chapters read and write (default: data/results)")
+
+    sw = sub.add_parser("sweep", help="run a grid of experiments (skipping finished ones) "
+                                      "and collect them into one table")
+    sw.add_argument("grid", help="YAML grid file (see examples/sweep_quick.yaml)")
+    sw.add_argument("--executor", choices=["local", "submitit_local", "slurm"], default=None,
+                    help="where the runs go (default: the grid's, else local)")
+    sw.add_argument("--workers", type=int, default=None,
+                    help="runs at a time (default: the grid's, else one per core or GPU)")
+    sw.add_argument("--results-dir", default=None,
+                    help="results folder (default: the grid's, else data/results)")
+    sw.add_argument("--dry-run", action="store_true",
+                    help="print which runs are finished and which would run; compute nothing")
     return p
 
 
@@ -80,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             from clmerge.book import build_book
             return build_book(profile=args.profile, force=args.force, html=not args.no_html,
                               only=args.chapters, results_dir=args.results_dir)
+        if args.command == "sweep":
+            return _sweep(args)
     except ConfigError as e:
         print(f"clmerge: error: {e}", file=sys.stderr)
         return 2
@@ -117,6 +132,27 @@ def _run(args) -> int:
           f"class-incremental A_last {m['cil']['A_last']:.4f}, "
           f"task-incremental A_last {m['til']['A_last']:.4f}")
     print(result_path(cfg, out))
+    return 0
+
+
+def _sweep(args) -> int:
+    from clmerge.experiment import sweep
+
+    grid = sweep.load_grid(args.grid, args.executor, args.workers, args.results_dir)
+    cfgs = sweep.expand_grid(grid)
+    if args.dry_run:
+        print(sweep.format_plan(*sweep.plan(cfgs, grid.results_dir)))
+        return 0
+    try:
+        df = sweep.run_sweep(grid)
+    except sweep.SweepError as e:
+        print(f"clmerge: error: {e}", file=sys.stderr)
+        return 1
+    cols = [c for c in sweep.TABLE_COLUMNS if c in df.columns]
+    print(df[cols].to_string(index=False))
+    out = sweep.table_path(grid)
+    df.to_csv(out, index=False)
+    print(out)
     return 0
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from clmerge.experiment import checkpoint
 from clmerge.experiment import metrics as M
 from clmerge.experiment.config import ExperimentConfig
 from clmerge.experiment.provenance import device_name, git_commit, versions
@@ -40,7 +42,8 @@ def variant_label(cfg: ExperimentConfig) -> str:
     defaults = validate_method_args(cfg.method, {})
     changed = {k: v for k, v in cfg.method_args.items() if defaults.get(k) != v}
     if changed:
-        label += "[" + ",".join(f"{k}={v}" for k, v in sorted(changed.items())) + "]"
+        label += "[" + ",".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}"
+                                for k, v in sorted(changed.items())) + "]"
     return label
 
 
@@ -71,11 +74,20 @@ class Run:
         else:
             self.weights = dict(backbone.named_parameters())
         self.theta0 = {k: v.detach().clone() for k, v in self.weights.items()}
+        self.checkpoint_dir: Path | None = None
+        self.resumed_from: int | None = None
 
     def train_loader(self, experience, batch_size=None, shuffle=True):
+        """Loader of an experience's training data (eval transforms), shuffled by the run's
+        generator; ``cfg.num_workers`` persistent workers seeded by :func:`seed_worker`,
+        pinned memory on CUDA. With 0 workers: a plain single-process loader."""
+        workers = self.cfg.num_workers
+        parallel = (dict(num_workers=workers, persistent_workers=True,
+                         worker_init_fn=seed_worker) if workers > 0 else {})
         return torch.utils.data.DataLoader(
             experience.dataset.eval(), batch_size=batch_size or self.cfg.batch_size,
-            shuffle=shuffle, generator=self.generator)
+            shuffle=shuffle, generator=self.generator,
+            pin_memory=self.cfg.device.startswith("cuda"), **parallel)
 
     def train_batches(self, experience):
         """(x, y) batches of an experience's training data, fixed order."""
@@ -83,15 +95,31 @@ class Run:
             yield x.to(self.cfg.device), y.to(self.cfg.device)
 
 
+def seed_worker(worker_id: int) -> None:
+    """``worker_init_fn`` of the data loaders: seed python, numpy and torch in a worker.
+
+    The loader gives worker ``i`` the torch seed ``base_seed + i``, ``base_seed`` drawn
+    from the loader's generator (the run's); python's and numpy's generators get the same
+    seed here, so random augmentations in workers are reproducible for a given seed and
+    worker count.
+    """
+    import random
+
+    seed = torch.initial_seed()
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
 def _strategy(run: Run, plugins: list, evaluator):
-    from clmerge.strategies.template import MergingTemplate
+    from clmerge.strategies.template import MergingTemplate, resolve_amp
 
     cfg = run.cfg
     return MergingTemplate(
         model=run.model, lora=run.lora, finetune=cfg.finetune, lr=cfg.lr, head_lr=cfg.head_lr,
         weight_decay=cfg.weight_decay, train_mb_size=cfg.batch_size, train_epochs=cfg.epochs,
         eval_mb_size=cfg.eval_batch_size, device=cfg.device, plugins=plugins,
-        evaluator=evaluator)
+        evaluator=evaluator, amp=resolve_amp(cfg.amp, cfg.device), num_workers=cfg.num_workers)
 
 
 def _evaluator():
@@ -119,8 +147,13 @@ def _pad(rows: list[list[float]], T: int) -> list[list[float | None]]:
 CPU_THREADS = 1
 
 
-def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> dict:
+def run_experiment(cfg: ExperimentConfig, progress: bool = True,
+                   checkpoint_dir: str | Path | None = None) -> dict:
     """Run ``cfg`` and return the result dict (not yet written).
+
+    With ``checkpoint_dir``, a checkpoint is written there after each experience
+    (:mod:`clmerge.experiment.checkpoint`) and a run that finds one resumes after the
+    experience it records, ending with the same result as an uninterrupted run.
 
     On the CPU a run uses ``CPU_THREADS`` (1) intra-op threads, whatever the machine:
     float reductions then happen in the same order everywhere, so a config gives the
@@ -128,7 +161,7 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> dict:
     processes instead (``clmerge.report.study.ensure_results``).
     """
     with cpu_threads(cfg):
-        return _run_experiment(cfg, progress)
+        return _run_experiment(cfg, progress, checkpoint_dir)
 
 
 @contextlib.contextmanager
@@ -145,13 +178,14 @@ def cpu_threads(cfg: ExperimentConfig):
         torch.set_num_threads(threads)
 
 
-def _run_experiment(cfg: ExperimentConfig, progress: bool) -> dict:
+def _run_experiment(cfg: ExperimentConfig, progress: bool, checkpoint_dir=None) -> dict:
     from clmerge.strategies.methods import get_method
 
     spec = get_method(cfg.method)
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     t_start = time.perf_counter()
     run = Run(cfg)
+    run.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
     T = run.stream.n_experiences
     if spec.kind == "probe":
         R, R_til, tasks = _run_probe(run)
@@ -174,6 +208,7 @@ def _run_experiment(cfg: ExperimentConfig, progress: bool) -> dict:
         "provenance": {"versions": versions(), "git_commit": git_commit(),
                        "device": device_name(cfg.device), "started": started,
                        "wall_seconds": time.perf_counter() - t_start,
+                       "resumed_after_experience": run.resumed_from,
                        "torch_threads": torch.get_num_threads()},
     }
 
@@ -195,6 +230,7 @@ def merge_parts(run: Run, spec):
     merger = merger_cls(merger_cls.Options(**cfg.method_args) if merger_cls.Options else None)
     merge = MergePlugin(merger, run.weights, run.theta0, lora=run.lora, start=cfg.start,
                         train_batches=run.train_batches, logits_fn=_active_head_logits)
+    run.merge_plugin = merge  # method plugins may hand data to the merge (``extras``)
     extra = spec.plugins(cfg, run) if spec.plugins else []
     return merger, merge, extra
 
@@ -205,18 +241,27 @@ def _run_stream(run: Run, spec, progress: bool, extra_plugins: list | None = Non
 
     cfg = run.cfg
     merger, merge, extra = merge_parts(run, spec)
-    diag = DiagnosticsPlugin()
+    diag = DiagnosticsPlugin(run.weights, run.lora, cfg.diag_steps, extras=merge.extras)
     plugins = [ProgressPlugin(variant_label(cfg), progress),
                diag, *extra, merge, *(extra_plugins or [])]
     strategy = _strategy(run, plugins, _evaluator())
     run.merger, run.merge_plugin, run.strategy = merger, merge, strategy
     R, R_til = [], []
+    objects = {"merger": merger, "merge": merge, "diagnostics": diag, "clock": strategy.clock,
+               **{f"plugin{i}": p for i, p in enumerate(extra)}}
+    start = _resume(run, objects, R, R_til)
     for t, exp in enumerate(run.stream.train_stream):
+        if t < start:
+            continue
         strategy.train_heads = [t]
         strategy.train(exp)
         cil, til = _evaluate(run, strategy, t)
         R.append(cil)
         R_til.append(til)
+        if run.checkpoint_dir is not None:
+            checkpoint.save(run.checkpoint_dir, t, cfg.config_hash(), run.model, objects,
+                            {"R": R, "R_til": R_til,
+                             "rng": checkpoint.rng_state({"loader": run.generator})})
     tasks = []
     for t in range(len(R)):
         rec = {"experience": t}
@@ -231,6 +276,23 @@ def _run_stream(run: Run, spec, progress: bool, extra_plugins: list | None = Non
     return R, R_til, tasks
 
 
+def _resume(run: Run, objects: dict, R: list, R_til: list) -> int:
+    """Restore the run's last checkpoint, if any: the first experience still to train."""
+    if run.checkpoint_dir is None:
+        return 0
+    restored = checkpoint.load(run.checkpoint_dir, run.cfg.config_hash(), run.model, objects)
+    if restored is None:
+        return 0
+    done, extra = restored
+    R.extend(extra["R"])
+    R_til.extend(extra["R_til"])
+    checkpoint.set_rng_state(extra["rng"])
+    run.generator.set_state(extra["rng"]["generators"]["loader"].get_state())
+    run.resumed_from = done
+    print(f"resuming {run.cfg.run_name()} after experience {done}", flush=True)
+    return done + 1
+
+
 def _run_joint(run: Run, progress: bool):
     """Train every head and the backbone on the union of all experiences at once."""
     from clmerge.avalanche_api import benchmark_from_datasets
@@ -242,7 +304,7 @@ def _run_joint(run: Run, progress: bool):
     for e in list(train)[1:]:
         data = data.concat(e.dataset)
     joint_exp = benchmark_from_datasets(train=[data]).streams["train"][0]
-    diag = DiagnosticsPlugin()
+    diag = DiagnosticsPlugin(run.weights, run.lora, run.cfg.diag_steps)
     strategy = _strategy(run, [ProgressPlugin("joint", progress), diag], _evaluator())
     T = run.stream.n_experiences
     strategy.train_heads = list(range(T))
@@ -297,6 +359,21 @@ def get_or_run(cfg: ExperimentConfig, out_dir=DEFAULT_RESULTS, force: bool = Fal
             return read_result(path)
         except CorruptResultError as e:
             print(f"recomputing: {e}")
-    result = run_experiment(cfg, progress=progress)
+    ckpt = checkpoint_path(cfg, out_dir)
+    if force:  # recompute from scratch, not from a checkpoint of an earlier attempt
+        _remove_checkpoints(ckpt)
+    result = run_experiment(cfg, progress=progress, checkpoint_dir=ckpt)
     write_result(result, path)
+    _remove_checkpoints(ckpt)  # the result now holds everything
     return read_result(path)
+
+
+def _remove_checkpoints(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        folder.parent.rmdir()  # only when no other run has checkpoints there
+
+
+def checkpoint_path(cfg: ExperimentConfig, out_dir=DEFAULT_RESULTS) -> Path:
+    """Where a run's checkpoints live while it is unfinished."""
+    return Path(out_dir) / "_checkpoints" / cfg.run_name()

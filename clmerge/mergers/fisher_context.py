@@ -14,6 +14,10 @@ from clmerge.tensormath.fisher import diagonal_fisher
 from clmerge.tensormath.tensordict import TensorDict
 
 
+# bytes of float32 per-sample gradients held at once (ViT-B/16's K/V targets: 25 samples)
+PER_SAMPLE_BUDGET = 2 * 2**30
+
+
 def task_fisher(ctx: MergeContext, mode: str = "per_sample",
                 max_samples: int | None = None) -> TensorDict:
     """F_t at theta*_t on task t's training data, keyed like ``ctx.weights``.
@@ -24,11 +28,16 @@ def task_fisher(ctx: MergeContext, mode: str = "per_sample",
         mode: ``per_sample`` (textbook empirical Fisher) or ``per_batch`` (cheaper
             approximation); see :mod:`clmerge.tensormath.fisher`.
         max_samples: cap on the training samples used (None: all of them).
+
+    Per-sample gradients are computed in chunks that keep them under
+    ``PER_SAMPLE_BUDGET`` bytes (the result does not depend on the chunking).
     """
     if ctx.model is None or ctx.train_batches is None:
         raise ValueError("task_fisher needs the merge context's model and train_batches")
     names = {id(p): n for n, p in ctx.model.named_parameters()}
     model_names = {k: names[id(p)] for k, p in ctx.weights.items()}
+    n_params = sum(p.numel() for p in ctx.weights.values())
     f = diagonal_fisher(ctx.model, list(model_names.values()), ctx.train_batches(),
-                        logits_fn=ctx.logits_fn, mode=mode, max_samples=max_samples)
+                        logits_fn=ctx.logits_fn, mode=mode, max_samples=max_samples,
+                        chunk_size=max(1, PER_SAMPLE_BUDGET // (4 * n_params)))
     return {k: f[n] for k, n in model_names.items()}

@@ -50,3 +50,31 @@ def ordering(df: pd.DataFrame, variants: list[str], column: str = "cil_A_last",
     if expected:
         text += f"\npaper's order: {expected}"
     return text
+
+
+def responsiveness_verdict(table: pd.DataFrame, threshold: float = 0.5) -> str:
+    """One line per variant from ``start_diagnostics.responsiveness``: does the model a
+    method hands to the next task keep the gradient the stream started with?"""
+    lines = []
+    for v, row in table.iterrows():
+        r = row["ratio"]
+        if pd.isna(r):
+            continue
+        verdict = ("vanishes (< {:.0%} of task 1's)".format(threshold) if r < threshold
+                   else "does not vanish")
+        spread = "" if pd.isna(row["ratio std"]) else f" ± {row['ratio std']:.2f}"
+        lines.append(f"{v}: tasks 2..T start with {r:.2f}{spread} x task 1's gradient norm: "
+                     f"{verdict}")
+    return "\n".join(lines)
+
+
+def merge_cost_ratio(tasks: pd.DataFrame, variant: str, target: float = 0.25) -> str:
+    """Merge seconds as a fraction of the same task's training seconds (mean over tasks
+    and seeds) against ``target``."""
+    sub = tasks[tasks["variant"] == variant]
+    if sub.empty:
+        return f"no runs of {variant}"
+    ratio = (sub["merge_seconds"] / sub["train_seconds"]).mean()
+    ok = "meets" if ratio <= target else "MISSES"
+    return (f"{variant}: merge time is {ratio:.2f} x one task's training time "
+            f"(mean over {len(sub)} merges; {ok} the <= {target} target)")

@@ -185,3 +185,50 @@ def storage_vs_accuracy(df: pd.DataFrame, column: str = "til_A_last"):
     ax.set_title("storage vs accuracy", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def per_task_lines(tasks: pd.DataFrame, columns: dict, title: str = "", log: tuple = ()):
+    """One panel per column of a task frame (``report.start_diagnostics.task_frame``):
+    value against task, mean over seeds with a +-1 std band, one line per variant.
+    ``columns`` maps a column to its axis label; columns in ``log`` get a log axis."""
+    fig, axes = plt.subplots(1, len(columns), figsize=(4.6 * len(columns), 3.6), squeeze=False)
+    for ax, (col, label) in zip(axes[0], columns.items()):
+        for v in order(tasks["variant"]):
+            g = tasks[tasks["variant"] == v].groupby("task")[col]
+            m, s = g.mean(), g.std(ddof=1).fillna(0)
+            if m.isna().all():
+                continue
+            ax.plot(m.index, m.values, marker="o", ms=4, color=color(v), ls=linestyle(v), label=v)
+            ax.fill_between(m.index, m - s, m + s, color=color(v), alpha=0.15)
+        ax.set_xlabel("task t")
+        ax.set_ylabel(label)
+        if col in log:
+            ax.set_yscale("log")
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    axes[0, -1].legend(fontsize=7, loc="best")
+    if title:
+        fig.suptitle(title, fontsize=10, fontweight="bold")
+    fig.tight_layout()
+    return fig
+
+
+def first_steps_curves(steps: pd.DataFrame, metric: str = "dense_grad_norm",
+                       label: str = "gradient norm |dL/dW|"):
+    """``metric`` over the first training steps of each task (one panel per task, mean
+    over seeds, log scale): task 1 starts from the pretrained model, later tasks from
+    each method's merged model."""
+    tasks = sorted(steps["task"].unique())
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.1 * len(tasks), 3.3), sharey=True,
+                             squeeze=False)
+    for ax, t in zip(axes[0], tasks):
+        sub = steps[steps["task"] == t]
+        for v in order(sub["variant"]):
+            m = sub[sub["variant"] == v].groupby("step")[metric].mean()
+            ax.plot(m.index, m.values, color=color(v), ls=linestyle(v), label=v, lw=1.4)
+        ax.set_yscale("log")
+        ax.set_title(f"task {t}" + (" (from pretrained)" if t == 1 else ""), fontsize=9)
+        ax.set_xlabel("training step")
+    axes[0, 0].set_ylabel(label)
+    axes[0, -1].legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    return fig

@@ -8,21 +8,16 @@ missing ones, then returns the tidy frame of exactly those runs.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import re
-import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Iterable
 
 import pandas as pd
-from tqdm import tqdm
 
 from clmerge.experiment.config import ConfigError, ExperimentConfig, load_profile, make_config
-from clmerge.experiment.results import (CorruptResultError, load_results, read_result,
-                                        result_path)
-from clmerge.experiment.runner import DEFAULT_RESULTS, get_or_run
+from clmerge.experiment.results import load_results, result_path
+from clmerge.experiment.runner import DEFAULT_RESULTS
 
 _VARIANT = re.compile(r"^(?P<method>[a-z0-9_]+?)(?P<full>_full)?(?P<ft>@ft)?(\[(?P<args>[^\]]*)\])?$")
 
@@ -64,12 +59,6 @@ def configs(variants: Iterable[str], profile: str, benchmark: str | None = None,
             for label in variants for s in seeds]
 
 
-def _run_one(args) -> str:
-    cfg, results_dir, force = args
-    get_or_run(cfg, results_dir, force=force, progress=False)
-    return cfg.run_name()
-
-
 def ensure_results(variants: Iterable[str], profile: str, benchmark: str | None = None,
                    seeds: Iterable[int] | None = None, results_dir: str | Path | None = None,
                    force: bool = False, overrides: dict | None = None,
@@ -79,41 +68,27 @@ def ensure_results(variants: Iterable[str], profile: str, benchmark: str | None 
     Missing runs are computed in ``workers`` processes (default: one per CPU core; each
     run uses one thread, see ``clmerge.experiment.runner``), with a progress bar.
     """
+    from clmerge.experiment.sweep import compute_local, plan
+
     results_dir = Path(results_dir) if results_dir else DEFAULT_RESULTS
     cfgs = configs(variants, profile, benchmark, seeds, overrides)
-    todo = []
-    for cfg in cfgs:
-        path = result_path(cfg, results_dir)
-        if force or not path.exists():
-            todo.append(cfg)
-        else:
-            try:
-                read_result(path)
-            except CorruptResultError:
-                todo.append(cfg)
+    _, todo = plan(cfgs, results_dir, force)
     if todo:
         workers = min(len(todo), workers or os.cpu_count() or 1)
-        jobs = [(cfg, results_dir, force) for cfg in todo]
         print(f"computing {len(todo)} of {len(cfgs)} runs in {workers} process(es)", flush=True)
-        # a live bar on a terminal; one line per finished run in a notebook or a log
-        bar = tqdm(total=len(todo), desc="runs", file=sys.stdout, mininterval=5,
-                   disable=not sys.stdout.isatty())
-        if workers == 1:
-            for k, job in enumerate(jobs):
-                bar.set_postfix_str(job[0].run_name())
-                _run_one(job)
-                bar.update()
-                if bar.disable:
-                    print(f"  [{k + 1}/{len(jobs)}] {job[0].run_name()}", flush=True)
-        else:
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-                for k, name in enumerate(pool.map(_run_one, jobs)):
-                    bar.set_postfix_str(name)
-                    bar.update()
-                    if bar.disable:
-                        print(f"  [{k + 1}/{len(jobs)}] {name}", flush=True)
-        bar.close()
+        compute_local(todo, results_dir, force=force, workers=workers, keep_going=False)
     wanted = {str(result_path(c, results_dir)) for c in cfgs}
     df = load_results(results_dir)
     return df[df["path"].isin(wanted)].reset_index(drop=True)
+
+
+def accuracy_long_of(df: pd.DataFrame) -> pd.DataFrame:
+    """Every accuracy-matrix entry (``accuracy_long``) of exactly the runs in ``df``."""
+    from clmerge.experiment.results import accuracy_long
+
+    paths = set(df["path"])
+    frames = [accuracy_long(folder) for folder in sorted({str(Path(p).parent) for p in paths})]
+    if not frames:
+        return pd.DataFrame(columns=["variant", "protocol", "seed", "after", "on", "accuracy", "path"])
+    long = pd.concat(frames, ignore_index=True)
+    return long[long["path"].isin(paths)].reset_index(drop=True)

@@ -12,26 +12,105 @@ and ``make_optimizer`` builds a fresh AdamW with two parameter groups (backbone 
 ``lr``, heads at ``head_lr``), so no optimizer state crosses experiences. Everything
 else, including the plugins (merge driver, P&M perturbation, diagnostics) and the
 ``EvaluationPlugin``, is stock Avalanche.
+
+**Mixed precision** (``amp``, resolved from the config by :func:`resolve_amp`): with a
+dtype, ``forward`` and ``criterion`` (training and evaluation) run under
+``torch.autocast(device.type, dtype)``; the backward pass, the optimizer step, the plugins'
+hooks and the merge (Fisher included) run outside it, in float32. Parameters and
+optimizer state stay float32, and bfloat16 needs no gradient scaler. ``amp=None`` (the
+CPU default) changes nothing. On a CUDA device the template also enables TF32 for
+float32 matmuls and cuDNN convolutions (:func:`enable_tf32`, process-wide).
+
+**Data loaders**: ``num_workers`` worker processes for the training and evaluation
+loaders (training: persistent for the experience's epochs; each worker seeded by
+:func:`clmerge.experiment.runner.seed_worker`); Avalanche pins memory on CUDA. With
+``num_workers=0`` the loaders are Avalanche's defaults, unchanged.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
 from clmerge.avalanche_api import SupervisedTemplate
 
+AMP_DTYPES = {"bf16": torch.bfloat16}
+
+
+def resolve_amp(setting: str, device) -> torch.dtype | None:
+    """The autocast dtype of the config setting ``amp`` on ``device`` (None: no autocast).
+
+    ``auto``: bfloat16 on CUDA, none elsewhere; ``bf16``: bfloat16 on any device (on the
+    CPU, torch's CPU autocast); ``off``: none.
+    """
+    device = torch.device(device)
+    if setting == "off":
+        return None
+    if setting == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if setting in AMP_DTYPES:
+        return AMP_DTYPES[setting]
+    raise ValueError(f"amp must be one of auto, bf16, off; got {setting!r}")
+
+
+def enable_tf32() -> None:
+    """Let float32 matmuls and cuDNN convolutions use TF32 tensor cores (CUDA only)."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
 
 class MergingTemplate(SupervisedTemplate):
     def __init__(self, *, model, lora=None, finetune: str = "lora", lr: float = 1e-3,
-                 head_lr: float = 1e-2, weight_decay: float = 0.0, **kwargs):
+                 head_lr: float = 1e-2, weight_decay: float = 0.0,
+                 amp: torch.dtype | None = None, num_workers: int = 0, **kwargs):
         self.lora = lora
         self.finetune = finetune
         self.lr, self.head_lr, self.weight_decay = lr, head_lr, weight_decay
         self.train_heads: list[int] = [0]
+        self.amp = amp
+        self.num_workers = int(num_workers)
         placeholder = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.0)
         super().__init__(model=model, optimizer=placeholder,
                          criterion=torch.nn.CrossEntropyLoss(), **kwargs)
+        if self.device.type == "cuda":
+            enable_tf32()
 
+    # ------------------------------------------------------------------ precision
+    def autocast(self):
+        """The autocast context of training/evaluation forwards (a no-op without amp)."""
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp)
+
+    def forward(self):
+        with self.autocast():
+            return super().forward()
+
+    def criterion(self):
+        with self.autocast():  # autocast runs cross-entropy in float32
+            return super().criterion()
+
+    # ------------------------------------------------------------------ data
+    def make_train_dataloader(self, num_workers=None, persistent_workers=None, **kwargs):
+        workers = self.num_workers if num_workers is None else num_workers
+        if persistent_workers is None:
+            persistent_workers = workers > 0
+        super().make_train_dataloader(num_workers=workers,
+                                      persistent_workers=persistent_workers, **kwargs)
+
+    def make_eval_dataloader(self, num_workers=None, **kwargs):
+        workers = self.num_workers if num_workers is None else num_workers
+        super().make_eval_dataloader(num_workers=workers, **kwargs)
+
+    def _obtain_common_dataloader_parameters(self, **kwargs):
+        args = super()._obtain_common_dataloader_parameters(**kwargs)
+        if args.get("num_workers", 0) > 0:
+            from clmerge.experiment.runner import seed_worker
+            args.setdefault("worker_init_fn", seed_worker)
+        return args
+
+    # ------------------------------------------------------------------ training
     def backbone_trainables(self) -> list[torch.nn.Parameter]:
         if self.finetune == "lora":
             return self.lora.parameters()

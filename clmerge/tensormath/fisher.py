@@ -36,11 +36,16 @@ Choices / deviations:
   ``ValueError``.
 - Half-precision logits are promoted to float32 before log_softmax; sums are
   accumulated in float64 and returned as float32 tensors (on the parameters' device).
+- Autocast is switched off for the parameters' device while the Fisher is computed, so
+  a caller's mixed-precision region (bf16 training forwards) never reaches it: forwards
+  and gradients are float32. (On CUDA with TF32 enabled, as the training template does,
+  float32 matmuls use TF32 tensor cores: 10-bit mantissa products, float32 accumulation.)
 - ``max_samples`` truncates the last batch needed and stops before pulling the next.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -76,6 +81,13 @@ def _log_likelihood(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
     logp = torch.log_softmax(logits, dim=-1)
     return logp.gather(-1, y.reshape(-1, 1).long()).sum()
+
+
+def _autocast_off(device: torch.device):
+    """Autocast disabled for ``device``'s type: the Fisher is taken in float32."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def diagonal_fisher(model: nn.Module, param_names: Sequence[str],
@@ -139,27 +151,29 @@ def diagonal_fisher(model: nn.Module, param_names: Sequence[str],
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        for x, y in batches:
-            if max_samples is not None and seen + len(x) > max_samples:
-                x, y = x[: max_samples - seen], y[: max_samples - seen]
-            x, y = x.to(device), y.to(device)
-            b = len(x)
-            if b == 0:
-                continue
-            if mode == "per_sample":
-                grads, ll = per_sample_grads(x, y)
-                for n, g in grads.items():
-                    acc[n] += g.detach().double().pow(2).sum(0)
-            else:
-                grads, ll = grad_fn(selected, x, y)    # gradient of the batch sum
-                for n, g in grads.items():
-                    # batch mean g/b, squared, times b (estimate), times b (weight)
-                    acc[n] += g.detach().double().pow(2)
-            if not bool(torch.isfinite(ll).all()):
-                raise ValueError("non-finite log-likelihood: a true class has a -inf/nan logit")
-            seen += b
-            if max_samples is not None and seen >= max_samples:
-                break
+        with _autocast_off(device):
+            for x, y in batches:
+                if max_samples is not None and seen + len(x) > max_samples:
+                    x, y = x[: max_samples - seen], y[: max_samples - seen]
+                x, y = x.to(device), y.to(device)
+                b = len(x)
+                if b == 0:
+                    continue
+                if mode == "per_sample":
+                    grads, ll = per_sample_grads(x, y)
+                    for n, g in grads.items():
+                        acc[n] += g.detach().double().pow(2).sum(0)
+                else:
+                    grads, ll = grad_fn(selected, x, y)    # gradient of the batch sum
+                    for n, g in grads.items():
+                        # batch mean g/b, squared, times b (estimate), times b (weight)
+                        acc[n] += g.detach().double().pow(2)
+                if not bool(torch.isfinite(ll).all()):
+                    raise ValueError("non-finite log-likelihood: a true class has a "
+                                     "-inf/nan logit")
+                seen += b
+                if max_samples is not None and seen >= max_samples:
+                    break
     finally:
         for m, was_training in modes:
             m.training = was_training

@@ -1,0 +1,233 @@
+"""Checkpoints after each experience, so a killed run resumes where it stopped.
+
+A checkpoint is two files in ``<results>/_checkpoints/<run name>/``:
+
+- ``exp<t>.safetensors``: every tensor: the model's state dict (backbone with the LoRA
+  factors, heads), the random generators' states, and the tensors held by the stateful
+  objects of the run (the merger, the merge driver, the method's plugins, Avalanche's
+  clock);
+- ``state.json``: which experience finished, the accuracy rows so far, the config hash,
+  and the rest of those objects' state as JSON, with each tensor replaced by its key in
+  the safetensors file.
+
+The tensors file is written first, under a temporary name, then renamed; ``state.json``
+is written the same way last, so it always names a complete tensors file. Older tensors
+files are removed after the new ``state.json`` is in place.
+
+What is saved of an object is its instance attributes that are *state*: numbers,
+strings, tensors (not parameters: those are restored through the model), generators,
+containers of them, and plain state objects of ``clmerge.tensormath`` or Avalanche's
+regularisation helpers. Anything else (the model's parameters, the LoRA adapter, hooks,
+callables) is left as the fresh run constructed it. A module held as state (LwF's
+teacher) is saved as its state dict and restored into a copy of the run's model.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import importlib
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+_SKIP = object()
+STATE_MODULES = ("clmerge.tensormath", "avalanche.training.regularization",
+                 "avalanche.training.utils")
+
+
+class _Encoder:
+    def __init__(self):
+        self.tensors: dict[str, torch.Tensor] = {}
+
+    def tensor(self, t: torch.Tensor, prefix: str) -> str:
+        key = f"{prefix}#{len(self.tensors)}"
+        self.tensors[key] = t.detach().cpu().contiguous().clone()
+        return key
+
+    def encode(self, v: Any, prefix: str):
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        if isinstance(v, torch.nn.Parameter):
+            return _SKIP
+        if isinstance(v, torch.Tensor):
+            return {"__tensor__": self.tensor(v, prefix), "device": str(v.device)}
+        if isinstance(v, torch.Generator):
+            return {"__generator__": self.tensor(v.get_state(), prefix), "device": str(v.device)}
+        if isinstance(v, torch.Size):
+            return {"__size__": list(v)}
+        if isinstance(v, torch.device):
+            return {"__device__": str(v)}
+        if isinstance(v, torch.nn.Module):
+            sd = {k: self.tensor(t, f"{prefix}.{k}") for k, t in v.state_dict().items()}
+            return {"__module__": sd, "training": v.training}
+        if isinstance(v, (list, tuple, set, collections.deque)):
+            items = [self.encode(x, f"{prefix}[{i}]") for i, x in enumerate(v)]
+            if any(x is _SKIP for x in items):
+                return _SKIP
+            kind = {list: "list", tuple: "tuple", set: "set", frozenset: "set"}.get(type(v), "deque")
+            out = {"__seq__": kind, "items": items}
+            if isinstance(v, collections.deque):
+                out["maxlen"] = v.maxlen
+            return out
+        if isinstance(v, dict):
+            items = [[self.encode(k, prefix), self.encode(x, f"{prefix}.{k}")] for k, x in v.items()]
+            if any(k is _SKIP or x is _SKIP for k, x in items):
+                return _SKIP
+            factory = getattr(v, "default_factory", None)
+            return {"__dict__": items,
+                    "default": {dict: "dict", list: "list"}.get(factory) if factory else None}
+        cls = type(v)
+        if cls.__module__.startswith(STATE_MODULES) and hasattr(v, "__dict__"):
+            attrs = self.attributes(v, prefix)
+            return {"__object__": f"{cls.__module__}:{cls.__qualname__}", "attrs": attrs}
+        return _SKIP
+
+    def attributes(self, obj, prefix: str) -> dict:
+        out = {}
+        for name, value in vars(obj).items():
+            enc = self.encode(value, f"{prefix}.{name}")
+            if enc is not _SKIP:
+                out[name] = enc
+        return out
+
+
+class _Decoder:
+    def __init__(self, tensors: dict[str, torch.Tensor], model: torch.nn.Module | None):
+        self.tensors = tensors
+        self.model = model
+
+    def decode(self, v):
+        if not isinstance(v, dict):
+            return v
+        if "__tensor__" in v:
+            return self.tensors[v["__tensor__"]].to(v["device"])
+        if "__generator__" in v:
+            g = torch.Generator(device=v["device"])
+            g.set_state(self.tensors[v["__generator__"]])
+            return g
+        if "__size__" in v:
+            return torch.Size(v["__size__"])
+        if "__device__" in v:
+            return torch.device(v["__device__"])
+        if "__module__" in v:
+            if self.model is None:
+                raise ValueError("a module in the checkpoint needs the run's model to restore")
+            m = copy.deepcopy(self.model)
+            m.load_state_dict({k: self.tensors[key] for k, key in v["__module__"].items()})
+            m.train(v["training"])
+            return m
+        if "__seq__" in v:
+            items = [self.decode(x) for x in v["items"]]
+            kind = v["__seq__"]
+            if kind == "deque":
+                return collections.deque(items, maxlen=v["maxlen"])
+            return {"list": list, "tuple": tuple, "set": set}[kind](items)
+        if "__dict__" in v:
+            pairs = [(self.decode(k), self.decode(x)) for k, x in v["__dict__"]]
+            if v.get("default"):
+                out = collections.defaultdict({"dict": dict, "list": list}[v["default"]])
+                out.update(pairs)
+                return out
+            return dict(pairs)
+        if "__object__" in v:
+            module, name = v["__object__"].split(":")
+            cls = getattr(importlib.import_module(module), name)
+            obj = cls.__new__(cls)
+            for k, x in v["attrs"].items():
+                setattr(obj, k, self.decode(x))
+            return obj
+        raise ValueError(f"unreadable checkpoint entry with keys {sorted(v)[:3]}")
+
+
+def rng_state(generators: dict[str, torch.Generator]) -> dict:
+    """The state of python's, numpy's and torch's global generators and ``generators``."""
+    py = random.getstate()
+    state = {"python": [py[0], list(py[1]), py[2]], "torch": torch.get_rng_state()}
+    np_state = np.random.get_state()
+    state["numpy"] = [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
+                      int(np_state[2]), int(np_state[3]), float(np_state[4])]
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    state["generators"] = generators
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save(folder: str | os.PathLike, experience: int, config_hash: str,
+         model: torch.nn.Module, objects: dict[str, Any], extra: dict) -> Path:
+    """Write the checkpoint of a finished ``experience`` (see the module docstring)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    enc = _Encoder()
+    meta = {"experience": experience, "config_hash": config_hash,
+            "model": {k: enc.tensor(v, f"model.{k}") for k, v in model.state_dict().items()},
+            "objects": {name: enc.attributes(obj, name) for name, obj in objects.items()},
+            "extra": enc.encode(extra, "extra")}
+    tensors_name = f"exp{experience}.safetensors"
+    _atomic_write(folder / tensors_name, lambda tmp: save_file(enc.tensors, tmp))
+    meta["tensors"] = tensors_name
+    _atomic_write(folder / "state.json", lambda tmp: Path(tmp).write_text(json.dumps(meta)))
+    for old in folder.glob("exp*.safetensors"):
+        if old.name != tensors_name:
+            old.unlink(missing_ok=True)
+    return folder / "state.json"
+
+
+def load(folder: str | os.PathLike, config_hash: str, model: torch.nn.Module,
+         objects: dict[str, Any]) -> tuple[int, dict] | None:
+    """Restore the last checkpoint in ``folder`` into ``model`` and ``objects`` (same
+    names as when saved); return (finished experience, extra) or None when there is no
+    usable checkpoint (none, another config, or unreadable: the run then starts over)."""
+    state = Path(folder) / "state.json"
+    if not state.exists():
+        return None
+    try:
+        meta = json.loads(state.read_text())
+        tensors = load_file(str(Path(folder) / meta["tensors"]))
+    except (OSError, ValueError, KeyError) as e:
+        print(f"ignoring unreadable checkpoint in {folder}: {e}")
+        return None
+    if meta.get("config_hash") != config_hash:
+        return None
+    dec = _Decoder(tensors, model)
+    model.load_state_dict({k: tensors[key] for k, key in meta["model"].items()})
+    for name, attrs in meta["objects"].items():
+        obj = objects[name]
+        for k, v in attrs.items():
+            value, current = dec.decode(v), getattr(obj, k, None)
+            # containers are refilled in place: other objects may share them (the merge
+            # driver's ``extras`` is also the diagnostics' and the trajectory recorder's)
+            if type(current) is type(value) and isinstance(value, (dict, list)):
+                current.clear()
+                current.update(value) if isinstance(value, dict) else current.extend(value)
+            else:
+                setattr(obj, k, value)
+    return meta["experience"], dec.decode(meta["extra"])
