@@ -232,3 +232,31 @@ def first_steps_curves(steps: pd.DataFrame, metric: str = "dense_grad_norm",
     axes[0, -1].legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     return fig
+
+
+def metric_points(df: pd.DataFrame, variants: list[str], columns: dict, reference: str | None = None,
+                  title: str = ""):
+    """One row per variant, one panel per metric column: every seed as a dot, the mean
+    as a bar tick with +-1 std; a dotted line at ``reference``'s mean."""
+    variants = [v for v in variants if v in set(df["variant"])]
+    fig, axes = plt.subplots(1, len(columns), figsize=(4.4 * len(columns), 0.42 * len(variants) + 1.4),
+                             sharey=True, squeeze=False)
+    ypos = {v: i for i, v in enumerate(variants)}
+    for ax, (col, label) in zip(axes[0], columns.items()):
+        for v in variants:
+            vals = df.loc[df["variant"] == v, col].dropna() * 100
+            y = ypos[v]
+            ax.scatter(vals, [y] * len(vals), color=color(v), alpha=0.6, s=16, zorder=3)
+            if len(vals):
+                s = vals.std(ddof=1) if len(vals) > 1 else 0.0
+                ax.errorbar(vals.mean(), y, xerr=s, fmt="|", ms=14, color=color(v), capsize=3)
+        if reference in ypos:
+            ax.axvline(df.loc[df["variant"] == reference, col].mean() * 100, ls=":", color="grey")
+        ax.set_xlabel(label)
+    axes[0, 0].set_yticks(range(len(variants)))
+    axes[0, 0].set_yticklabels(variants, fontsize=8)
+    axes[0, 0].invert_yaxis()
+    if title:
+        fig.suptitle(title, fontsize=10, fontweight="bold")
+    fig.tight_layout()
+    return fig

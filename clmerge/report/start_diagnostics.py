@@ -18,7 +18,7 @@ from clmerge.report.style import order
 
 TASK_FIELDS = ("merge_seconds", "train_seconds", "train_steps", "state_bytes",
                "distance_from_pretrained", "task_vector_norm", "grad_norm_start",
-               "loss_start", "coefficient")
+               "loss_start", "coefficient", "fisher_trace", "delta_F_delta")
 STEP_SERIES = {"losses_first": "loss", "grad_norms_first": "grad_norm",
                "dense_grad_norms_first": "dense_grad_norm"}
 
@@ -39,6 +39,7 @@ def task_frame(df: pd.DataFrame) -> pd.DataFrame:
             row = {"variant": run["variant"], "seed": run["seed"], "task": t + 1,
                    "path": run["path"]}
             row.update({k: rec.get(k, np.nan) for k in TASK_FIELDS})
+            row["state_MiB"] = row["state_bytes"] / 2**20
             for key, name in STEP_SERIES.items():
                 series = rec.get(key) or []
                 row[f"{name}_first_mean"] = float(np.mean(series)) if series else np.nan

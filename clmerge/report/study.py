@@ -63,7 +63,8 @@ def ensure_results(variants: Iterable[str], profile: str, benchmark: str | None 
                    seeds: Iterable[int] | None = None, results_dir: str | Path | None = None,
                    force: bool = False, overrides: dict | None = None,
                    workers: int | None = None) -> pd.DataFrame:
-    """Load or compute every variant x seed; return their rows of the tidy frame.
+    """Load or compute every variant x seed; return their rows of the tidy frame, with
+    ``variant`` as spelled in ``variants``.
 
     Missing runs are computed in ``workers`` processes (default: one per CPU core; each
     run uses one thread, see ``clmerge.experiment.runner``), with a progress bar.
@@ -71,15 +72,22 @@ def ensure_results(variants: Iterable[str], profile: str, benchmark: str | None 
     from clmerge.experiment.sweep import compute_local, plan
 
     results_dir = Path(results_dir) if results_dir else DEFAULT_RESULTS
+    variants = list(variants)
+    seeds = profile_seeds(profile) if seeds is None else list(seeds)
     cfgs = configs(variants, profile, benchmark, seeds, overrides)
+    labels = [label for label in variants for _ in seeds]
     _, todo = plan(cfgs, results_dir, force)
     if todo:
         workers = min(len(todo), workers or os.cpu_count() or 1)
         print(f"computing {len(todo)} of {len(cfgs)} runs in {workers} process(es)", flush=True)
         compute_local(todo, results_dir, force=force, workers=workers, keep_going=False)
-    wanted = {str(result_path(c, results_dir)) for c in cfgs}
+    wanted = {str(result_path(c, results_dir)): label for c, label in zip(cfgs, labels)}
     df = load_results(results_dir)
-    return df[df["path"].isin(wanted)].reset_index(drop=True)
+    df = df[df["path"].isin(wanted)].reset_index(drop=True)
+    # the chapter's own spelling of each variant (``trm[trajectory=false]``), whatever
+    # label the result file was written with
+    df["variant"] = df["path"].map(wanted)
+    return df
 
 
 def accuracy_long_of(df: pd.DataFrame) -> pd.DataFrame:
@@ -91,4 +99,6 @@ def accuracy_long_of(df: pd.DataFrame) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=["variant", "protocol", "seed", "after", "on", "accuracy", "path"])
     long = pd.concat(frames, ignore_index=True)
-    return long[long["path"].isin(paths)].reset_index(drop=True)
+    long = long[long["path"].isin(paths)].reset_index(drop=True)
+    long["variant"] = long["path"].map(dict(zip(df["path"], df["variant"])))
+    return long

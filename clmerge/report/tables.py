@@ -83,3 +83,21 @@ def side_by_side(df: pd.DataFrame, protocol: str, paper_benchmark: str = "imagen
                          "-" if p is None else f"{p['value']:.2f}",
                      "paper note": "" if p is None or pd.isna(p["note"]) else p["note"]})
     return pd.DataFrame(rows).set_index("variant")
+
+
+def cost_per_task(tasks: pd.DataFrame) -> pd.DataFrame:
+    """Per variant, from a task frame (``report.start_diagnostics.task_frame``): training
+    milliseconds per step, merge seconds per task, merge time as a fraction of the same
+    task's training time, and bytes persisted after the last task (means over tasks and
+    seeds; one CPU thread per run)."""
+    t = tasks.assign(ms_per_step=1000 * tasks["train_seconds"] / tasks["train_steps"],
+                     merge_ratio=tasks["merge_seconds"] / tasks["train_seconds"])
+    last = t[t["task"] == t.groupby("variant")["task"].transform("max")]
+    g = t.groupby("variant")
+    out = pd.DataFrame({
+        "train ms / step": g["ms_per_step"].mean(),
+        "merge s / task": g["merge_seconds"].mean(),
+        "merge / train": g["merge_ratio"].mean(),
+        "persisted MiB (last task)": last.groupby("variant")["state_MiB"].max(),
+    }).round(3)
+    return out.loc[order(out.index)]

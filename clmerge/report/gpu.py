@@ -1,0 +1,38 @@
+"""GPU benchmark figures for the cost chapter: the JSON files of ``benchmarks/throughput.py``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+COMMAND = ".venv/bin/python benchmarks/throughput.py --device cuda --out data/benchmarks/throughput-<gpu>.json"
+
+
+def throughput_table(folder: str | Path) -> pd.DataFrame:
+    """One row per method per benchmark file: device, images/s, peak memory, MFU, the
+    pm/seq ratio, the merge time and the command that produced it. An empty frame with
+    a note when no file has been committed."""
+    rows = []
+    for path in sorted(Path(folder).glob("throughput*.json")):
+        r = json.loads(path.read_text())
+        for method, m in r["methods"].items():
+            peak = m.get("peak_memory_bytes")
+            mfu = m.get("mfu")
+            rows.append({
+                "file": path.name, "device": r["device"], "method": method,
+                "batch": r["setting"]["batch"], "autocast": r["setting"]["autocast"],
+                "images/s": round(m["images_per_s"], 1),
+                "peak GiB": round(peak / 2**30, 2) if peak else None,
+                "TFLOP/s": round(m["achieved_tflops"], 1),
+                "MFU": round(mfu, 3) if isinstance(mfu, float) else mfu,
+                "pm / seq images/s": round(r["ratio_pm_over_seq"], 3),
+                "merge s": round(r["merge"].get("seconds", float("nan")), 2)
+                if isinstance(r.get("merge"), dict) and "seconds" in r["merge"] else None,
+                "command": " ".join(r["command"]),
+            })
+    if not rows:
+        return pd.DataFrame({"note": [f"no GPU benchmark committed in {folder}; on a GPU "
+                                      f"machine run: {COMMAND}"]})
+    return pd.DataFrame(rows).set_index(["device", "method"])

@@ -1,0 +1,98 @@
+"""The chapter-3/5/6 report functions against brute force on real smoke results."""
+
+from __future__ import annotations
+
+import json
+
+import matplotlib
+import numpy as np
+import pytest
+
+matplotlib.use("Agg")
+
+from clmerge.experiment.results import read_result  # noqa: E402
+from clmerge.report import gpu, narrative, plots, start_diagnostics, study, tables  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def frame(tmp_path_factory):
+    d = tmp_path_factory.mktemp("results")
+    return study.ensure_results(["seq", "trm", "trm[trajectory=false]"], "smoke", seeds=[0, 1],
+                                results_dir=d, workers=1)
+
+
+def test_ensure_results_keeps_the_requested_spelling(frame):
+    assert set(frame["variant"]) == {"seq", "trm", "trm[trajectory=false]"}
+
+
+def test_task_frame_matches_the_accuracy_matrices(frame):
+    tasks = start_diagnostics.task_frame(frame)
+    assert len(tasks) == sum(len(read_result(p)["tasks"]) for p in frame["path"])
+    for _, row in tasks.iterrows():
+        r = read_result(row["path"])
+        t = row["task"] - 1
+        assert row["til_current"] == r["R_til"][t][t]
+        old = [r["R_til"][t][j] for j in range(t)]
+        assert (np.isnan(row["til_old"]) if not old else row["til_old"] == pytest.approx(np.mean(old)))
+        rec = r["tasks"][t]
+        assert row["dense_grad_norm_first_mean"] == pytest.approx(np.mean(rec["dense_grad_norms_first"]))
+
+
+def test_first_steps_frame_has_every_recorded_step(frame):
+    steps = start_diagnostics.first_steps_frame(frame)
+    expected = sum(len(t["losses_first"]) for p in frame["path"] for t in read_result(p)["tasks"])
+    assert len(steps) == expected
+    assert steps["step"].min() == 1 and (steps["dense_grad_norm"] > 0).all()
+
+
+def test_responsiveness_ratio_is_the_per_seed_ratio_of_means(frame):
+    tasks = start_diagnostics.task_frame(frame)
+    table = start_diagnostics.responsiveness(tasks)
+    sub = tasks[tasks["variant"] == "seq"]
+    ratios = [sub[(sub.seed == s) & (sub.task > 1)]["dense_grad_norm_first_mean"].mean()
+              / sub[(sub.seed == s) & (sub.task == 1)]["dense_grad_norm_first_mean"].iloc[0]
+              for s in (0, 1)]
+    assert table.loc["seq", "ratio"] == pytest.approx(np.mean(ratios), abs=1e-3)
+    text = narrative.responsiveness_verdict(table)
+    assert text.count("\n") == len(table) - 1 and "seq:" in text
+
+
+def test_cost_per_task_and_merge_ratio(frame):
+    tasks = start_diagnostics.task_frame(frame)
+    cost = tables.cost_per_task(tasks)
+    sub = tasks[tasks["variant"] == "trm"]
+    assert cost.loc["trm", "train ms / step"] == pytest.approx(
+        (1000 * sub["train_seconds"] / sub["train_steps"]).mean(), abs=1e-3)
+    assert cost.loc["trm", "persisted MiB (last task)"] == 0
+    ratio = (sub["merge_seconds"] / sub["train_seconds"]).mean()
+    line = narrative.merge_cost_ratio(tasks, "trm", target=ratio + 1)
+    assert f"{ratio:.2f} x" in line and "meets" in line
+    assert "MISSES" in narrative.merge_cost_ratio(tasks, "trm", target=ratio / 2)
+
+
+@pytest.mark.parametrize("draw,n_axes", [
+    (lambda df, tasks, steps: plots.per_task_lines(tasks, {"til_old": "a", "state_MiB": "b"}), 2),
+    (lambda df, tasks, steps: plots.first_steps_curves(steps), 5),
+    (lambda df, tasks, steps: plots.metric_points(df, ["seq", "trm"], {"cil_A_last": "x"}, "seq"), 1),
+])
+def test_figures_draw_one_panel_per_column_or_task(frame, draw, n_axes):
+    tasks = start_diagnostics.task_frame(frame)
+    steps = start_diagnostics.first_steps_frame(frame)
+    fig = draw(frame, tasks, steps)
+    assert len(fig.axes) == n_axes
+    assert all(ax.lines or ax.collections for ax in fig.axes)
+
+
+def test_throughput_table_reads_benchmark_files(tmp_path):
+    assert "no GPU benchmark committed" in gpu.throughput_table(tmp_path)["note"][0]
+    result = {"device": "NVIDIA H100 80GB HBM3", "command": ["benchmarks/throughput.py", "--device", "cuda"],
+              "setting": {"batch": 256, "autocast": "bfloat16"}, "ratio_pm_over_seq": 0.98,
+              "merge": {"seconds": 12.5},
+              "methods": {m: {"images_per_s": ips, "peak_memory_bytes": 2**30 * 20,
+                              "achieved_tflops": 300.0, "mfu": 0.3}
+                          for m, ips in (("seq", 1000.0), ("pm", 980.0))}}
+    (tmp_path / "throughput-h100.json").write_text(json.dumps(result))
+    table = gpu.throughput_table(tmp_path)
+    assert table.loc[("NVIDIA H100 80GB HBM3", "pm"), "images/s"] == 980.0
+    assert table.loc[("NVIDIA H100 80GB HBM3", "seq"), "peak GiB"] == 20.0
+    assert table.loc[("NVIDIA H100 80GB HBM3", "seq"), "merge s"] == 12.5
