@@ -1,62 +1,263 @@
-"""``clmerge book``: execute every chapter with papermill, then build the HTML.
+"""``clmerge book``: parameterize every chapter, then build the HTML (executing with a cache).
 
-1. Each ``chapters/*.ipynb`` runs through papermill with ``profile`` (and
-   ``results_dir``/``force`` when given) injected into its ``parameters`` cell; the
-   executed copy goes to ``_build/executed/<profile>/``. Chapters read and write only
-   result files, so they run in any order and each in a fresh kernel.
-2. The book source (``_config.yml``, ``_toc.yml``, pages, bibliography) is staged in
-   ``_build/book_src`` with the executed notebooks in place of the committed (output-free)
-   ones, and ``jupyter-book build`` renders it to ``_build/html`` with warnings as errors.
+1. The book source (``_config.yml``, ``_toc.yml``, pages, bibliography) is staged in
+   ``_build/book_src``. Each ``chapters/*.ipynb`` goes there through papermill with
+   ``prepare_only=True``: ``profile``, ``clmerge_version`` (and ``results_dir``/``force``,
+   and any ``-p KEY=VALUE`` for the selected chapters) are injected after its
+   ``parameters`` cell, nothing is executed. A hidden first cell moves the kernel into the
+   repository's ``chapters/`` folder, so relative paths mean what they mean in a plain
+   papermill run.
+2. ``jupyter-book build`` renders the staged source to ``_build/html`` with warnings as
+   errors and executes each chapter itself, in a fresh kernel, through the jupyter-cache
+   at ``execute.cache`` of ``_config.yml`` (``_build/.jupyter_cache``). The cache key is
+   the code cells' source, which includes the injected parameters and
+   ``clmerge_version`` (``clmerge.__version__``, a digest of the package's code): a chapter
+   runs again when its code, its parameters or clmerge change, and comes from the cache
+   otherwise.
+
+``--no-html`` executes the selected chapters with papermill into
+``_build/executed/<profile>/`` instead (no cache, no HTML): the fast check that every
+chapter runs. Chapters read and write only result files, so they run in any order.
 """
 
 from __future__ import annotations
 
+import ast
+import contextlib
+import io
+import logging
+import os
 import shutil
 import subprocess
 import sys
 import time
+import tokenize
 from pathlib import Path
+
+from clmerge.experiment.config import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "_build"
+CHAPTERS = ROOT / "chapters"
 BOOK_FILES = ["_config.yml", "_toc.yml", "references.bib"]
+PAGE_SUFFIXES = (".md", ".png", ".svg")
+# Parameters `clmerge book` sets itself, and the option that sets each.
+RESERVED = {"profile": "--profile", "results_dir": "--results-dir", "force": "--force",
+            "clmerge_version": None}
+CHDIR_TAG = "clmerge-chdir"
 
 
 def chapter_paths(only: list[str] | None = None) -> list[Path]:
-    paths = sorted((ROOT / "chapters").glob("*.ipynb"))
+    paths = sorted(CHAPTERS.glob("*.ipynb"))
     if only:
         missing = set(only) - {p.stem for p in paths}
         if missing:
-            from clmerge.experiment.config import ConfigError
             raise ConfigError(f"unknown chapter(s) {sorted(missing)}; chapters: "
                               f"{', '.join(p.stem for p in paths)}")
         paths = [p for p in paths if p.stem in only]
     return paths
 
 
-def execute_chapters(profile: str, force: bool = False, results_dir: str | None = None,
-                     only: list[str] | None = None) -> Path:
-    """Run each chapter through papermill; return the folder of executed notebooks."""
-    import papermill as pm
+# ---------------------------------------------------------------- parameters
 
-    out = BUILD / "executed" / profile
-    out.mkdir(parents=True, exist_ok=True)
-    params = {"profile": profile, "force": force}
+
+def parse_parameters(items: list[str] | None) -> dict:
+    """``["seeds=[0, 1]", "profile=smoke"]`` -> ``{"seeds": [0, 1], "profile": "smoke"}``.
+
+    Each VALUE is read with ``yaml.safe_load`` (``[0, 1]`` a list, ``0.3`` a float, ``True``
+    a bool, ``pm[eps=0.3]`` a string); ``None`` (Python's spelling) is None as well.
+    """
+    import yaml
+
+    params: dict = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ConfigError(f"-p {item!r}: write KEY=VALUE, e.g. -p seeds='[0, 1]'")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"-p {item!r}: VALUE is not valid YAML "
+                              f"({str(e).splitlines()[0]})") from None
+        params[key] = None if value == "None" else value
+    return params
+
+
+def chapter_parameters(path: str | os.PathLike) -> dict[str, dict[str, str]]:
+    """The parameters a chapter declares: ``{name: {"default": SOURCE, "help": COMMENT}}``.
+
+    Read from the cell tagged ``parameters`` with Python's own parser (papermill's
+    ``inspect_notebook`` mis-reads a list default that spans lines and contains ``=``, as
+    in ``trm[pc=0.0]``), in declaration order; ``help`` is the comment ending the line.
+    """
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    cell = next((c for c in nb.cells if "parameters" in c.metadata.get("tags", [])), None)
+    if cell is None:
+        return {}
+    source = cell.source
+    comments = {tok.start[0]: tok.string.lstrip("#").strip()
+                for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+                if tok.type == tokenize.COMMENT}
+    out: dict[str, dict[str, str]] = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign):
+            targets, value = node.targets, node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            targets, value = [node.target], node.value
+        else:
+            continue
+        default = " ".join(ast.get_source_segment(source, value).split())
+        for target in targets:
+            if isinstance(target, ast.Name):
+                out[target.id] = {"default": default,
+                                  "help": comments.get(node.end_lineno, "")}
+    return out
+
+
+def check_parameters(only: list[str] | None, params: dict) -> dict[str, dict]:
+    """Which ``-p`` parameters each chapter gets: ``{stem: {name: value}}``.
+
+    With ``--chapters`` (``only``), every parameter goes to every named chapter, and each
+    must be one that chapter declares. Without it, a parameter goes to the chapters that
+    declare it, and at least one must. Anything else raises ConfigError, before any work.
+    """
+    for name in params:
+        if name in RESERVED:
+            how = f"use {RESERVED[name]}" if RESERVED[name] else "it is the code's version"
+            raise ConfigError(f"-p {name}: clmerge book sets {name} itself ({how})")
+    declared = {p.stem: chapter_parameters(p) for p in chapter_paths(only)}
+    if only:
+        for stem, known in declared.items():
+            unknown = [n for n in params if n not in known]
+            if unknown:
+                valid = ", ".join(known) if known else "none (no cell tagged 'parameters')"
+                raise ConfigError(f"chapter {stem} has no parameter "
+                                  f"{', '.join(map(repr, unknown))}; valid parameters: {valid}")
+        return {stem: dict(params) for stem in declared}
+    for name in params:
+        if not any(name in known for known in declared.values()):
+            valid = ", ".join(dict.fromkeys(n for known in declared.values() for n in known))
+            raise ConfigError(f"no chapter has a parameter {name!r}; valid parameters: {valid}")
+    return {stem: {n: v for n, v in params.items() if n in known}
+            for stem, known in declared.items()}
+
+
+def parameters_markdown(paths: list[Path] | None = None) -> str:
+    """Each chapter's parameters as Markdown tables (for the page on rerunning chapters)."""
+    blocks = []
+    for path in paths if paths is not None else chapter_paths():
+        rows = ["| parameter | default | note |", "|---|---|---|"]
+        for name, p in chapter_parameters(path).items():
+            default = p["default"].replace("|", "\\|")
+            note = p["help"].replace("|", "\\|")
+            rows.append(f"| `{name}` | `{default}` | {note} |")
+        blocks.append(f"**`{path.stem}`**\n\n" + "\n".join(rows))
+    return "\n\n".join(blocks)
+
+
+def base_parameters(profile: str, force: bool = False,
+                    results_dir: str | None = None) -> dict:
+    import clmerge
+
+    params = {"profile": profile, "force": force, "clmerge_version": clmerge.__version__}
     if results_dir:
         params["results_dir"] = str(Path(results_dir).resolve())
+    return params
+
+
+# ---------------------------------------------------------------- execution
+
+
+@contextlib.contextmanager
+def _quiet_papermill():
+    """Silence papermill's own parameter checks (``Unable to parse line``, ``Passed unknown
+    parameter``): its parser mis-reads some valid cells, and check_parameters has already
+    checked every parameter."""
+    log = logging.getLogger("papermill")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def execute_chapters(profile: str, force: bool = False, results_dir: str | None = None,
+                     only: list[str] | None = None, params: dict | None = None) -> Path:
+    """Run each selected chapter through papermill; return the folder of executed notebooks."""
+    import papermill as pm
+
+    extra = check_parameters(only, params or {})
+    out = BUILD / "executed" / profile
+    out.mkdir(parents=True, exist_ok=True)
+    base = base_parameters(profile, force, results_dir)
     for nb in chapter_paths(only):
         t0 = time.perf_counter()
         print(f"executing {nb.name} (profile {profile})", flush=True)
-        pm.execute_notebook(str(nb), str(out / nb.name), parameters=params,
-                            cwd=str(nb.parent), kernel_name="python3", progress_bar=False,
-                            log_output=False)
+        with _quiet_papermill():
+            pm.execute_notebook(str(nb), str(out / nb.name),
+                                parameters={**base, **extra[nb.stem]}, cwd=str(nb.parent),
+                                kernel_name="python3", progress_bar=False, log_output=False)
         print(f"  done in {time.perf_counter() - t0:.0f} s", flush=True)
     return out
 
 
-def stage_source(executed: Path) -> Path:
-    """Copy the book's pages to _build/book_src with executed chapters in place."""
-    src = BUILD / "book_src"
+def prepare_chapters(dest: Path, profile: str, force: bool = False,
+                     results_dir: str | None = None, only: list[str] | None = None,
+                     params: dict | None = None) -> list[Path]:
+    """Write every chapter, parameterized but not executed, into ``dest``.
+
+    Every chapter is part of the book; the ``-p`` parameters go where check_parameters
+    sends them (the selected chapters), on top of the base parameters.
+    """
+    import papermill as pm
+
+    extra = check_parameters(only, params or {})
+    base = base_parameters(profile, force, results_dir)
+    dest.mkdir(parents=True, exist_ok=True)
+    written = []
+    for nb in chapter_paths():
+        target = dest / nb.name
+        with _quiet_papermill():
+            pm.execute_notebook(str(nb), str(target),
+                                parameters={**base, **extra.get(nb.stem, {})},
+                                prepare_only=True, kernel_name="python3", progress_bar=False,
+                                log_output=False)
+        _add_chdir_cell(target, nb.parent)
+        written.append(target)
+    return written
+
+
+def _add_chdir_cell(path: Path, cwd: Path) -> None:
+    """Make the notebook's first cell (hidden) move the kernel to ``cwd``.
+
+    jupyter-book runs a notebook in the folder it is staged in; the hidden cell makes
+    relative paths resolve against the repository's ``chapters/``, as in a papermill run.
+    The path is written relative to the staged notebook so the cache key does not depend
+    on where the checkout lives.
+    """
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    rel = os.path.relpath(cwd, path.parent)
+    cell = nbformat.v4.new_code_cell(f"import os\nos.chdir({rel!r})")
+    cell.id = CHDIR_TAG
+    cell.metadata["tags"] = ["remove-cell", CHDIR_TAG]
+    nb.cells.insert(0, cell)
+    nbformat.write(nb, str(path))
+
+
+def stage_source(dest: Path | None = None) -> Path:
+    """Copy the book's pages (not the chapter notebooks) to ``_build/book_src``.
+
+    Pages are copied with a fresh modification time, so Sphinx reads every page on every
+    build: a page that computes its content (``rerun.md`` lists the chapters' parameters)
+    is always current. Reading is cheap; executing goes through the cache.
+    """
+    src = dest or BUILD / "book_src"
     if src.exists():
         shutil.rmtree(src)
     src.mkdir(parents=True)
@@ -65,29 +266,35 @@ def stage_source(executed: Path) -> Path:
             shutil.copy2(ROOT / name, src / name)
     for md in ROOT.glob("*.md"):
         if md.name != "README.md":
-            shutil.copy2(md, src / md.name)
+            shutil.copy(md, src / md.name)
     (src / "chapters").mkdir()
-    for f in (ROOT / "chapters").iterdir():
-        if f.suffix in (".md", ".png", ".svg"):
-            shutil.copy2(f, src / "chapters" / f.name)
-    for nb in executed.glob("*.ipynb"):
-        shutil.copy2(nb, src / "chapters" / nb.name)
+    for f in CHAPTERS.iterdir():
+        if f.suffix in PAGE_SUFFIXES:
+            shutil.copy(f, src / "chapters" / f.name)
     return src
 
 
 def build_html(src: Path) -> int:
     cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(src),
-           "--path-output", str(ROOT), "--warningiserror", "--keep-going"]
+           "--path-output", str(BUILD.parent), "--warningiserror", "--keep-going"]
     print(" ".join(cmd), flush=True)
-    return subprocess.run(cmd).returncode
+    # cwd: the execution cache's path in _config.yml is relative to the repository root
+    return subprocess.run(cmd, cwd=ROOT).returncode
 
 
 def build_book(profile: str = "quick", force: bool = False, html: bool = True,
-               only: list[str] | None = None, results_dir: str | None = None) -> int:
-    executed = execute_chapters(profile, force, results_dir, only)
+               only: list[str] | None = None, results_dir: str | None = None,
+               params: dict | None = None) -> int:
+    params = params or {}
+    check_parameters(only, params)  # before anything runs or is written
     if not html:
+        execute_chapters(profile, force, results_dir, only, params)
         return 0
-    rc = build_html(stage_source(executed))
+    src = stage_source()
+    prepare_chapters(src / "chapters", profile, force, results_dir, only, params)
+    t0 = time.perf_counter()
+    rc = build_html(src)
+    print(f"jupyter-book build: {time.perf_counter() - t0:.0f} s (exit status {rc})")
     if rc == 0:
         print(f"book: {BUILD / 'html' / 'index.html'}")
     return rc

@@ -2,7 +2,7 @@
 
     clmerge run --method M --benchmark B [--profile P] [--seed S] [--set KEY=VALUE ...] [--out DIR] [--force]
     clmerge list methods|benchmarks|backbones|profiles
-    clmerge book [--profile P] [--force]
+    clmerge book [--profile P] [--force] [--no-html] [--chapters NAME ...] [-p KEY=VALUE ...] [--results-dir DIR]
     clmerge sweep GRID.yaml [--executor local|submitit_local|slurm] [--workers N] [--results-dir DIR] [--dry-run]
 
 Unknown names and bad values fail before any work with one message naming the valid
@@ -56,11 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list registered names")
     ls.add_argument("what", choices=["methods", "benchmarks", "backbones", "profiles"])
 
-    b = sub.add_parser("book", help="execute every chapter with papermill, then build the HTML")
+    b = sub.add_parser("book", help="parameterize every chapter with papermill and build the "
+                                     "HTML, executing the chapters through the cache")
     b.add_argument("--profile", default="quick")
     b.add_argument("--force", action="store_true", help="recompute results that exist")
-    b.add_argument("--no-html", action="store_true", help="execute the chapters only")
-    b.add_argument("--chapters", nargs="*", default=None, help="only these chapters (stems)")
+    b.add_argument("--no-html", action="store_true",
+                   help="execute the chapters with papermill only (no cache, no HTML)")
+    b.add_argument("--chapters", nargs="*", default=None,
+                   help="the chapters (stems) -p applies to; with --no-html, the only ones run")
+    b.add_argument("-p", "--parameter", dest="parameters", action="append", default=[],
+                   metavar="KEY=VALUE",
+                   help="set a chapter parameter (VALUE is YAML: -p seeds='[0, 1]'); each "
+                        "must be a parameter of every selected chapter")
     b.add_argument("--results-dir", default=None,
                    help="results folder the chapters read and write (default: data/results)")
 
@@ -90,14 +97,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return _run(args)
         if args.command == "book":
-            from clmerge.book import build_book
+            from clmerge.book import build_book, check_parameters, parse_parameters
+            from clmerge.experiment.config import load_profile
+            load_profile(args.profile)      # unknown names fail before _build/ is touched
+            params = parse_parameters(args.parameters)
+            check_parameters(args.chapters, params)  # also: unknown chapters
             return build_book(profile=args.profile, force=args.force, html=not args.no_html,
-                              only=args.chapters, results_dir=args.results_dir)
+                              only=args.chapters, results_dir=args.results_dir, params=params)
         if args.command == "sweep":
             return _sweep(args)
     except ConfigError as e:
         print(f"clmerge: error: {e}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:  # a diverged run: its last checkpoint is kept
+        print(f"clmerge: error: {e}; the checkpoint of the last finished experience is kept "
+              f"and the same command resumes from it", file=sys.stderr)
+        return 1
     except (FileNotFoundError, RuntimeError) as e:  # missing data / weights: user errors
         if not isinstance(e, _missing_input_errors()):
             raise

@@ -25,7 +25,7 @@ def test_hash_changes_with_any_setting_and_is_stable():
     (dict(method="seq", benchmark="cifar"), "valid benchmarks: synthetic"),
     (dict(method="seq", profile="nope"), "valid profiles:"),
     (dict(method="seq", overrides={"epoch": 1}), "valid settings:"),
-    (dict(method="seq", overrides={"epochs": "two"}), "expects a int"),
+    (dict(method="seq", overrides={"epochs": "two"}), "expects an int"),
     (dict(method="seq", overrides={"lora_rank": 0}), "must be >= 1"),
     (dict(method="seq", overrides={"finetune": "half"}), "must be one of lora, full"),
     (dict(method="seq", overrides={"backbone": "resnet"}), "valid backbones:"),

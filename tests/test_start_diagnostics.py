@@ -96,3 +96,11 @@ def test_throughput_table_reads_benchmark_files(tmp_path):
     assert table.loc[("NVIDIA H100 80GB HBM3", "pm"), "images/s"] == 980.0
     assert table.loc[("NVIDIA H100 80GB HBM3", "seq"), "peak GiB"] == 20.0
     assert table.loc[("NVIDIA H100 80GB HBM3", "seq"), "merge s"] == 12.5
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("[0, 1]", [0, 1]), ("3", [3]), ([2], [2]), ((0, 1), [0, 1]), (None, None),
+    ('["seq", "pm[eps=0.3]"]', ["seq", "pm[eps=0.3]"]),
+])
+def test_list_parameters_accept_papermill_text(value, expected):
+    assert study.as_list(value) == expected

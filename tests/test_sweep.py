@@ -92,7 +92,7 @@ def test_grid_file_benchmarks_and_results_dir(tmp_path):
     ({"executor": {"workers": 0}}, "workers must be a positive integer"),
     ({"executor": {"cores": 2}}, "unknown executor key 'cores'; valid keys: kind, workers"),
     ({"executor": {"slurm": {"partiton": "gpu"}}}, "unknown slurm parameter 'partiton'; valid"),
-    ({"executor": {"slurm": {"timeout_min": "2h"}}}, "'timeout_min' expects a int"),
+    ({"executor": {"slurm": {"timeout_min": "2h"}}}, "'timeout_min' expects an int"),
 ])
 def test_bad_grid_is_a_config_error_before_anything_runs(change, message, tmp_path,
                                                          monkeypatch):

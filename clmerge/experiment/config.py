@@ -117,6 +117,10 @@ def load_profile(name: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- values
+def _article(noun: str) -> str:
+    return ("an " if noun[0] in "aeiou" else "a ") + noun
+
+
 def coerce(key: str, value: Any) -> Any:
     """Convert ``value`` (often a string from the command line) to ``key``'s type."""
     if key not in FIELDS:
@@ -137,9 +141,9 @@ def coerce(key: str, value: Any) -> Any:
         elif typ is int and isinstance(value, float) and value.is_integer():
             value = int(value)
     except ValueError:
-        raise ConfigError(f"setting {key!r} expects a {typ.__name__}, got {value!r}") from None
+        raise ConfigError(f"setting {key!r} expects {_article(typ.__name__)}, got {value!r}") from None
     if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-        raise ConfigError(f"setting {key!r} expects a {typ.__name__}, got {value!r}")
+        raise ConfigError(f"setting {key!r} expects {_article(typ.__name__)}, got {value!r}")
     choices = f.metadata.get("choices")
     if choices and value not in choices:
         raise ConfigError(f"setting {key!r} must be one of {', '.join(choices)}; got {value!r}")
@@ -188,8 +192,10 @@ def make_config(method: str, benchmark: str | None = None, profile: str = "quick
         elif "." in k:
             prefix, sub = k.split(".", 1)
             if prefix != method:
+                names = ", ".join(validate_method_args(method, {})) or "none"
                 raise ConfigError(f"option {k!r} belongs to method {prefix!r}, "
-                                  f"but the method is {method!r}")
+                                  f"but the method is {method!r}; valid options of "
+                                  f"{method!r}: {names}")
             method_args[sub] = v
         else:
             explicit[k] = v

@@ -85,7 +85,7 @@ import pandas as pd
 import yaml
 from tqdm import tqdm
 
-from clmerge.experiment.config import ConfigError, ExperimentConfig, load_profile
+from clmerge.experiment.config import ConfigError, ExperimentConfig, _article, load_profile
 from clmerge.experiment.results import (CorruptResultError, load_results, read_result,
                                         result_path)
 from clmerge.experiment.runner import DEFAULT_RESULTS, get_or_run, variant_label
@@ -179,7 +179,7 @@ def _executor(block: Any, kind: str | None, workers: int | None) -> Executor:
         typ = GENERIC_PARAMETERS.get(k)
         if typ is not None and (not isinstance(v, typ) or (typ is int and isinstance(v, bool))):
             names = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
-            raise ConfigError(f"slurm parameter {k!r} expects a {names}; got {v!r}")
+            raise ConfigError(f"slurm parameter {k!r} expects {_article(names)}; got {v!r}")
     return Executor(kind, workers, dict(slurm))
 
 

@@ -40,6 +40,17 @@ def parse_variant(label: str) -> tuple[str, dict]:
     return method, overrides
 
 
+def as_list(value) -> list | None:
+    """A chapter parameter that should be a list: papermill's ``-p seeds "[0, 1]"`` passes
+    the text, which is read as YAML here; None stays None."""
+    if isinstance(value, str):
+        import yaml
+
+        parsed = yaml.safe_load(value)
+        value = parsed if isinstance(parsed, list) else [parsed]
+    return None if value is None else list(value)
+
+
 def profile_seeds(profile: str) -> list[int]:
     return list(load_profile(profile).get("seeds", [0]))
 
@@ -72,8 +83,8 @@ def ensure_results(variants: Iterable[str], profile: str, benchmark: str | None 
     from clmerge.experiment.sweep import compute_local, plan
 
     results_dir = Path(results_dir) if results_dir else DEFAULT_RESULTS
-    variants = list(variants)
-    seeds = profile_seeds(profile) if seeds is None else list(seeds)
+    variants = as_list(variants)
+    seeds = profile_seeds(profile) if seeds is None else as_list(seeds)
     cfgs = configs(variants, profile, benchmark, seeds, overrides)
     labels = [label for label in variants for _ in seeds]
     _, todo = plan(cfgs, results_dir, force)

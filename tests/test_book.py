@@ -1,0 +1,179 @@
+"""`clmerge book`: chapter parameters, their checks, the version digest, the staged notebooks.
+
+Nothing here executes a notebook (papermill runs with prepare_only), so it is fast.
+"""
+
+import ast
+import os
+import re
+import shutil
+
+import nbformat
+import pytest
+from jupyter_cache.cache.main import JupyterCacheBase
+
+import clmerge
+from clmerge import book, cli
+from clmerge.experiment.config import ConfigError
+
+
+def _injected(nb):
+    cells = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(cells) == 1
+    return cells[0].source
+
+
+def _cache_key(path):
+    _, key = JupyterCacheBase.create_hashed_notebook(None, nbformat.read(str(path), 4))
+    return key
+
+
+# ---------------------------------------------------------------- -p KEY=VALUE
+
+
+def test_parameter_values_are_yaml():
+    assert book.parse_parameters(["seeds=[0, 1]"]) == {"seeds": [0, 1]}
+    assert book.parse_parameters(["force=True", "eps=0.3", "benchmark=None",
+                                  'variants=["pm[eps=0.3]", seq]', "x=a=b"]) == {
+        "force": True, "eps": 0.3, "benchmark": None, "variants": ["pm[eps=0.3]", "seq"],
+        "x": "a=b"}
+    args = cli.build_parser().parse_args(["book", "--chapters", "04_comparison",
+                                          "-p", "seeds=[0, 1]", "-p", "profile=smoke"])
+    assert args.chapters == ["04_comparison"]
+    assert book.parse_parameters(args.parameters) == {"seeds": [0, 1], "profile": "smoke"}
+    for bad in ("seeds", "=3", "seeds=[0, 1"):
+        with pytest.raises(ConfigError):
+            book.parse_parameters([bad])
+
+
+def test_unknown_parameter_names_the_chapter_and_the_valid_ones():
+    with pytest.raises(ConfigError) as e:
+        book.check_parameters(["01_setting"], {"paper_tasks": 5})
+    msg = str(e.value)
+    assert "01_setting" in msg and "'paper_tasks'" in msg
+    for name in book.chapter_parameters(book.CHAPTERS / "01_setting.ipynb"):
+        assert name in msg
+    # a parameter of 04: fine there, and alone
+    assert book.check_parameters(["04_comparison"], {"paper_tasks": 5}) == {
+        "04_comparison": {"paper_tasks": 5}}
+    with pytest.raises(ConfigError, match="--profile"):
+        book.check_parameters(["04_comparison"], {"profile": "smoke"})
+    with pytest.raises(ConfigError, match="clmerge_version"):
+        book.check_parameters(["04_comparison"], {"clmerge_version": "x"})
+    with pytest.raises(ConfigError, match="unknown chapter"):
+        book.check_parameters(["04_comparisn"], {})
+
+
+def test_without_chapters_a_parameter_goes_where_it_is_declared():
+    sent = book.check_parameters(None, {"paper_tasks": 5, "seeds": [0, 1]})
+    assert sent["04_comparison"] == {"paper_tasks": 5, "seeds": [0, 1]}
+    assert sent["01_setting"] == {"seeds": [0, 1]}
+    with pytest.raises(ConfigError, match=r"no chapter has a parameter 'sedes'; valid .*seeds"):
+        book.check_parameters(None, {"sedes": [0]})
+
+
+@pytest.mark.parametrize("html", [True, False])
+def test_unknown_parameter_exits_2_and_writes_nothing(tmp_path, monkeypatch, capsys, html):
+    monkeypatch.setattr(book, "BUILD", tmp_path / "_build")
+    results = tmp_path / "results"
+    argv = ["book", "--profile", "smoke", "--results-dir", str(results),
+            "--chapters", "04_comparison", "-p", "seeds=[0, 1]", "-p", "sedes=[0]"]
+    assert cli.main(argv + ([] if html else ["--no-html"])) == 2
+    err = capsys.readouterr().err
+    assert "04_comparison" in err and "'sedes'" in err and "seeds" in err and "paper_tasks" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_chapter_parameters_read_multiline_defaults():
+    params = book.chapter_parameters(book.CHAPTERS / "03_trajectory_regularized_merging.ipynb")
+    assert params["trm_ablations"]["default"].startswith('["trm[pc=0.0]", "trm[gr=0.0]"')
+    assert params["seeds"] == {"default": "None", "help": "None: the profile's seeds"}
+    assert "**`03_trajectory_regularized_merging`**" in book.parameters_markdown()
+
+
+def test_every_chapter_declares_clmerge_version_and_prints_it():
+    for path in book.chapter_paths():
+        assert "clmerge_version" in book.chapter_parameters(path), path.name
+        nb = nbformat.read(str(path), 4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert "parameters" in code[0].metadata.get("tags", []), path.name
+        assert "clmerge.__version__" in code[1].source, path.name
+        assert not any(c.outputs for c in code), f"{path.name} is committed with outputs"
+
+
+# ---------------------------------------------------------------- version
+
+
+def test_version_is_a_digest_of_the_code(tmp_path):
+    assert re.fullmatch(r"0\.1\.0\+src\.[0-9a-f]{10}", clmerge.__version__)
+    assert clmerge.__version__.endswith(clmerge.source_digest())
+
+    pkg = tmp_path / "clmerge"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "profiles").mkdir()
+    (pkg / "__init__.py").write_text("x = 1\n")
+    (pkg / "sub" / "mod.py").write_text("y = 2\n")
+    (pkg / "profiles" / "quick.yaml").write_text("epochs: 1\n")
+    seen = {clmerge.source_digest(pkg)}
+
+    def changed():
+        d = clmerge.source_digest(pkg)
+        new = d not in seen
+        seen.add(d)
+        return new
+
+    assert not changed()                                   # deterministic
+    (pkg / "README.md").write_text("not code")
+    (pkg / "sub" / "data.json").write_text("{}")
+    assert not changed()                                   # only .py and profiles/*.yaml
+    (pkg / "sub" / "mod.py").write_text("y = 3\n")
+    assert changed()                                       # an edit
+    (pkg / "profiles" / "quick.yaml").write_text("epochs: 2\n")
+    assert changed()                                       # a profile
+    (pkg / "sub" / "new.py").write_text("")
+    assert changed()                                       # a new file
+    (pkg / "sub" / "new.py").rename(pkg / "sub" / "renamed.py")
+    assert changed()                                       # a rename
+
+
+# ---------------------------------------------------------------- staged notebooks
+
+
+def test_staged_chapters_carry_the_injected_parameters(tmp_path, monkeypatch):
+    results = tmp_path / "results"
+    written = book.prepare_chapters(tmp_path / "a", "smoke", results_dir=str(results),
+                                    only=["04_comparison"], params={"seeds": [0, 1]})
+    assert [p.name for p in written] == [p.name for p in book.chapter_paths()]
+    for path in written:
+        nb = nbformat.read(str(path), 4)
+        src = _injected(nb)
+        assert 'profile = "smoke"' in src
+        assert f'clmerge_version = "{clmerge.__version__}"' in src
+        assert f'results_dir = "{results.resolve()}"' in src
+        assert ("seeds = [0, 1]" in src) == (path.stem == "04_comparison")
+        # the injected cell follows the parameters cell; the hidden chdir cell comes first
+        tags = [c.metadata.get("tags", []) for c in nb.cells]
+        assert tags.index(["injected-parameters"]) == tags.index(["parameters"]) + 1
+        assert book.CHDIR_TAG in tags[0] and "remove-cell" in tags[0]
+        target = ast.literal_eval(nb.cells[0].source.split("os.chdir(", 1)[1].rstrip(")"))
+        assert os.path.normpath(path.parent / target) == str(book.CHAPTERS)
+        assert not any(c.get("outputs") for c in nb.cells)   # nothing executed
+    assert not results.exists()
+
+    # the cache key (code cells' source) is stable, and moves with the version
+    again = book.prepare_chapters(tmp_path / "b", "smoke", results_dir=str(results),
+                                  only=["04_comparison"], params={"seeds": [0, 1]})
+    assert [_cache_key(p) for p in written] == [_cache_key(p) for p in again]
+    monkeypatch.setattr(clmerge, "__version__", "0.1.0+src.0000000000")
+    moved = book.prepare_chapters(tmp_path / "c", "smoke", results_dir=str(results),
+                                  only=["04_comparison"], params={"seeds": [0, 1]})
+    assert all(_cache_key(p) != _cache_key(q) for p, q in zip(written, moved))
+
+
+def test_stage_source_copies_pages_not_chapters(tmp_path):
+    src = book.stage_source(tmp_path / "src")
+    assert (src / "_config.yml").exists() and (src / "_toc.yml").exists()
+    assert (src / "chapters" / "rerun.md").exists()
+    assert (src / "chapters" / "appendix_execution.md").exists()
+    assert not list((src / "chapters").glob("*.ipynb"))
+    shutil.rmtree(src)

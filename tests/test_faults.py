@@ -1,0 +1,98 @@
+"""The appendix's fault table (``clmerge.report.faults``): every bad input exits 2 with a
+message naming the problem and the valid choices and writes nothing; a truncated result
+is recomputed; a NaN loss keeps the last checkpoint. The killed-subprocess case is left
+to tests/test_resume.py (about 10 s, most of it a subprocess's start-up)."""
+
+import os
+
+import pytest
+
+from clmerge.experiment.config import ConfigError
+from clmerge.report import faults
+
+BAD = [c for c in faults.CASES if c.kind == "bad input"]
+FAST = [c.name for c in faults.CASES if c.kind != "killed run"]
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    env = os.environ.get("CLMERGE_DATA")
+    df = faults.run_faults(tmp_path_factory.mktemp("faults"), names=FAST)
+    assert os.environ.get("CLMERGE_DATA") == env  # the missing-data case restores it
+    return df.set_index("case")
+
+
+def test_one_row_per_case_in_table_order(table):
+    assert list(table.index) == FAST
+    assert list(table.reset_index().columns) == faults.COLUMNS
+    assert (table.seconds >= 0).all() and table.seconds.sum() < 60
+
+
+@pytest.mark.parametrize("case", BAD, ids=[c.name for c in BAD])
+def test_bad_input_exits_2_names_the_problem_and_writes_nothing(table, case):
+    row = table.loc[case.name]
+    assert row.exit == 2, row.message
+    assert row.message.startswith("clmerge: error: ") and "\n" not in row.message
+    for needle in case.needles:
+        assert needle in row.message
+    assert row.written == []
+    assert row.as_expected, row.outcome
+    assert "TMP/out" in row.input  # temp paths are shown as TMP
+
+
+@pytest.mark.parametrize("name,choices", [
+    ("unknown method", ["seq", "pm", "ties", "trm", "magmax"]),
+    ("unknown benchmark", ["synthetic", "split_mnist5k", "split_cifar100", "cub200"]),
+    ("unknown backbone", ["mlp", "mobilenet_v2", "vit_b16_in21k"]),
+    ("unknown profile", ["paper", "quick", "smoke"]),
+    ("misspelled setting", ["epochs", "lora_rank", "method options as METHOD.KEY"]),
+    ("misspelled method option", ["eps", "p0", "p_plus", "p_minus"]),
+    ("option of another method", ["eps", "p0"]),
+    ("unknown chapter", ["01_setting", "04_comparison"]),
+    ("unknown profile of the book", ["paper", "quick", "smoke"]),
+    ("bad sweep grid", ["variants", "seeds"]),
+])
+def test_message_lists_the_valid_choices(table, name, choices):
+    valid = table.loc[name, "message"].split("valid", 1)[-1].split("chapters:", 1)[-1]
+    for choice in choices:
+        assert choice in valid
+
+
+def test_truncated_result_is_recomputed(table):
+    row = table.loc["corrupt result file"]
+    assert row.exit == 0 and row.as_expected
+    assert row.message.startswith("recomputing: TMP/out/seq-synthetic-s0-")
+    assert "unreadable result file" in row.message or "checksum mismatch" in row.message
+    assert len(row.written) == 1 and row.written[0].endswith(".json")
+
+
+def test_nan_loss_names_step_and_experience_and_keeps_the_checkpoint(table):
+    row = table.loc["NaN loss"]
+    assert row.exit == 1 and row.as_expected
+    assert row.message.startswith("clmerge: error: loss became nan at step 1 of experience 3; "
+                                  "the checkpoint of the last finished experience is kept")
+    assert row.outcome == "checkpoint of experience 2 kept; no result file"
+    names = sorted(p.rsplit("/", 1)[-1] for p in row.written)
+    assert names == ["exp2.safetensors", "state.json"]
+    assert all("/_checkpoints/" in p for p in row.written)
+
+
+def test_nan_patch_is_undone(table):
+    from clmerge.plugins import diagnostics
+    assert diagnostics.DiagnosticsPlugin.after_backward.__name__ == "after_backward"
+
+
+def test_a_case_that_does_not_fail_is_reported_as_such(tmp_path, monkeypatch):
+    """The table is measured, not asserted: valid input shows exit 0 and the files."""
+    ok = faults.Case("valid input", faults._run("seq", "n_experiences=2"), "valid input",
+                     ("clmerge: error:",))
+    monkeypatch.setattr(faults, "CASES", [ok])
+    row = faults.run_faults(tmp_path).iloc[0]
+    assert row.exit == 0 and not row.as_expected
+    assert row.written and all(p.startswith("TMP/out/") for p in row.written)
+    assert "exit 0" in row.outcome and "wrote files" in row.outcome
+
+
+def test_unknown_case_name_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown fault case\(s\) \['nope'\]; cases: "):
+        faults.run_faults(tmp_path, names=["nope"])
