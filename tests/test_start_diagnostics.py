@@ -11,7 +11,7 @@ import pytest
 matplotlib.use("Agg")
 
 from clmerge.experiment.results import read_result  # noqa: E402
-from clmerge.report import gpu, narrative, plots, start_diagnostics, study, tables  # noqa: E402
+from clmerge.report import benchmark_files, narrative, plots, start_diagnostics, study, tables  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_figures_draw_one_panel_per_column_or_task(frame, draw, n_axes):
 
 
 def test_throughput_table_reads_benchmark_files(tmp_path):
-    assert "no GPU benchmark committed" in gpu.throughput_table(tmp_path)["note"][0]
+    assert "no GPU benchmark committed" in benchmark_files.throughput_table(tmp_path)["note"][0]
     result = {"device": "NVIDIA H100 80GB HBM3", "command": ["benchmarks/throughput.py", "--device", "cuda"],
               "setting": {"batch": 256, "autocast": "bfloat16"}, "ratio_pm_over_seq": 0.98,
               "merge": {"seconds": 12.5},
@@ -92,7 +92,7 @@ def test_throughput_table_reads_benchmark_files(tmp_path):
                               "achieved_tflops": 300.0, "mfu": 0.3}
                           for m, ips in (("seq", 1000.0), ("pm", 980.0))}}
     (tmp_path / "throughput-h100.json").write_text(json.dumps(result))
-    table = gpu.throughput_table(tmp_path)
+    table = benchmark_files.throughput_table(tmp_path)
     assert table.loc[("NVIDIA H100 80GB HBM3", "pm"), "images/s"] == 980.0
     assert table.loc[("NVIDIA H100 80GB HBM3", "seq"), "peak GiB"] == 20.0
     assert table.loc[("NVIDIA H100 80GB HBM3", "seq"), "merge s"] == 12.5
@@ -104,3 +104,13 @@ def test_throughput_table_reads_benchmark_files(tmp_path):
 ])
 def test_list_parameters_accept_papermill_text(value, expected):
     assert study.as_list(value) == expected
+
+
+def test_step_time_table_reads_benchmark_files(tmp_path):
+    assert "no step-time benchmark" in benchmark_files.step_time_table(tmp_path)["note"][0]
+    (tmp_path / "step_time-cpu.json").write_text(json.dumps({
+        "device": "cpu", "profile": "quick", "threads": 1, "iterations": 40,
+        "command": ["benchmarks/step_time.py"], "median_ms": {"seq": 100.0, "pm": 101.5},
+        "ratio_to_seq": {"seq": 1.0, "pm": 1.015}}))
+    table = benchmark_files.step_time_table(tmp_path)
+    assert table.loc[("cpu", "pm"), "ratio to seq"] == 1.015

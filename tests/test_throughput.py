@@ -171,3 +171,21 @@ def test_throughput_script_tiny_cpu(tmp_path):
     assert r["setting"]["autocast"] is None and r["torch"] == torch.__version__
     assert "--fisher-batches" in r["command"]
     assert tp.BENCHMARK not in BENCHMARKS and tp.BACKBONE not in BACKBONES   # cleaned up
+
+
+def test_step_time_benchmark_times_each_method_against_seq(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "step_time.py"
+    spec = importlib.util.spec_from_file_location("step_time", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "step_time.json"
+    result = module.main(["--profile", "smoke", "--methods", "pm", "trm", "--rounds", "2",
+                          "--out", str(out)])
+    assert set(result["ratio_to_seq"]) == {"seq", "pm", "trm"}
+    assert result["ratio_to_seq"]["seq"] == 1.0
+    assert all(v > 0 for v in result["median_ms"].values())
+    assert json.loads(out.read_text())["iterations"] == result["iterations"] > 0

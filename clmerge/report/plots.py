@@ -187,25 +187,37 @@ def storage_vs_accuracy(df: pd.DataFrame, column: str = "til_A_last"):
     return fig
 
 
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
+
+
 def per_task_lines(tasks: pd.DataFrame, columns: dict, title: str = "", log: tuple = ()):
     """One panel per column of a task frame (``report.start_diagnostics.task_frame``):
-    value against task, mean over seeds with a +-1 std band, one line per variant.
+    value against task, mean over seeds (with a +-1 std band when at most four variants
+    are drawn), one line and marker per variant.
     ``columns`` maps a column to its axis label; columns in ``log`` get a log axis."""
-    fig, axes = plt.subplots(1, len(columns), figsize=(4.6 * len(columns), 3.6), squeeze=False)
-    for ax, (col, label) in zip(axes[0], columns.items()):
-        for v in order(tasks["variant"]):
+    ncols = min(2, len(columns))   # two panels a row: readable in the book's text column
+    nrows = -(-len(columns) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.8 * nrows), squeeze=False)
+    for ax in axes.flat[len(columns):]:
+        ax.remove()
+    variants = order(tasks["variant"])
+    bands = len(variants) <= 4   # more overlapping bands hide the lines
+    for ax, (col, label) in zip(axes.flat, columns.items()):
+        for i, v in enumerate(variants):
             g = tasks[tasks["variant"] == v].groupby("task")[col]
             m, s = g.mean(), g.std(ddof=1).fillna(0)
             if m.isna().all():
                 continue
-            ax.plot(m.index, m.values, marker="o", ms=4, color=color(v), ls=linestyle(v), label=v)
-            ax.fill_between(m.index, m - s, m + s, color=color(v), alpha=0.15)
+            ax.plot(m.index, m.values, marker=MARKERS[i % len(MARKERS)], ms=4, color=color(v),
+                    ls=linestyle(v), label=v)
+            if bands:
+                ax.fill_between(m.index, m - s, m + s, color=color(v), alpha=0.15)
         ax.set_xlabel("task t")
         ax.set_ylabel(label)
         if col in log:
             ax.set_yscale("log")
         ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
-    axes[0, -1].legend(fontsize=7, loc="best")
+    axes.flat[len(columns) - 1].legend(fontsize=7, loc="best")
     if title:
         fig.suptitle(title, fontsize=10, fontweight="bold")
     fig.tight_layout()
@@ -218,9 +230,13 @@ def first_steps_curves(steps: pd.DataFrame, metric: str = "dense_grad_norm",
     over seeds, log scale): task 1 starts from the pretrained model, later tasks from
     each method's merged model."""
     tasks = sorted(steps["task"].unique())
-    fig, axes = plt.subplots(1, len(tasks), figsize=(3.1 * len(tasks), 3.3), sharey=True,
+    ncols = min(3, len(tasks))
+    nrows = -(-len(tasks) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.0 * nrows), sharey=True,
                              squeeze=False)
-    for ax, t in zip(axes[0], tasks):
+    for ax in axes.flat[len(tasks):]:
+        ax.remove()
+    for ax, t in zip(axes.flat, tasks):
         sub = steps[steps["task"] == t]
         for v in order(sub["variant"]):
             m = sub[sub["variant"] == v].groupby("step")[metric].mean()
@@ -228,8 +244,10 @@ def first_steps_curves(steps: pd.DataFrame, metric: str = "dense_grad_norm",
         ax.set_yscale("log")
         ax.set_title(f"task {t}" + (" (from pretrained)" if t == 1 else ""), fontsize=9)
         ax.set_xlabel("training step")
-    axes[0, 0].set_ylabel(label)
-    axes[0, -1].legend(fontsize=7, loc="upper right")
+    for row in axes:
+        row[0].set_ylabel(label, fontsize=8)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower right", bbox_to_anchor=(0.98, 0.08))
     fig.tight_layout()
     return fig
 
@@ -239,10 +257,14 @@ def metric_points(df: pd.DataFrame, variants: list[str], columns: dict, referenc
     """One row per variant, one panel per metric column: every seed as a dot, the mean
     as a bar tick with +-1 std; a dotted line at ``reference``'s mean."""
     variants = [v for v in variants if v in set(df["variant"])]
-    fig, axes = plt.subplots(1, len(columns), figsize=(4.4 * len(columns), 0.42 * len(variants) + 1.4),
-                             sharey=True, squeeze=False)
+    ncols = min(2, len(columns))
+    nrows = -(-len(columns) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.4 * ncols, (0.32 * len(variants) + 1.2) * nrows),
+                             squeeze=False)
+    for ax in axes.flat[len(columns):]:
+        ax.remove()
     ypos = {v: i for i, v in enumerate(variants)}
-    for ax, (col, label) in zip(axes[0], columns.items()):
+    for k, (ax, (col, label)) in enumerate(zip(axes.flat, columns.items())):
         for v in variants:
             vals = df.loc[df["variant"] == v, col].dropna() * 100
             y = ypos[v]
@@ -253,9 +275,9 @@ def metric_points(df: pd.DataFrame, variants: list[str], columns: dict, referenc
         if reference in ypos:
             ax.axvline(df.loc[df["variant"] == reference, col].mean() * 100, ls=":", color="grey")
         ax.set_xlabel(label)
-    axes[0, 0].set_yticks(range(len(variants)))
-    axes[0, 0].set_yticklabels(variants, fontsize=8)
-    axes[0, 0].invert_yaxis()
+        ax.set_yticks(range(len(variants)))
+        ax.set_yticklabels(variants if k % ncols == 0 else [], fontsize=8)
+        ax.set_ylim(len(variants) - 0.5, -0.5)
     if title:
         fig.suptitle(title, fontsize=10, fontweight="bold")
     fig.tight_layout()

@@ -1,4 +1,6 @@
-"""GPU benchmark figures for the cost chapter: the JSON files of ``benchmarks/throughput.py``."""
+"""Benchmark figures for the cost chapter: the JSON files written by
+``benchmarks/step_time.py`` (per-step time of each method against seq, side by side) and
+``benchmarks/throughput.py`` (GPU images/s, peak memory, MFU, merge time)."""
 
 from __future__ import annotations
 
@@ -35,4 +37,22 @@ def throughput_table(folder: str | Path) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame({"note": [f"no GPU benchmark committed in {folder}; on a GPU "
                                       f"machine run: {COMMAND}"]})
+    return pd.DataFrame(rows).set_index(["device", "method"])
+
+
+def step_time_table(folder: str | Path) -> pd.DataFrame:
+    """One row per method per ``step_time*.json``: median ms per training iteration and
+    the ratio to seq measured in the same process, with the device and command."""
+    rows = []
+    for path in sorted(Path(folder).glob("step_time*.json")):
+        r = json.loads(path.read_text())
+        for method, ms in r["median_ms"].items():
+            rows.append({"device": r["device"], "method": method, "profile": r["profile"],
+                         "threads": r["threads"], "ms / iteration": round(ms, 2),
+                         "ratio to seq": round(r["ratio_to_seq"][method], 3),
+                         "iterations": r["iterations"], "command": " ".join(r["command"])})
+    if not rows:
+        return pd.DataFrame({"note": [f"no step-time benchmark committed in {folder}; run "
+                                      f".venv/bin/python benchmarks/step_time.py --methods seq pm "
+                                      f"ewc lwf trm --out {folder}/step_time-cpu.json"]})
     return pd.DataFrame(rows).set_index(["device", "method"])
