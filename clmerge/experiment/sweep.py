@@ -447,7 +447,8 @@ def _submitit_job(cfg: ExperimentConfig, results_dir: str) -> str:
 
 
 @contextlib.contextmanager
-def _environ(values: dict[str, str]):
+def temporary_environ(values: dict[str, str]):
+    """Set environment variables for the body, then restore them (or remove them)."""
     old = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
     try:
@@ -502,7 +503,7 @@ def compute_submitit(todo: list[ExperimentConfig], results_dir: Path, executor: 
     if executor.kind == "slurm":
         ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
         ex.update_parameters(**slurm_parameters(executor, name, _on_cuda(todo)))
-        with _environ(_job_env(todo)):  # sbatch exports this process's environment
+        with temporary_environ(_job_env(todo)):  # sbatch exports this process's environment
             jobs = ex.map_array(_submitit_job, todo, [str(results_dir)] * len(todo))
         running = {job: (cfg, None) for job, cfg in zip(jobs, todo)}
         pending, slots, limit = [], [], len(todo)
@@ -533,7 +534,7 @@ def compute_submitit(todo: list[ExperimentConfig], results_dir: Path, executor: 
                     ex.update_parameters(gpus_per_node=0, visible_gpus=())
                 pending.pop(0)
                 progress.start(cfg.run_name())
-                with _environ(_job_env([cfg])):  # the job's process inherits it
+                with temporary_environ(_job_env([cfg])):  # the job's process inherits it
                     running[ex.submit(_submitit_job, cfg, str(results_dir))] = (cfg, gpu)
             for job in [j for j in running if j.done()]:
                 cfg, gpu = running.pop(job)

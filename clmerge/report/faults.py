@@ -39,6 +39,8 @@ from typing import Callable
 
 import pandas as pd
 
+from clmerge.experiment.sweep import temporary_environ
+
 EXIT_BAD_INPUT = 2
 COLUMNS = ["case", "input", "tests", "expected", "exit", "message", "written", "seconds",
            "outcome", "as_expected"]
@@ -144,20 +146,6 @@ EXPECTED = {
 
 
 # ---------------------------------------------------------------------- helpers
-@contextlib.contextmanager
-def _environ(values: dict[str, str]):
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def _call(argv: list[str], env: dict[str, str] | None = None):
     """``clmerge.cli.main(argv)`` in-process: (exit status or None, stdout, stderr,
     exception raised or None)."""
@@ -165,7 +153,7 @@ def _call(argv: list[str], env: dict[str, str] | None = None):
 
     out, err = io.StringIO(), io.StringIO()
     code, exc = None, None
-    with _environ(env or {}), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    with temporary_environ(env or {}), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             code = cli.main(list(argv))
         except SystemExit as e:  # argparse's own errors
