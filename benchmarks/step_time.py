@@ -54,11 +54,9 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = make_config(method, args.benchmark, args.profile, 0,
                           {"epochs": 1, "device": args.device})
         run = Run(cfg)
-        spec = get_method(method)
-        if spec.plugins:
-            merge_parts(run, spec)  # method plugins may hand data to a merge driver
+        _, _, extra = merge_parts(run, get_method(method))  # the method's training plugins
         timers[method] = StepTimer()
-        plugins = (spec.plugins(cfg, run) if spec.plugins else []) + [timers[method]]
+        plugins = extra + [timers[method]]
         strategies[method] = _strategy(run, plugins, _evaluator())
         runs[method] = run
     exp = runs["seq"].stream.train_stream[0]

@@ -245,7 +245,7 @@ def _run_stream(run: Run, spec, progress: bool, extra_plugins: list | None = Non
     plugins = [ProgressPlugin(variant_label(cfg), progress),
                diag, *extra, merge, *(extra_plugins or [])]
     strategy = _strategy(run, plugins, _evaluator())
-    run.merger, run.merge_plugin, run.strategy = merger, merge, strategy
+    run.merger, run.strategy = merger, strategy
     R, R_til = [], []
     objects = {"merger": merger, "merge": merge, "diagnostics": diag, "clock": strategy.clock,
                **{f"plugin{i}": p for i, p in enumerate(extra)}}

@@ -52,6 +52,16 @@ class MergeContext:
     extras: dict = field(default_factory=dict)
 
 
+def parameter_names(module, weights: dict) -> dict[str, str]:
+    """Key of ``weights`` -> name of the same parameter object inside ``module`` (for
+    ``torch.func.functional_call`` and friends)."""
+    names = {id(p): n for n, p in module.named_parameters()}
+    missing = [k for k, p in weights.items() if id(p) not in names]
+    if missing:
+        raise ValueError(f"mergeable weights not in {type(module).__name__}: {missing[:3]}")
+    return {k: names[id(p)] for k, p in weights.items()}
+
+
 def check_choice(value, name: str, choices) -> None:
     """Raise ValueError naming the valid choices when ``value`` is not one of them."""
     if value not in choices:

@@ -9,7 +9,7 @@ like them (``ctx.weights``).
 
 from __future__ import annotations
 
-from clmerge.mergers.base import MergeContext
+from clmerge.mergers.base import MergeContext, parameter_names
 from clmerge.tensormath.fisher import diagonal_fisher
 from clmerge.tensormath.tensordict import TensorDict
 
@@ -34,8 +34,7 @@ def task_fisher(ctx: MergeContext, mode: str = "per_sample",
     """
     if ctx.model is None or ctx.train_batches is None:
         raise ValueError("task_fisher needs the merge context's model and train_batches")
-    names = {id(p): n for n, p in ctx.model.named_parameters()}
-    model_names = {k: names[id(p)] for k, p in ctx.weights.items()}
+    model_names = parameter_names(ctx.model, ctx.weights)
     n_params = sum(p.numel() for p in ctx.weights.values())
     f = diagonal_fisher(ctx.model, list(model_names.values()), ctx.train_batches(),
                         logits_fn=ctx.logits_fn, mode=mode, max_samples=max_samples,

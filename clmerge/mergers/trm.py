@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from clmerge.mergers.base import MergeContext, Merger, check_choice
+from clmerge.mergers.base import MergeContext, Merger, check_choice, parameter_names
 from clmerge.mergers.registry import register_merger
 from clmerge.tensormath import tensordict as td
 from clmerge.tensormath.trajectory_subspace import (CoefficientSubspace, gradient_hinge,
@@ -156,7 +156,7 @@ class TrajectoryRegularizedMerger(Merger):
                              "(the trajectory plugin keeps them)")
         fit, held_out = batches[:-1][-o.batches:], batches[-1] if batches else None
         model = ctx.model
-        names_in_backbone = _parameter_names(model.backbone, ctx.weights)
+        names_in_backbone = parameter_names(model.backbone, ctx.weights)
         old = list(range(ctx.t))
 
         def features(theta, x):
@@ -232,11 +232,3 @@ class TrajectoryRegularizedMerger(Merger):
         head.requires_grad_(False)
         return head
 
-
-def _parameter_names(module: torch.nn.Module, weights: dict) -> dict[str, str]:
-    """Key of ``weights`` -> name of the same parameter object inside ``module``."""
-    names = {id(p): n for n, p in module.named_parameters()}
-    missing = [k for k, p in weights.items() if id(p) not in names]
-    if missing:
-        raise ValueError(f"mergeable weights not in the backbone: {missing[:3]}")
-    return {k: names[id(p)] for k, p in weights.items()}
