@@ -19,12 +19,42 @@ import torch
 from torch import nn
 
 
+class CosineLinear(nn.Module):
+    """``scale * normalize(x) @ normalize(W).T``: cosine logits with a fixed scale.
+
+    ``W`` starts like ``nn.Linear``'s weight (Kaiming-uniform), so a run draws as many
+    random numbers for its heads as with linear heads (the bias draw is kept and unused).
+    """
+
+    def __init__(self, in_features: int, out_features: int, scale: float = 16.0):
+        super().__init__()
+        init = nn.Linear(in_features, out_features)
+        self.weight = nn.Parameter(init.weight.detach().clone())
+        self.scale = float(scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * nn.functional.linear(nn.functional.normalize(x, dim=-1),
+                                                 nn.functional.normalize(self.weight, dim=-1))
+
+
+HEAD_TYPES = ("linear", "cosine")
+
+
+def make_head(kind: str, in_features: int, out_features: int, scale: float = 16.0) -> nn.Module:
+    if kind == "linear":
+        return nn.Linear(in_features, out_features)
+    if kind == "cosine":
+        return CosineLinear(in_features, out_features, scale)
+    raise ValueError(f"head must be one of {', '.join(HEAD_TYPES)}; got {kind!r}")
+
+
 class HeadedModel(nn.Module):
     def __init__(self, backbone: nn.Module, classes_per_exp: Sequence[Sequence[int]],
-                 n_classes: int):
+                 n_classes: int, head: str = "linear", scale: float = 16.0):
         super().__init__()
         self.backbone = backbone
-        self.heads = nn.ModuleList(nn.Linear(backbone.out_dim, len(c)) for c in classes_per_exp)
+        self.heads = nn.ModuleList(make_head(head, backbone.out_dim, len(c), scale)
+                                   for c in classes_per_exp)
         self.classes_per_exp = [list(c) for c in classes_per_exp]
         self.n_classes = n_classes
         self.active_heads: list[int] = [0]

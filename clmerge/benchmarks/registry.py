@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Callable
 
-from clmerge.benchmarks import offline, paper
+from clmerge.benchmarks import glyphs, offline, paper
 from clmerge.benchmarks.stream import Stream
 
 BENCHMARKS: dict[str, Callable[..., Stream]] = {
     "synthetic": offline.synthetic,
     "split_digits": offline.split_digits,
     "split_mnist5k": offline.split_mnist5k,
+    "split_glyphs": glyphs.split_glyphs,
+    "split_glyphs_calibration": glyphs.split_glyphs_calibration,
     "split_cifar100": paper.split_cifar100,
     "imagenet_r": paper.imagenet_r,
     "cub200": paper.cub200,

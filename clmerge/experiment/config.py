@@ -62,6 +62,11 @@ class ExperimentConfig:
     lr: float = _f(1e-3, "learning rate of the backbone's trainable weights (LoRA or all)",
                    minimum=0)
     head_lr: float = _f(1e-2, "learning rate of the current head", minimum=0)
+    head: str = _f("linear", "per-experience head: linear (weights and bias) or cosine (scale "
+                   "x cosine of the features and the class weights, no bias; PILOT's "
+                   "CosineLinear with a fixed scale)", choices=("linear", "cosine"))
+    head_scale: float = _f(16.0, "fixed scale of the cosine head's logits (unused by linear "
+                           "heads)", minimum=0)
     weight_decay: float = _f(0.0, "AdamW weight decay", minimum=0)
     eval_batch_size: int = _f(256, "evaluation minibatch size", minimum=1)
     start: str = _f("merged", "where task t starts: the merged model (default) or the previous "
@@ -100,7 +105,8 @@ FIELDS = {f.name: f for f in fields(ExperimentConfig)}
 
 # Settings added later; at these values a run computes what it computed before they
 # existed (amp=auto is off on the CPU; the diagnostics only read gradients).
-HASH_NEUTRAL_DEFAULTS = {"amp": "auto", "num_workers": 0, "diag_steps": 20}
+HASH_NEUTRAL_DEFAULTS = {"amp": "auto", "num_workers": 0, "diag_steps": 20,
+                         "head": "linear", "head_scale": 16.0}
 
 
 # ---------------------------------------------------------------------- profiles

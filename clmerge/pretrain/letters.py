@@ -108,6 +108,13 @@ def _glyph(path: str, letter: str, stroke: int) -> Image.Image:
 
 
 def _render_one(rng: np.random.Generator, fonts, label: int, size: int) -> np.ndarray:
+    return render_char(rng, fonts, LETTERS[label], size)
+
+
+def render_char(rng: np.random.Generator, fonts, char: str, size: int) -> np.ndarray:
+    """One augmented ``size x size`` image of ``char`` (uint8, white on black): a font
+    among ``fonts`` and the stroke, rotation, size, aspect and shift jitter described
+    above, all drawn from ``rng`` in that order."""
     path = fonts[int(rng.integers(len(fonts)))]
     stroke = int(_STROKES[int(rng.integers(len(_STROKES)))])
     angle = float(rng.uniform(-_MAX_ROT, _MAX_ROT))
@@ -116,7 +123,7 @@ def _render_one(rng: np.random.Generator, fonts, label: int, size: int) -> np.nd
     shift = _MAX_SHIFT * size / 28.0
     dx, dy = rng.uniform(-shift, shift, size=2)
 
-    g = _glyph(path, LETTERS[label], stroke)
+    g = _glyph(path, char, stroke)
     g = g.rotate(angle, resample=Image.BILINEAR, expand=True, fillcolor=0)
     box = g.getbbox()
     if box is not None:

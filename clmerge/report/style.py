@@ -7,14 +7,15 @@ import zlib
 import matplotlib
 import seaborn as sns
 
-METHOD_ORDER = ["probe", "joint", "seq", "seq_full", "average", "coma", "cofima",
+METHOD_ORDER = ["probe", "nmc", "joint", "seq", "seq_full", "average", "coma", "cofima",
                 "task_arithmetic", "ties", "dare", "magmax", "ewc", "lwf", "pm", "trm"]
 # Dark tab20 shades for the methods the book is about, light ones for the rest.
 _TAB20 = sns.color_palette("tab20", 20)
 _DARK = ["probe", "joint", "seq", "pm", "trm", "average", "magmax", "ties", "ewc", "lwf"]
 _COLORS = {m: _TAB20[2 * i] for i, m in enumerate(_DARK)}
 _COLORS.update({m: _TAB20[2 * i + 1] for i, m in
-                enumerate(m for m in METHOD_ORDER if m not in _DARK)})
+                enumerate(m for m in METHOD_ORDER if m not in _DARK and m != "nmc")})
+_COLORS["nmc"] = (0.35, 0.35, 0.35)  # a reference, like probe and joint: grey
 PROTOCOL_NAMES = {"cil": "class-incremental (no task id)", "til": "task-incremental (task id given)"}
 
 

@@ -19,7 +19,7 @@ from clmerge.experiment.config import ConfigError
 class MethodSpec:
     name: str
     description: str
-    kind: str = "merge"          # "merge" | "joint" | "probe"
+    kind: str = "merge"          # "merge" | "joint" | "probe" | "nmc"
     merger: str | None = None    # merger registry name, for kind == "merge"
     plugins: Callable[..., list] | None = None  # (cfg, run) -> training-time plugins
 
@@ -52,6 +52,10 @@ register_method(MethodSpec("joint", "upper bound: one model trained on all exper
                            kind="joint"))
 register_method(MethodSpec("probe", "linear probe of the frozen pretrained features on all "
                                     "classes (bound on what any method reaches)", kind="probe"))
+register_method(MethodSpec("nmc", "nearest class mean of the frozen pretrained features, cosine "
+                                  "similarity, class means added experience by experience (the "
+                                  "papers' frozen-feature reference, arXiv 2210.04428)",
+                           kind="nmc"))
 register_method(MethodSpec("average", "running mean of the fine-tuned models (P&M's Model "
                                       "Averaging)", merger="average"))
 register_method(MethodSpec("coma", "CoMA (arXiv 2312.08977): fixed-coefficient continual model "
