@@ -74,20 +74,19 @@ def test_pretrained_differs_from_random_init():
     assert not torch.allclose(fp, fr, atol=1e-3)
 
 
-def test_lora_targets_only_attention_linears():
-    peft = pytest.importorskip("peft")
+def test_lora_is_on_the_fused_qkv_linears_only():
+    from clmerge.backbones.kv_lora import KVLoRAQKV
+    from clmerge.backbones.lora import LoRAAdapter
     torch.manual_seed(0)
     m = SmallViT(embed_dim=32, depth=2, num_heads=2)
     names = [n for n, _ in m.named_modules()]
     expected = {n for n in names if re.fullmatch(m.lora_targets, n)}
-    assert expected == {f"vit.blocks.{i}.attn.{p}" for i in range(2) for p in ("qkv", "proj")}
-    assert "vit.patch_embed.proj" in names and "vit.patch_embed.proj" not in expected
-
-    cfg = peft.LoraConfig(r=4, lora_alpha=4, target_modules=m.lora_targets)
-    m = peft.inject_adapter_in_model(cfg, m)
-    wrapped = {n for n, mod in m.named_modules() if isinstance(mod, peft.tuners.lora.LoraLayer)}
-    assert wrapped == expected
+    assert expected == {f"vit.blocks.{i}.attn.qkv" for i in range(2)}
+    lora = LoRAAdapter(m, m.lora_targets, rank=4, alpha=4)
+    wrapped = {n for n, mod in m.named_modules() if isinstance(mod, KVLoRAQKV)}
+    assert wrapped == expected and set(lora.layers) == {f"{n}.weight" for n in expected}
     for n in wrapped:
         assert isinstance(m.get_submodule(n).get_base_layer(), nn.Linear)
-    assert not isinstance(m.vit.patch_embed.proj, peft.tuners.lora.LoraLayer)
+    assert isinstance(m.vit.patch_embed.proj, nn.Conv2d)
+    assert all(type(b.attn.proj) is nn.Linear for b in m.vit.blocks)   # proj not adapted
     assert m(torch.rand(2, 1, 28, 28)).shape == (2, 32)

@@ -7,6 +7,9 @@ needs to know which backbone reads it. It carries three attributes:
 
 - ``out_dim``: feature width the per-experience heads read;
 - ``lora_targets``: module names (peft ``target_modules`` form) that get LoRA;
+- ``lora_kv_only``: when True the targets are fused qkv ``Linear`` layers and get
+  separate LoRAs on their K and V rows (:mod:`clmerge.backbones.kv_lora`) instead of
+  peft's LoRA on the whole layer;
 - ``freeze_norm_stats``: when True, normalisation layers with running statistics
   (BatchNorm) stay in eval mode during training, so the running statistics, which are
   buffers outside any task vector, never drift.
@@ -21,6 +24,7 @@ from torch import nn
 class Backbone(nn.Module):
     out_dim: int
     lora_targets: list[str]
+    lora_kv_only: bool = False
     freeze_norm_stats: bool = False
 
     def train(self, mode: bool = True):  # noqa: D401 - nn.Module API

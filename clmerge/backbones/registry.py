@@ -32,9 +32,9 @@ BACKBONES: dict[str, tuple[Callable[..., Backbone], str]] = {
     "mobilenet_v2": (_mobilenet, "torchvision MobileNetV2, ImageNet-1k weights (offline copy); "
                                  "LoRA on pointwise convs"),
     "vit_letters": (_vit_letters, "timm ViT (28x28, patch 4) pretrained in-project on rendered "
-                                  "letters; LoRA on attention qkv/proj"),
+                                  "letters; separate LoRAs on K and V of attn.qkv"),
     "vit_b16_in21k": (_vit_b16, "timm ViT-B/16 IN21K->IN1K (hub or CLMERGE_VIT_B16_WEIGHTS), "
-                                "224 px; LoRA on the K/V rows of qkv (paper profile)"),
+                                "224 px; separate LoRAs on K and V of attn.qkv (paper profile)"),
 }
 
 

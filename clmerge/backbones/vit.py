@@ -4,13 +4,12 @@
 other size (sklearn digits are 8 x 8) are resized bilinearly to 28 x 28 first, then
 normalised to [-1, 1] (mean 0.5, std 0.5), all inside the module.
 
-``lora_targets`` is a *regex string*, not a list: peft's ``LoraConfig(target_modules=...)``
-accepts a string and then requires it to ``re.fullmatch`` the full module name. A list
-``["qkv", "proj"]`` would be matched by name suffix and would also catch the patch
-embedding's ``patch_embed.proj`` (a ``Conv2d``); the regex ``.*attn\\.(qkv|proj)`` picks
-exactly the attention input (``blocks.i.attn.qkv``) and output (``blocks.i.attn.proj``)
-``Linear`` layers. Code that needs an iterable of names should match module names
-against it with ``re.fullmatch``.
+The adapter is the papers' (P&M arXiv 2505.22389): separate rank-r LoRAs on the K and
+V rows of every block's fused ``attn.qkv`` Linear (``lora_kv_only``, see
+:mod:`clmerge.backbones.kv_lora`); Q, the attention output ``proj`` and the MLPs are
+never adapted. ``lora_targets`` is a *regex string* that must ``re.fullmatch`` the full
+module name (``.*attn\\.qkv``); code that needs an iterable of names should match
+module names against it with ``re.fullmatch``.
 
 ``build_small_vit(pretrained=True)`` returns the backbone with the committed letters
 checkpoint (``data/checkpoints/vit_letters.safetensors``) loaded; its architecture is
@@ -29,7 +28,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from .base import Backbone, ResizeNormalize
 
-LORA_TARGETS = r".*attn\.(qkv|proj)"
+LORA_TARGETS = r".*attn\.qkv"   # fused qkv Linear of every block (K/V LoRAs)
 
 CHECKPOINT_NAME = "vit_letters"
 
@@ -65,6 +64,7 @@ class SmallViT(Backbone):
         )
         self.out_dim = embed_dim
         self.lora_targets = LORA_TARGETS
+        self.lora_kv_only = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 3:  # (N, H, W) -> (N, 1, H, W)

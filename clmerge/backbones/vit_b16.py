@@ -23,25 +23,14 @@ weights too), so tests can build a 2-block model.
 
 **LoRA on K and V only.** timm fuses q, k, v into one ``Linear`` ``blocks.i.attn.qkv``
 (output rows ``[q | k | v]``, 768 each). ``lora_targets`` selects exactly those
-modules; LoRAAdapter (peft) wraps each. The backbone then restricts every qkv LoRA to
-the K/V rows by two hooks on the branch's ``lora_B`` (installed on the first
-``train()``/``forward`` after injection, see :meth:`VitB16.install_kv_only`):
-
-- a forward hook multiplies the ``lora_B`` output by a 0/1 row mask (Q rows 0), so the
-  LoRA update of Q is exactly zero in the forward pass, and, by the chain rule, the
-  gradient of ``B``'s Q rows is exactly zero;
-- ``B``'s Q rows are set to zero when the hooks are installed and at every
-  ``train()`` call (peft initialises and resets B to zero anyway).
-
-With B's Q rows at 0 and their gradient exactly 0, Adam/AdamW (decoupled weight decay
-included) and SGD never move them, so ``LoRAAdapter.delta()`` (dense
-``scaling * B @ A``) has exact zeros in the Q rows and folding it never changes the Q
-rows of ``qkv.weight``. Task vectors and Fisher stay keyed ``blocks.i.attn.qkv.weight``
-(full 2304 x 768 shape; the Q block of a delta is zero). This choice keeps peft's
-module tree and the adapter unchanged; the alternative (splitting qkv into two Linear
-layers) would change state-dict keys. Deviation to know: the P&M ``gaussian``
-perturbation ablation draws noise on the full qkv weight, Q rows included (restored
-after each step, so it never changes the model).
+modules and ``lora_kv_only`` makes :class:`~clmerge.backbones.lora.LoRAAdapter` put
+separate rank-r LoRAs on the K and V rows (:mod:`clmerge.backbones.kv_lora`): A_k, B_k,
+A_v, B_v per block, 2 * r * (768 + 768) parameters (30,720 at r = 10), [dK; dV] of
+rank up to 2r, Q never adapted. Task vectors and Fisher stay keyed
+``blocks.i.attn.qkv.weight`` (full 2304 x 768 shape; the Q block of a delta is exactly
+zero). Deviation to know: the P&M ``gaussian`` perturbation ablation draws noise on the
+full qkv weight, Q rows included (restored after each step, so it never changes the
+model).
 """
 
 from __future__ import annotations
@@ -75,7 +64,7 @@ def _missing_message(detail: str = "") -> str:
 
 
 class VitB16(Backbone):
-    """timm ViT-B/16 (IN21K -> IN1K) without head; LoRA on the K/V rows of ``attn.qkv``."""
+    """timm ViT-B/16 (IN21K -> IN1K) without head; separate K and V LoRAs on ``attn.qkv``."""
 
     freeze_norm_stats = False  # LayerNorm only
 
@@ -89,60 +78,14 @@ class VitB16(Backbone):
         self.vit = timm.create_model(MODEL_NAME, pretrained=False, num_classes=0, depth=depth)
         self.out_dim = EMBED_DIM
         self.lora_targets = LORA_TARGETS
-        self._kv_hooked: set[int] = set()
-
-    # ------------------------------------------------------------------ K/V-only LoRA
-    def qkv_modules(self) -> dict[str, nn.Module]:
-        return {f"vit.blocks.{i}.attn.qkv": b.attn.qkv for i, b in enumerate(self.vit.blocks)}
-
-    def install_kv_only(self, zero_q_rows: bool = True) -> int:
-        """Restrict every LoRA branch on ``qkv`` to the K/V rows; idempotent.
-
-        ``zero_q_rows`` also sets B's Q rows to zero in place (done at install and by
-        ``train()``; not from ``forward``, which may run under ``torch.func`` transforms
-        that forbid in-place writes to captured tensors). Returns the number of qkv
-        LoRA layers now restricted (0 before injection).
-        """
-        from peft.tuners.lora import LoraLayer
-
-        n = 0
-        for qkv in self.qkv_modules().values():
-            if not isinstance(qkv, LoraLayer):
-                continue
-            n += 1
-            for name, lin in qkv.lora_B.items():
-                out = lin.weight.shape[0]
-                d = out // 3
-                hooked = id(lin) in self._kv_hooked
-                if zero_q_rows or not hooked:
-                    with torch.no_grad():
-                        lin.weight[:d].zero_()
-                if hooked:
-                    continue
-                mask = torch.ones(out, dtype=lin.weight.dtype, device=lin.weight.device)
-                mask[:d] = 0
-                lin.register_buffer("kv_mask", mask, persistent=False)
-                lin.register_forward_hook(_mask_q_rows)
-                self._kv_hooked.add(id(lin))
-        return n
-
-    def train(self, mode: bool = True):  # noqa: D401 - nn.Module API
-        super().train(mode)
-        if mode:
-            self.install_kv_only()
-        return self
+        self.lora_kv_only = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.install_kv_only(zero_q_rows=False)
         x = x.float()
         if x.shape[-2:] != (IMG_SIZE, IMG_SIZE):
             x = nn.functional.interpolate(x, size=(IMG_SIZE, IMG_SIZE), mode="bilinear",
                                           align_corners=False)
         return self.vit(x)
-
-
-def _mask_q_rows(module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
-    return output * module.kv_mask.to(output.dtype)
 
 
 # ---------------------------------------------------------------------- weights

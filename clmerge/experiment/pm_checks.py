@@ -85,8 +85,7 @@ def _directional_curvature(run, batches) -> tuple[float, float]:
     """(L, d^2/da^2 L) at a = 1 along the LoRA branch scale, by double backward."""
     lora = run.lora
     alpha = torch.ones((), dtype=torch.float32, requires_grad=True)
-    for k, m in lora.layers.items():
-        m.scaling["default"] = lora.base_scaling[k] * alpha
+    lora.set_scale_factor(alpha)
     loss, n = 0.0, 0
     for x, y in batches:
         loss = loss + torch.nn.functional.cross_entropy(run.model(x), y, reduction="sum")

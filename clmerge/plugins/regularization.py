@@ -44,8 +44,6 @@ from __future__ import annotations
 import torch
 
 from clmerge.avalanche_api import EWCPlugin, LwFPlugin
-from clmerge.backbones.lora import ADAPTER
-from clmerge.tensormath.tensordict import lora_delta
 
 STATE_KEY = "regularizer_state_bytes"
 
@@ -97,10 +95,7 @@ class EWC(EWCPlugin):
         """w = W_base + scaling * B A per target, differentiable through A and B."""
         out = {}
         for name, k in self._dense_names(model).items():
-            layer = self.lora.layers[k]
-            out[name] = layer.get_base_layer().weight + lora_delta(
-                layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight,
-                self.lora.base_scaling[k])
+            out[name] = self.lora.layers[k].get_base_layer().weight + self.lora.dense_delta(k)
         return out
 
     def compute_importances(self, model, criterion, optimizer, dataset, device, batch_size,
