@@ -34,7 +34,7 @@ import time
 import tokenize
 from pathlib import Path
 
-from clmerge.experiment.config import ConfigError
+from clmerge.experiment.config import ConfigError, load_yaml_text, short
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "_build"
@@ -67,21 +67,74 @@ def parse_parameters(items: list[str] | None) -> dict:
     Each VALUE is read with ``yaml.safe_load`` (``[0, 1]`` a list, ``0.3`` a float, ``True``
     a bool, ``pm[eps=0.3]`` a string); ``None`` (Python's spelling) is None as well.
     """
-    import yaml
-
     params: dict = {}
     for item in items or []:
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key.isidentifier():
-            raise ConfigError(f"-p {item!r}: write KEY=VALUE, e.g. -p seeds='[0, 1]'")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"-p {item!r}: VALUE is not valid YAML "
-                              f"({str(e).splitlines()[0]})") from None
+            raise ConfigError(f"-p {short(item)}: write KEY=VALUE, e.g. -p seeds='[0, 1]'")
+        value = load_yaml_text(text, f"-p {key}")
         params[key] = None if value == "None" else value
     return params
+
+
+def check_parameter_values(selected: dict[str, dict], profile: str) -> None:
+    """Refuse, before any chapter runs, a ``-p`` value a chapter cannot use.
+
+    The expected kind comes from the chapter's default: ``seeds`` is a list of integers
+    in 0 .. 2**32 - 1 (or one integer, or None), ``benchmark`` a registered benchmark (or
+    None), a list default a list of variant labels that resolve to a valid config on
+    ``profile`` (``pm[eps=0.3]``), an int an integer >= 0, a float a finite number, a bool
+    a bool, a string a string. ``selected`` is :func:`check_parameters`' answer.
+    """
+    import math
+
+    from clmerge.benchmarks.registry import BENCHMARKS
+    from clmerge.report.study import variant_config
+
+    for stem, params in selected.items():
+        declared = chapter_parameters(CHAPTERS / f"{stem}.ipynb")
+        for name, value in params.items():
+            try:
+                default = ast.literal_eval(declared[name]["default"])
+            except (ValueError, SyntaxError, KeyError):
+                continue
+            bad = f"-p {name}={short(value)}: chapter {stem} expects "
+            if name == "seeds":
+                seeds = [value] if isinstance(value, int) else value
+                if value is not None and not (
+                        isinstance(seeds, list) and seeds and all(
+                            isinstance(x, int) and not isinstance(x, bool)
+                            and 0 <= x <= 2**32 - 1 for x in seeds)):
+                    raise ConfigError(bad + "a list of integer seeds in 0..4294967295, "
+                                            "e.g. -p seeds='[0, 1]'")
+            elif name == "benchmark":
+                if value is not None and value not in BENCHMARKS:
+                    raise ConfigError(bad + f"a benchmark; valid benchmarks: "
+                                            f"{', '.join(BENCHMARKS)}")
+            elif isinstance(default, list):
+                if not (isinstance(value, list) and value
+                        and all(isinstance(v, str) and v for v in value)):
+                    raise ConfigError(bad + "a non-empty list of variant labels, e.g. "
+                                            "-p " + name + "='[seq, pm]'")
+                for label in value:
+                    try:
+                        variant_config(label, profile)
+                    except ConfigError as e:
+                        raise ConfigError(f"-p {name}: {e}") from None
+            elif isinstance(default, bool):
+                if not isinstance(value, bool):
+                    raise ConfigError(bad + "true or false")
+            elif isinstance(default, int):
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise ConfigError(bad + "an integer >= 0")
+            elif isinstance(default, float):
+                if (isinstance(value, bool) or not isinstance(value, (int, float))
+                        or not math.isfinite(value)):
+                    raise ConfigError(bad + "a finite number")
+            elif isinstance(default, str):
+                if not isinstance(value, str):
+                    raise ConfigError(bad + "a string")
 
 
 def chapter_parameters(path: str | os.PathLike) -> dict[str, dict[str, str]]:

@@ -6,7 +6,9 @@
     clmerge sweep GRID.yaml [--executor local|submitit_local|slurm] [--workers N] [--results-dir DIR] [--dry-run]
 
 Unknown names and bad values fail before any work with one message naming the valid
-choices and exit status 2; nothing is written.
+choices and exit status 2; nothing is written. A run whose loss or weights diverge
+(:mod:`clmerge.plugins.guard`), or that cannot write its files, stops with one sentence
+and exit status 1, and writes no result.
 """
 
 from __future__ import annotations
@@ -16,6 +18,16 @@ import sys
 from pathlib import Path
 
 from clmerge.experiment.config import ConfigError
+
+MAX_MESSAGE = 400  # characters of an error message printed (they are one sentence)
+
+
+def _say(kind: str, message: str) -> None:
+    """Print ``clmerge: KIND: MESSAGE`` as one line of at most ``MAX_MESSAGE`` characters."""
+    text = " ".join(str(message).split())
+    if len(text) > MAX_MESSAGE:
+        text = text[: MAX_MESSAGE - 3] + "..."
+    print(f"clmerge: {kind}: {text}", file=sys.stderr, flush=True)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -97,28 +109,53 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return _run(args)
         if args.command == "book":
-            from clmerge.book import build_book, check_parameters, parse_parameters
+            from clmerge.book import (build_book, check_parameter_values, check_parameters,
+                                      parse_parameters)
+            from clmerge.experiment.atomic import check_output_folder
             from clmerge.experiment.config import load_profile
             load_profile(args.profile)      # unknown names fail before _build/ is touched
             params = parse_parameters(args.parameters)
-            check_parameters(args.chapters, params)  # also: unknown chapters
+            selected = check_parameters(args.chapters, params)  # also: unknown chapters
+            check_parameter_values(selected, args.profile)
+            if args.results_dir is not None:
+                check_output_folder(args.results_dir)
             return build_book(profile=args.profile, force=args.force, html=not args.no_html,
                               only=args.chapters, results_dir=args.results_dir, params=params)
         if args.command == "sweep":
             return _sweep(args)
     except ConfigError as e:
-        print(f"clmerge: error: {e}", file=sys.stderr)
+        _say("error", str(e))
         return 2
-    except FloatingPointError as e:  # a diverged run: its last checkpoint is kept
-        print(f"clmerge: error: {e}; the checkpoint of the last finished experience is kept "
-              f"and the same command resumes from it", file=sys.stderr)
+    except FloatingPointError as e:  # a diverged run (clmerge.plugins.guard): nothing saved
+        _say("error", f"{e}; {_kept(args, e)}")
         return 1
     except (FileNotFoundError, RuntimeError) as e:  # missing data / weights: user errors
         if not isinstance(e, _missing_input_errors()):
             raise
-        print(f"clmerge: error: {e}", file=sys.stderr)
+        _say("error", str(e))
         return 2
+    except OSError as e:  # the disk is full, a folder vanished: not the code's fault
+        _say("error", f"cannot write: {e.strerror or e} ({e.filename or 'a file'}); "
+                      f"no result was written for it")
+        return 1
     return 0
+
+
+def _kept(args, error: FloatingPointError) -> str:
+    """What a diverged run left behind, for its message."""
+    if not hasattr(error, "experience"):
+        return "no result was written"
+    kept = getattr(args, "_checkpoint", None)
+    done = None
+    if kept is not None and kept.exists():
+        import json
+        try:
+            done = json.loads(kept.read_text())["experience"]
+        except (OSError, ValueError, KeyError, TypeError):
+            done = None
+    if done is None:
+        return "no result or checkpoint was written"
+    return f"no result was written and the checkpoint of experience {done} is kept"
 
 
 def _missing_input_errors() -> tuple[type, ...]:
@@ -133,14 +170,16 @@ def _missing_input_errors() -> tuple[type, ...]:
 
 def _run(args) -> int:
     from clmerge.experiment.config import make_config, parse_assignments
-    from clmerge.experiment.runner import DEFAULT_RESULTS, get_or_run
+    from clmerge.experiment.atomic import check_output_folder
     from clmerge.experiment.results import result_path
+    from clmerge.experiment.runner import DEFAULT_RESULTS, checkpoint_path, get_or_run
     from clmerge.strategies.methods import get_method
 
     get_method(args.method)
     cfg = make_config(args.method, args.benchmark, args.profile, args.seed,
                       parse_assignments(args.sets))
-    out = Path(args.out) if args.out else DEFAULT_RESULTS
+    out = Path(check_output_folder(args.out)) if args.out is not None else DEFAULT_RESULTS
+    args._checkpoint = checkpoint_path(cfg, out) / "state.json"
     result = get_or_run(cfg, out, force=args.force, progress=not args.quiet)
     m = result["metrics"]
     print(f"{result['variant']} on {cfg.benchmark} (seed {cfg.seed}): "
@@ -158,10 +197,12 @@ def _sweep(args) -> int:
     if args.dry_run:
         print(sweep.format_plan(*sweep.plan(cfgs, grid.results_dir)))
         return 0
+    from clmerge.experiment.atomic import check_output_folder
+    check_output_folder(grid.results_dir)
     try:
         df = sweep.run_sweep(grid)
     except sweep.SweepError as e:
-        print(f"clmerge: error: {e}", file=sys.stderr)
+        _say("error", str(e))
         return 1
     cols = [c for c in sweep.TABLE_COLUMNS if c in df.columns]
     print(df[cols].to_string(index=False))

@@ -69,8 +69,9 @@ def test_truncated_result_is_recomputed(table):
 def test_nan_loss_names_step_and_experience_and_keeps_the_checkpoint(table):
     row = table.loc["NaN loss"]
     assert row.exit == 1 and row.as_expected
-    assert row.message.startswith("clmerge: error: loss became nan at step 1 of experience 3; "
-                                  "the checkpoint of the last finished experience is kept")
+    assert row.message == ("clmerge: error: experience 3 diverged during training: the loss "
+                           "became nan at step 1; no result was written and the checkpoint of "
+                           "experience 2 is kept")
     assert row.outcome == "checkpoint of experience 2 kept; no result file"
     names = sorted(p.rsplit("/", 1)[-1] for p in row.written)
     assert names == ["exp2.safetensors", "state.json"]

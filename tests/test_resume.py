@@ -98,7 +98,9 @@ def test_nan_loss_names_experience_and_step_and_keeps_the_checkpoint(results_dir
         return original(self, strategy, **kwargs)
 
     monkeypatch.setattr(diagnostics.DiagnosticsPlugin, "after_backward", poison)
-    with pytest.raises(FloatingPointError, match="nan at step 1 of experience 3"):
+    with pytest.raises(FloatingPointError,
+                       match="experience 3 diverged during training: the loss became nan at "
+                             "step 1"):
         get_or_run(cfg, results_dir, progress=False)
     state = json.loads((checkpoint_path(cfg, results_dir) / "state.json").read_text())
     assert state["experience"] == 2

@@ -18,6 +18,13 @@ BENCHMARKS: dict[str, Callable[..., Stream]] = {
     "cub200": paper.cub200,
 }
 
+# classes of each benchmark, so that a number of experiences that does not divide them
+# is refused before any data is read (the builders check it again)
+CLASS_COUNTS: dict[str, int] = {
+    "synthetic": 10, "split_digits": 10, "split_mnist5k": 10,
+    "split_cifar100": 100, "imagenet_r": 200, "cub200": 200,
+}
+
 
 def describe(name: str) -> str:
     """First line of the builder's docstring."""

@@ -15,7 +15,7 @@ from typing import Callable
 
 from clmerge.experiment.config import ExperimentConfig
 from clmerge.experiment.provenance import device_name, git_commit, versions
-from clmerge.experiment.results import CorruptResultError, read_result, write_result
+from clmerge.experiment.results import CorruptResultError, read_checked, write_result
 from clmerge.experiment.runner import DEFAULT_RESULTS, cpu_threads
 
 
@@ -32,7 +32,7 @@ def get_or_compute(kind: str, cfg: ExperimentConfig, fn: Callable[..., dict],
     path = analysis_path(kind, cfg, params, out_dir or DEFAULT_RESULTS)
     if path.exists() and not force:
         try:
-            return read_result(path)["data"]
+            return read_checked(path)["data"]
         except CorruptResultError as e:
             print(f"recomputing: {e}")
     with cpu_threads(cfg):  # the same thread policy as runs, so numbers match them
@@ -40,4 +40,4 @@ def get_or_compute(kind: str, cfg: ExperimentConfig, fn: Callable[..., dict],
     write_result({"kind": kind, "config": cfg.to_dict(), "params": params, "data": data,
                   "provenance": {"versions": versions(), "git_commit": git_commit(),
                                  "device": device_name(cfg.device)}}, path)
-    return read_result(path)["data"]
+    return read_checked(path)["data"]

@@ -10,9 +10,19 @@ A checkpoint is two files in ``<results>/_checkpoints/<run name>/``:
   and the rest of those objects' state as JSON, with each tensor replaced by its key in
   the safetensors file.
 
-The tensors file is written first, under a temporary name, then renamed; ``state.json``
-is written the same way last, so it always names a complete tensors file. Older tensors
-files are removed after the new ``state.json`` is in place.
+The tensors file is written first, under a temporary name, fsynced, then renamed (and
+the folder fsynced: :func:`clmerge.experiment.atomic.atomic_write`); ``state.json`` is
+written the same way last, so it always names a complete tensors file. Older tensors
+files, and temporary files a killed run left, are removed after the new ``state.json``
+is in place.
+
+Loading never runs code named by the files: an object is rebuilt only when its class is
+defined in one of ``STATE_MODULES`` (the same rule the writer uses), the tensors file
+must be an ``exp<t>.safetensors`` of the same folder, and every tensor of the model must
+match the run's model in name, shape and dtype. Everything is decoded and checked before
+anything is restored, so a checkpoint that fails in any way (missing, truncated, not
+JSON, a tensors file safetensors cannot read, a class outside the allowlist, a mismatch)
+is ignored with one warning line and the run starts over.
 
 What is saved of an object is its instance attributes that are *state*: numbers,
 strings, tensors (not parameters: those are restored through the model), generators,
@@ -30,13 +40,16 @@ import importlib
 import json
 import os
 import random
-import tempfile
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from clmerge.experiment.atomic import atomic_write
 
 _SKIP = object()
 STATE_MODULES = ("clmerge.tensormath", "avalanche.training.regularization",
@@ -138,13 +151,42 @@ class _Decoder:
                 return out
             return dict(pairs)
         if "__object__" in v:
-            module, name = v["__object__"].split(":")
-            cls = getattr(importlib.import_module(module), name)
+            cls = state_class(v["__object__"])
             obj = cls.__new__(cls)
             for k, x in v["attrs"].items():
-                setattr(obj, k, self.decode(x))
+                setattr(obj, _attribute_name(k), self.decode(x))
             return obj
         raise ValueError(f"unreadable checkpoint entry with keys {sorted(v)[:3]}")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used as it is."""
+
+
+_QUALNAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
+
+
+def state_class(spec: str) -> type:
+    """The class named ``module:qualname`` in a checkpoint, if it is allowed: a class
+    defined in one of ``STATE_MODULES`` (what :class:`_Encoder` writes). Anything else,
+    e.g. ``subprocess:Popen``, raises :class:`CheckpointError` without being imported."""
+    module, _, name = str(spec).partition(":")
+    allowed = any(module == m or module.startswith(m + ".") for m in STATE_MODULES)
+    if not (allowed and _QUALNAME.match(module) and _QUALNAME.match(name)):
+        raise CheckpointError(f"it names class {str(spec)[:60]!r}, which is not a state "
+                              f"class of {', '.join(STATE_MODULES)}")
+    obj = importlib.import_module(module)
+    for part in name.split("."):
+        obj = getattr(obj, part, None)
+    if not isinstance(obj, type) or obj.__module__ != module or obj.__qualname__ != name:
+        raise CheckpointError(f"{str(spec)[:60]!r} is not a class defined in {module}")
+    return obj
+
+
+def _attribute_name(name) -> str:
+    if not isinstance(name, str) or not name.isidentifier() or name.startswith("__"):
+        raise CheckpointError(f"attribute name {str(name)[:40]!r} is not allowed")
+    return name
 
 
 def rng_state(generators: dict[str, torch.Generator]) -> dict:
@@ -170,17 +212,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save(folder: str | os.PathLike, experience: int, config_hash: str,
          model: torch.nn.Module, objects: dict[str, Any], extra: dict) -> Path:
     """Write the checkpoint of a finished ``experience`` (see the module docstring)."""
@@ -192,10 +223,10 @@ def save(folder: str | os.PathLike, experience: int, config_hash: str,
             "objects": {name: enc.attributes(obj, name) for name, obj in objects.items()},
             "extra": enc.encode(extra, "extra")}
     tensors_name = f"exp{experience}.safetensors"
-    _atomic_write(folder / tensors_name, lambda tmp: save_file(enc.tensors, tmp))
+    atomic_write(folder / tensors_name, lambda tmp: save_file(enc.tensors, tmp))
     meta["tensors"] = tensors_name
-    _atomic_write(folder / "state.json", lambda tmp: Path(tmp).write_text(json.dumps(meta)))
-    for old in folder.glob("exp*.safetensors"):
+    atomic_write(folder / "state.json", lambda tmp: Path(tmp).write_text(json.dumps(meta)))
+    for old in [*folder.glob("exp*.safetensors"), *folder.glob(".*.tmp")]:
         if old.name != tensors_name:
             old.unlink(missing_ok=True)
     return folder / "state.json"
@@ -205,24 +236,26 @@ def load(folder: str | os.PathLike, config_hash: str, model: torch.nn.Module,
          objects: dict[str, Any]) -> tuple[int, dict] | None:
     """Restore the last checkpoint in ``folder`` into ``model`` and ``objects`` (same
     names as when saved); return (finished experience, extra) or None when there is no
-    usable checkpoint (none, another config, or unreadable: the run then starts over)."""
+    usable checkpoint (none, another config, or unreadable in any way: the run then
+    starts over, after one warning line on stderr)."""
     state = Path(folder) / "state.json"
     if not state.exists():
         return None
     try:
-        meta = json.loads(state.read_text())
-        tensors = load_file(str(Path(folder) / meta["tensors"]))
-    except (OSError, ValueError, KeyError) as e:
-        print(f"ignoring unreadable checkpoint in {folder}: {e}")
+        decoded = _read(Path(folder), config_hash, model, objects)
+    except Exception as e:  # noqa: BLE001 - any unusable checkpoint means: start over
+        reason = " ".join(str(e).split())[:200] or type(e).__name__
+        print(f"clmerge: warning: ignoring the checkpoint in {folder} ({reason}); "
+              f"the run starts over", file=sys.stderr, flush=True)
         return None
-    if meta.get("config_hash") != config_hash:
+    if decoded is None:
         return None
-    dec = _Decoder(tensors, model)
-    model.load_state_dict({k: tensors[key] for k, key in meta["model"].items()})
-    for name, attrs in meta["objects"].items():
+    experience, model_state, attrs, extra = decoded
+    model.load_state_dict(model_state)
+    for name, values in attrs.items():
         obj = objects[name]
-        for k, v in attrs.items():
-            value, current = dec.decode(v), getattr(obj, k, None)
+        for k, value in values.items():
+            current = getattr(obj, k, None)
             # containers are refilled in place: other objects may share them (the merge
             # driver's ``extras`` is also the diagnostics' and the trajectory recorder's)
             if type(current) is type(value) and isinstance(value, (dict, list)):
@@ -230,4 +263,53 @@ def load(folder: str | os.PathLike, config_hash: str, model: torch.nn.Module,
                 current.update(value) if isinstance(value, dict) else current.extend(value)
             else:
                 setattr(obj, k, value)
-    return meta["experience"], dec.decode(meta["extra"])
+    return experience, extra
+
+
+_TENSORS_NAME = re.compile(r"exp[0-9]{1,6}\.safetensors\Z")
+
+
+def _read(folder: Path, config_hash: str, model: torch.nn.Module, objects: dict):
+    """Everything of a checkpoint, decoded and checked, nothing applied yet; None for a
+    checkpoint of another config."""
+    meta = json.loads((folder / "state.json").read_bytes().decode("utf-8"))
+    if not isinstance(meta, dict):
+        raise CheckpointError("state.json does not hold a mapping")
+    if meta.get("config_hash") != config_hash:
+        return None
+    experience = meta.get("experience")
+    if isinstance(experience, bool) or not isinstance(experience, int) or experience < 0:
+        raise CheckpointError(f"bad experience {str(experience)[:20]}")
+    name = meta.get("tensors")
+    if not isinstance(name, str) or not _TENSORS_NAME.match(name):
+        raise CheckpointError(f"bad tensors file name {str(name)[:40]!r}")
+    tensors = load_file(str(folder / name))
+    own = model.state_dict()
+    saved = meta.get("model")
+    if not isinstance(saved, dict) or set(saved) != set(own):
+        raise CheckpointError("its model tensors are not the run's model's")
+    model_state = {}
+    for k, key in saved.items():
+        t = tensors[key]
+        if t.shape != own[k].shape or t.dtype != own[k].dtype:
+            raise CheckpointError(f"tensor {k} has shape {tuple(t.shape)}, the model's "
+                                  f"{tuple(own[k].shape)}")
+        model_state[k] = t
+    dec = _Decoder(tensors, model)
+    saved_objects = meta.get("objects")
+    if not isinstance(saved_objects, dict) or not set(saved_objects) <= set(objects):
+        raise CheckpointError("its objects are not the run's")
+    attrs = {n: {_attribute_name(k): dec.decode(v) for k, v in a.items()}
+             for n, a in saved_objects.items()}
+    extra = dec.decode(meta["extra"])
+    if not isinstance(extra, dict) or not {"R", "R_til", "rng"} <= set(extra):
+        raise CheckpointError("its accuracy rows or random states are missing")
+    rng = extra["rng"]
+    if not (isinstance(rng, dict) and isinstance(rng.get("torch"), torch.Tensor)
+            and isinstance(rng.get("python"), list) and isinstance(rng.get("numpy"), list)
+            and isinstance(rng.get("generators"), dict)
+            and all(isinstance(g, torch.Generator) for g in rng["generators"].values())):
+        raise CheckpointError("its random states are not readable")
+    if len(extra["R"]) != experience + 1 or len(extra["R_til"]) != experience + 1:
+        raise CheckpointError("its accuracy rows do not match its experience")
+    return experience, model_state, attrs, extra

@@ -21,6 +21,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import os
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from typing import Any
@@ -32,12 +34,46 @@ class ConfigError(ValueError):
     """A bad name or value in a configuration; the message lists the valid choices."""
 
 
-def _f(default, help: str, choices: tuple | None = None, minimum: float | None = None):
+def short(value: Any, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for error messages.
+
+    Containers are summarised before they are printed, so a value that is huge once
+    expanded (a YAML file of nested aliases) costs nothing to describe.
+    """
+    if isinstance(value, (dict, list, tuple, set)):
+        kind = type(value).__name__
+        text = f"a {kind} of {len(value)} item{'s' if len(value) != 1 else ''}"
+        if len(value) <= 8 and all(isinstance(v, (str, int, float, bool, type(None)))
+                                   for v in (value.values() if isinstance(value, dict) else value)):
+            text = repr(value) if len(repr(value)) <= limit else text
+        return text
+    text = repr(value) if not isinstance(value, str) or len(value) <= limit else repr(value[:limit])
+    return text if len(text) <= limit + 2 else text[: limit - 3] + "..." + text[-1:]
+
+
+BOOL_WORDS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+
+
+def parse_bool(name: str, value: Any) -> bool:
+    """A bool option's value: a bool, 0/1, or one of true/false/1/0/yes/no (any case)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in BOOL_WORDS:
+        return BOOL_WORDS[value.strip().lower()]
+    raise ConfigError(f"{name} expects true or false (also 1/0, yes/no); got {short(value)}")
+
+
+def _f(default, help: str, choices: tuple | None = None, minimum: float | None = None,
+       maximum: float | None = None):
     meta = {"help": help}
     if choices is not None:
         meta["choices"] = choices
     if minimum is not None:
         meta["min"] = minimum
+    if maximum is not None:
+        meta["max"] = maximum
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -50,15 +86,18 @@ class ExperimentConfig:
     profile: str = _f("quick", "profile whose defaults were applied")
     backbone: str = _f("mobilenet_v2", "feature extractor (see `clmerge list backbones`)")
     pretrained: bool = _f(True, "load the backbone's pretrained weights")
-    seed: int = _f(0, "seed of everything: class order, init, data order", minimum=0)
-    n_experiences: int = _f(5, "number of experiences (tasks) in the stream", minimum=1)
-    image_size: int = _f(32, "side in pixels the backbone resizes images to", minimum=8)
+    seed: int = _f(0, "seed of everything: class order, init, data order (numpy seeds are "
+                   "32-bit)", minimum=0, maximum=2**32 - 1)
+    n_experiences: int = _f(5, "number of experiences (tasks) in the stream; must divide the "
+                            "benchmark's number of classes", minimum=1, maximum=1000)
+    image_size: int = _f(32, "side in pixels the backbone resizes images to", minimum=8,
+                         maximum=4096)
     finetune: str = _f("lora", "what is trained per experience: a fresh LoRA or all weights",
                        choices=("lora", "full"))
-    lora_rank: int = _f(8, "LoRA rank r", minimum=1)
+    lora_rank: int = _f(8, "LoRA rank r", minimum=1, maximum=4096)
     lora_alpha: float = _f(8.0, "LoRA alpha; the branch is scaled by alpha / r", minimum=0)
-    epochs: int = _f(3, "training epochs per experience", minimum=1)
-    batch_size: int = _f(32, "training minibatch size", minimum=1)
+    epochs: int = _f(3, "training epochs per experience", minimum=1, maximum=10_000)
+    batch_size: int = _f(32, "training minibatch size", minimum=1, maximum=1_000_000)
     lr: float = _f(1e-3, "learning rate of the backbone's trainable weights (LoRA or all)",
                    minimum=0)
     head_lr: float = _f(1e-2, "learning rate of the current head", minimum=0)
@@ -68,17 +107,17 @@ class ExperimentConfig:
     head_scale: float = _f(16.0, "fixed scale of the cosine head's logits (unused by linear "
                            "heads)", minimum=0)
     weight_decay: float = _f(0.0, "AdamW weight decay", minimum=0)
-    eval_batch_size: int = _f(256, "evaluation minibatch size", minimum=1)
+    eval_batch_size: int = _f(256, "evaluation minibatch size", minimum=1, maximum=1_000_000)
     start: str = _f("merged", "where task t starts: the merged model (default) or the previous "
                     "fine-tuned model (MagMax protocol)", choices=("merged", "finetuned"))
     device: str = _f("cpu", "torch device", choices=("cpu", "cuda"))
     amp: str = _f("auto", "mixed precision of training forwards: auto (bf16 autocast on CUDA, "
                   "off on the CPU), bf16, or off", choices=("auto", "bf16", "off"))
     num_workers: int = _f(0, "DataLoader worker processes for training data (pinned memory on "
-                          "CUDA)", minimum=0)
+                          "CUDA)", minimum=0, maximum=256)
     diag_steps: int = _f(20, "training steps at the start of each experience whose loss and "
                          "gradient norms are recorded (the 'beginning of the task' diagnostics)",
-                         minimum=1)
+                         minimum=1, maximum=1_000_000)
     method_args: dict = _f({}, "method-specific options, set as --set METHOD.KEY=VALUE")
 
     # ------------------------------------------------------------------ identity
@@ -118,8 +157,8 @@ def profile_names() -> list[str]:
 def load_profile(name: str) -> dict[str, Any]:
     if name not in profile_names():
         raise ConfigError(f"unknown profile {name!r}; valid profiles: {', '.join(profile_names())}")
-    text = resources.files("clmerge.profiles").joinpath(f"{name}.yaml").read_text()
-    return yaml.safe_load(text) or {}
+    text = resources.files("clmerge.profiles").joinpath(f"{name}.yaml").read_text("utf-8")
+    return load_yaml_text(text, f"profile {name!r}") or {}
 
 
 # ---------------------------------------------------------------------- values
@@ -128,35 +167,97 @@ def _article(noun: str) -> str:
 
 
 def coerce(key: str, value: Any) -> Any:
-    """Convert ``value`` (often a string from the command line) to ``key``'s type."""
+    """Convert ``value`` (often a string from the command line) to ``key``'s type.
+
+    Numbers must be finite and within the setting's range; an int setting takes an
+    integral float (``1e3``) but not ``2.5``; a bool setting takes true/false/1/0/yes/no.
+    """
     if key not in FIELDS:
         valid = ", ".join(k for k in FIELDS if k != "method_args")
         raise ConfigError(f"unknown setting {key!r}; valid settings: {valid} "
                           f"(method options as METHOD.KEY)")
     f = FIELDS[key]
     typ = type(f.default) if f.default is not dataclasses.MISSING else dict
-    try:
-        if typ is bool and isinstance(value, str):
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(value)
-            value = value.lower() in ("true", "1", "yes")
-        elif typ is float and isinstance(value, (str, int)) and not isinstance(value, bool):
-            value = float(value)
-        elif typ is int and isinstance(value, str):
-            value = int(value)
-        elif typ is int and isinstance(value, float) and value.is_integer():
-            value = int(value)
-    except ValueError:
-        raise ConfigError(f"setting {key!r} expects {_article(typ.__name__)}, got {value!r}") from None
-    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-        raise ConfigError(f"setting {key!r} expects {_article(typ.__name__)}, got {value!r}")
+    wrong = ConfigError(f"setting {key!r} expects {_article(typ.__name__)}, got {short(value)}")
+    if typ is bool:
+        try:
+            value = parse_bool(f"setting {key!r}", value)
+        except ConfigError:
+            raise wrong from None
+    elif typ in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise wrong
+        try:
+            number = float(value) if isinstance(value, str) else value
+            if typ is int and isinstance(value, str):
+                number = int(value) if value.strip().lstrip("+-").isdigit() else float(value)
+        except ValueError:
+            raise wrong from None
+        if isinstance(number, float) and not math.isfinite(number):
+            raise ConfigError(f"setting {key!r} must be a finite number; got {short(value)}")
+        if typ is int:
+            if isinstance(number, float) and not number.is_integer():
+                raise wrong
+            value = int(number)
+        else:
+            value = float(number)
+    elif not isinstance(value, typ):
+        raise wrong
     choices = f.metadata.get("choices")
     if choices and value not in choices:
-        raise ConfigError(f"setting {key!r} must be one of {', '.join(choices)}; got {value!r}")
-    minimum = f.metadata.get("min")
+        raise ConfigError(f"setting {key!r} must be one of {', '.join(choices)}; "
+                          f"got {short(value)}")
+    minimum, maximum = f.metadata.get("min"), f.metadata.get("max")
     if minimum is not None and value < minimum:
-        raise ConfigError(f"setting {key!r} must be >= {minimum}; got {value!r}")
+        raise ConfigError(f"setting {key!r} must be >= {minimum}; got {short(value)}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"setting {key!r} must be <= {maximum}; got {short(value)}")
     return value
+
+
+OPTION_INT_LIMIT = 2**31 - 1
+
+
+def coerce_option(name: str, default: Any, value: Any) -> Any:
+    """A method option's ``value`` converted to the type of its ``default``: bools as
+    :func:`parse_bool`, numbers finite (ints integral and at most ``OPTION_INT_LIMIT``
+    in size), strings as given. The option's own ranges are checked by its Options class.
+    """
+    wrong = ConfigError(f"{name} expects {_article(type(default).__name__)}, got {short(value)}")
+    if isinstance(default, bool):
+        return parse_bool(name, value)
+    if isinstance(default, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise wrong
+        try:
+            number = float(value) if isinstance(value, str) else value
+        except ValueError:
+            raise wrong from None
+        if isinstance(value, str) and isinstance(default, int) and \
+                value.strip().lstrip("+-").isdigit():
+            number = int(value)
+        if isinstance(number, float) and not math.isfinite(number):
+            raise ConfigError(f"{name} must be a finite number; got {short(value)}")
+        if isinstance(default, int):
+            if isinstance(number, float) and not number.is_integer():
+                raise wrong
+            number = int(number)
+            if abs(number) > OPTION_INT_LIMIT:
+                raise ConfigError(f"{name} must be at most {OPTION_INT_LIMIT} in size; "
+                                  f"got {short(value)}")
+            return number
+        return float(number)
+    if isinstance(default, str):
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise wrong
+        return str(value)
+    return value
+
+
+# settings that the command line and the sweep grid choose with their own arguments
+# (--method, --benchmark, --profile, --seed): an override may not change them
+OWN_FLAG = {"method": "--method", "benchmark": "--benchmark", "profile": "--profile",
+            "seed": "--seed"}
 
 
 def parse_assignments(items: list[str]) -> dict[str, str]:
@@ -164,10 +265,75 @@ def parse_assignments(items: list[str]) -> dict[str, str]:
     out = {}
     for item in items:
         if "=" not in item:
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+            raise ConfigError(f"--set expects KEY=VALUE, got {short(item)}")
         k, v = item.split("=", 1)
-        out[k.strip()] = v.strip()
+        k = k.strip()
+        if k in OWN_FLAG:
+            raise ConfigError(f"--set cannot change {k!r}: it has its own option, "
+                              f"{OWN_FLAG[k]} {v.strip()[:40]}")
+        if k == "method_args":
+            raise ConfigError("--set cannot replace 'method_args' as a whole; set one "
+                              "method option at a time as METHOD.KEY=VALUE (pm.eps=0.3)")
+        out[k] = v.strip()
     return out
+
+
+def read_yaml(path: str | os.PathLike, what: str) -> Any:
+    """Read a YAML file safely (no Python objects) as UTF-8; any problem (unreadable,
+    not UTF-8, not YAML, too large once its aliases are expanded) is one ConfigError."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_YAML_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {str(path)!r} ({e.strerror})") from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise ConfigError(f"{what} {str(path)!r} is larger than {MAX_YAML_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what} {str(path)!r} is not UTF-8 text (byte {e.start})") from None
+    return load_yaml_text(text, f"{what} {str(path)!r}")
+
+
+MAX_YAML_BYTES = 1_000_000
+MAX_YAML_NODES = 100_000
+
+
+def load_yaml_text(text: str, what: str) -> Any:
+    """``yaml.safe_load(text)``, refusing invalid YAML and documents of more than
+    ``MAX_YAML_NODES`` values once aliases are expanded (a few hundred bytes of nested
+    aliases expand to gigabytes)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} is not valid YAML: {' '.join(str(e).split())[:200]}") from None
+    except RecursionError:
+        raise ConfigError(f"{what} is nested too deeply") from None
+    stack, seen = [data], 0
+    while stack:
+        v = stack.pop()
+        seen += 1
+        if seen > MAX_YAML_NODES:
+            raise ConfigError(f"{what} holds more than {MAX_YAML_NODES} values once its "
+                              f"aliases are expanded")
+        if isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, (list, tuple, set)):
+            stack.extend(v)
+    return data
+
+
+def check_class_split(benchmark: str, n_experiences: int) -> None:
+    """Refuse a number of experiences that does not divide the benchmark's classes."""
+    from clmerge.benchmarks.registry import CLASS_COUNTS
+
+    n = CLASS_COUNTS.get(benchmark)
+    if n is not None and n % n_experiences:
+        divisors = [d for d in range(1, n + 1) if n % d == 0]
+        raise ConfigError(f"setting 'n_experiences' must divide the {n} classes of "
+                          f"{benchmark}; got {n_experiences} (valid: "
+                          f"{', '.join(map(str, divisors))})")
 
 
 def make_config(method: str, benchmark: str | None = None, profile: str = "quick",
@@ -187,13 +353,19 @@ def make_config(method: str, benchmark: str | None = None, profile: str = "quick
     values: dict[str, Any] = dict(prof.get("defaults", {}))
     benchmark = benchmark or values.get("benchmark") or ExperimentConfig.benchmark
     if benchmark not in BENCHMARKS:
-        raise ConfigError(f"unknown benchmark {benchmark!r}; valid benchmarks: "
+        raise ConfigError(f"unknown benchmark {short(benchmark)}; valid benchmarks: "
                           f"{', '.join(BENCHMARKS)}")
     values.update((prof.get("benchmarks") or {}).get(benchmark, {}))
     method_args: dict[str, Any] = {}
     explicit: dict[str, Any] = {}
     for k, v in (overrides or {}).items():
+        if k in OWN_FLAG:
+            raise ConfigError(f"an override cannot change {k!r}: it has its own argument "
+                              f"({OWN_FLAG[k]}); got {short(v)}")
         if k == "method_args":
+            if not isinstance(v, dict):
+                raise ConfigError(f"setting 'method_args' must be a mapping of method "
+                                  f"options; got {short(v)}")
             method_args.update(v)
         elif "." in k:
             prefix, sub = k.split(".", 1)
@@ -213,7 +385,8 @@ def make_config(method: str, benchmark: str | None = None, profile: str = "quick
     clean = {k: coerce(k, v) for k, v in values.items() if k != "method_args"}
     backbone = clean.get("backbone", ExperimentConfig.backbone)
     if backbone not in BACKBONES:
-        raise ConfigError(f"unknown backbone {backbone!r}; valid backbones: "
+        raise ConfigError(f"unknown backbone {short(backbone)}; valid backbones: "
                           f"{', '.join(BACKBONES)}")
     clean["method_args"] = validate_method_args(method, method_args)
+    check_class_split(benchmark, clean.get("n_experiences", ExperimentConfig.n_experiences))
     return ExperimentConfig(**clean)

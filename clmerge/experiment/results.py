@@ -1,30 +1,61 @@
 """Result files: one JSON per run, content-addressed, atomic, checksummed.
 
 A result lives at ``<dir>/<method>-<benchmark>-s<seed>-<confighash>.json``, where the
-hash covers the full config. It is written to a temp file in the same folder and
-renamed into place, so a crash never leaves a partial file; it carries a sha256 of its
-own content, so a truncated or edited file is detected (:class:`CorruptResultError`)
-and recomputed rather than silently used.
+hash covers the full config. It is written to a temp file in the same folder, fsynced
+and renamed into place (:mod:`clmerge.experiment.atomic`), so a crash never leaves a
+partial file; it carries a sha256 of its own content, so a truncated or edited file is
+detected (:class:`CorruptResultError`) and recomputed rather than silently used. A file
+that is not UTF-8, not JSON, nested too deeply, or lacks the fields every reader needs
+(``config``, ``metrics``, ``R``, ``R_til``) is corrupt as well; readers of a folder skip
+it with one warning line naming it, and ``get_or_run`` recomputes it.
+
+Numbers are finite: a result holding NaN or an infinity is refused when written
+(:class:`NonFiniteResultError`), and such a file is corrupt when read.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
-import tempfile
+import sys
 from pathlib import Path
 from typing import Iterable
 
 import pandas as pd
 
+from clmerge.experiment.atomic import atomic_write
 from clmerge.experiment.config import ExperimentConfig
 
 SCHEMA = 1
 
 
 class CorruptResultError(RuntimeError):
-    """A result file exists but fails to parse or its checksum does not match."""
+    """A result file exists but fails to parse, lacks a required field, or its checksum
+    does not match."""
+
+
+class NonFiniteResultError(FloatingPointError):
+    """A result about to be written holds NaN or an infinity."""
+
+
+def _nonfinite_at(value, where: str = "") -> str | None:
+    """The path of the first non-finite float in a JSON-like value, or None."""
+    stack = [(value, where)]
+    while stack:
+        v, at = stack.pop()
+        if isinstance(v, float) and not math.isfinite(v):
+            return at or "the top level"
+        if isinstance(v, dict):
+            stack.extend((x, f"{at}.{k}" if at else str(k)) for k, x in v.items())
+        elif isinstance(v, (list, tuple)):
+            stack.extend((x, f"{at}[{i}]") for i, x in enumerate(v))
+    return None
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"non-finite number {name}")
 
 
 def result_path(cfg: ExperimentConfig, out_dir: str | os.PathLike) -> Path:
@@ -38,40 +69,77 @@ def _checksum(result: dict) -> str:
 
 
 def write_result(result: dict, path: str | os.PathLike) -> Path:
-    """Write atomically (temp file + rename) with an embedded checksum."""
+    """Write atomically and durably (temp file, fsync, rename, fsync of the folder) with
+    an embedded checksum; mode 0644 less the umask. A result holding NaN or an infinity is
+    refused (:class:`NonFiniteResultError`) and nothing is written."""
     path = Path(path)
+    bad = _nonfinite_at(result)
+    if bad is not None:
+        raise NonFiniteResultError(f"the result {path.name} holds a non-finite number at "
+                                   f"{bad}; it was not written")
     path.parent.mkdir(parents=True, exist_ok=True)
     result = dict(result, schema=SCHEMA)
     result["checksum"] = _checksum(result)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(result, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    text = json.dumps(result, indent=1, sort_keys=True, allow_nan=False)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return path
 
 
-def read_result(path: str | os.PathLike) -> dict:
+REQUIRED = {"config": dict, "metrics": dict, "R": list, "R_til": list}
+
+
+def read_checked(path: str | os.PathLike) -> dict:
+    """The checksummed JSON object in ``path`` (a result or a cached analysis);
+    :class:`CorruptResultError` (one line naming the file and the reason) when it cannot
+    be read or its checksum does not match."""
     try:
-        result = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CorruptResultError(f"{path}: unreadable result file ({e})") from None
-    if not isinstance(result, dict) or result.get("checksum") != _checksum(result):
+        text = Path(path).read_bytes().decode("utf-8")
+        result = json.loads(text, parse_constant=_reject_constant)
+    except UnicodeDecodeError as e:
+        raise CorruptResultError(f"{path}: unreadable result file (not UTF-8 at byte "
+                                 f"{e.start})") from None
+    except RecursionError:
+        raise CorruptResultError(f"{path}: unreadable result file (nested too deeply)") from None
+    except (OSError, ValueError) as e:
+        reason = " ".join(str(e).split())[:120]
+        raise CorruptResultError(f"{path}: unreadable result file ({reason})") from None
+    if not isinstance(result, dict):
+        raise CorruptResultError(f"{path}: not a result (a JSON {type(result).__name__})")
+    try:
+        ok = result.get("checksum") == _checksum(result)
+    except (RecursionError, TypeError, ValueError):
+        ok = False
+    if not ok:
         raise CorruptResultError(f"{path}: checksum mismatch (truncated or edited file)")
     return result
+
+
+def read_result(path: str | os.PathLike) -> dict:
+    """The run result in ``path``: :func:`read_checked`, and it must hold ``config``,
+    ``metrics`` (``cil`` and ``til``), ``R`` and ``R_til``."""
+    result = read_checked(path)
+    for key, typ in REQUIRED.items():
+        if not isinstance(result.get(key), typ):
+            raise CorruptResultError(f"{path}: not a result (no {key!r} {typ.__name__})")
+    metrics = result["metrics"]
+    if not all(isinstance(metrics.get(p), dict) for p in ("cil", "til")):
+        raise CorruptResultError(f"{path}: not a result (no 'cil' and 'til' metrics)")
+    if not isinstance(result["config"].get("method"), str):
+        raise CorruptResultError(f"{path}: not a result (no method in its config)")
+    return result
+
+
+def warn_skipped(error: CorruptResultError) -> None:
+    """The one warning line of a result file a reader skips."""
+    print(f"clmerge: warning: skipping {error}", file=sys.stderr, flush=True)
 
 
 def iter_results(out_dir: str | os.PathLike) -> Iterable[tuple[Path, dict]]:
     for p in sorted(Path(out_dir).glob("*.json")):
         try:
             yield p, read_result(p)
-        except CorruptResultError:
-            continue
+        except CorruptResultError as e:
+            warn_skipped(e)
 
 
 def load_results(out_dir: str | os.PathLike, **where) -> pd.DataFrame:

@@ -23,11 +23,13 @@ import numpy as np
 import torch
 
 from clmerge.experiment import checkpoint
+from clmerge.experiment.atomic import check_output_folder, file_lock, remove_stale_tmp
 from clmerge.experiment import metrics as M
 from clmerge.experiment.config import ExperimentConfig
 from clmerge.experiment.provenance import device_name, git_commit, versions
 from clmerge.experiment.results import CorruptResultError, read_result, result_path, write_result
 from clmerge.experiment.seeding import seed_everything
+from clmerge.plugins.guard import check_tensors
 
 DEFAULT_RESULTS = Path(__file__).resolve().parents[2] / "data" / "results"
 
@@ -312,6 +314,7 @@ def _run_joint(run: Run, progress: bool):
     T = run.stream.n_experiences
     strategy.train_heads = list(range(T))
     strategy.train(joint_exp)
+    check_tensors(run.model.named_parameters(), 0, "training", "the parameters")
     cil, til = _evaluate(run, strategy, T - 1)
     return [cil], [til], diag.records
 
@@ -401,20 +404,43 @@ def _run_nmc(run: Run):
 
 def get_or_run(cfg: ExperimentConfig, out_dir=DEFAULT_RESULTS, force: bool = False,
                progress: bool = True) -> dict:
-    """The result of ``cfg``: loaded if a valid file exists, else computed and written."""
+    """The result of ``cfg``: loaded if a valid file exists, else computed and written.
+
+    The computation holds a lock next to the result (``<result>.lock``), so a second
+    process asking for the same run waits and then loads the first one's result instead
+    of computing it again. A result file that cannot be used is reported and recomputed.
+    """
     path = result_path(cfg, out_dir)
     if path.exists() and not force:
         try:
             return read_result(path)
         except CorruptResultError as e:
-            print(f"recomputing: {e}")
-    ckpt = checkpoint_path(cfg, out_dir)
-    if force:  # recompute from scratch, not from a checkpoint of an earlier attempt
-        _remove_checkpoints(ckpt)
-    result = run_experiment(cfg, progress=progress, checkpoint_dir=ckpt)
-    write_result(result, path)
-    _remove_checkpoints(ckpt)  # the result now holds everything
-    return read_result(path)
+            print(f"recomputing: {e}", flush=True)
+    check_output_folder(out_dir)
+    created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def waiting():
+        print(f"waiting for another process computing {path.name}", flush=True)
+
+    try:
+        with file_lock(path, on_wait=waiting):
+            if path.exists() and not force:  # computed by the process we waited for
+                with contextlib.suppress(CorruptResultError):
+                    return read_result(path)
+            remove_stale_tmp(path.parent, path.name)
+            ckpt = checkpoint_path(cfg, out_dir)
+            if force:  # recompute from scratch, not from a checkpoint of an earlier attempt
+                _remove_checkpoints(ckpt)
+            result = run_experiment(cfg, progress=progress, checkpoint_dir=ckpt)
+            write_result(result, path)
+            _remove_checkpoints(ckpt)  # the result now holds everything
+            return read_result(path)
+    except BaseException:
+        for folder in created:  # a run that wrote nothing leaves no empty folders
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
 
 
 def _remove_checkpoints(folder: Path) -> None:

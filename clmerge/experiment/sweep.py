@@ -85,7 +85,8 @@ import pandas as pd
 import yaml
 from tqdm import tqdm
 
-from clmerge.experiment.config import ConfigError, ExperimentConfig, _article, load_profile
+from clmerge.experiment.config import (ConfigError, ExperimentConfig, _article, load_profile,
+                                      read_yaml, short)
 from clmerge.experiment.results import (CorruptResultError, load_results, read_result,
                                         result_path)
 from clmerge.experiment.runner import DEFAULT_RESULTS, get_or_run, variant_label
@@ -140,13 +141,13 @@ def _slurm_keys() -> list[str]:
 def _string_list(key: str, value: Any) -> list[str]:
     if (not isinstance(value, list) or not value
             or not all(isinstance(v, str) and v for v in value)):
-        raise ConfigError(f"grid key {key!r} must be a non-empty list of names; got {value!r}")
+        raise ConfigError(f"grid key {key!r} must be a non-empty list of names; got {short(value)}")
     return list(value)
 
 
 def _positive_int(what: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{what} must be a positive integer; got {value!r}")
+        raise ConfigError(f"{what} must be a positive integer; got {short(value)}")
     return value
 
 
@@ -155,7 +156,7 @@ def _executor(block: Any, kind: str | None, workers: int | None) -> Executor:
         block = {}
     if not isinstance(block, Mapping):
         raise ConfigError(f"grid key 'executor' must be a mapping with keys "
-                          f"{', '.join(EXECUTOR_KEYS)}; got {block!r}")
+                          f"{', '.join(EXECUTOR_KEYS)}; got {short(block)}")
     unknown = sorted(set(block) - set(EXECUTOR_KEYS))
     if unknown:
         raise ConfigError(f"unknown executor key {unknown[0]!r}; valid keys: "
@@ -170,7 +171,7 @@ def _executor(block: Any, kind: str | None, workers: int | None) -> Executor:
     slurm = block.get("slurm") or {}
     if not isinstance(slurm, Mapping):
         raise ConfigError(f"executor key 'slurm' must be a mapping of submitit/Slurm "
-                          f"parameters; got {slurm!r}")
+                          f"parameters; got {short(slurm)}")
     valid = _slurm_keys()
     for k, v in slurm.items():
         if k not in valid:
@@ -179,7 +180,7 @@ def _executor(block: Any, kind: str | None, workers: int | None) -> Executor:
         typ = GENERIC_PARAMETERS.get(k)
         if typ is not None and (not isinstance(v, typ) or (typ is int and isinstance(v, bool))):
             names = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
-            raise ConfigError(f"slurm parameter {k!r} expects {_article(names)}; got {v!r}")
+            raise ConfigError(f"slurm parameter {k!r} expects {_article(names)}; got {short(v)}")
     return Executor(kind, workers, dict(slurm))
 
 
@@ -202,29 +203,25 @@ def load_grid(source: str | os.PathLike | Mapping | Grid, executor: str | None =
     if not isinstance(source, Mapping):
         path = Path(source)
         default_name = path.stem
-        try:
-            data = yaml.safe_load(path.read_text())
-        except OSError as e:
-            raise ConfigError(f"cannot read grid file {str(path)!r} ({e.strerror}); "
+        if not path.is_file():
+            raise ConfigError(f"cannot read grid file {str(path)!r} (no such file); "
                               f"give the path of a YAML grid such as "
-                              f"examples/sweep_quick.yaml") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"grid file {str(path)!r} is not valid YAML: "
-                              f"{' '.join(str(e).split())}") from None
+                              f"examples/sweep_quick.yaml")
+        data = read_yaml(path, "grid file")
         if not isinstance(data, Mapping):
             raise ConfigError(f"grid file {str(path)!r} must hold a mapping with keys "
                               f"{', '.join(GRID_KEYS)}")
         source = data
     unknown = sorted(set(source) - set(GRID_KEYS))
     if unknown:
-        raise ConfigError(f"unknown grid key {unknown[0]!r}; valid keys: {', '.join(GRID_KEYS)}")
+        raise ConfigError(f"unknown grid key {short(unknown[0])}; valid keys: {', '.join(GRID_KEYS)}")
     if "variants" not in source:
         raise ConfigError(f"the grid needs 'variants' (labels such as seq, seq_full, "
                           f"pm[eps=0.3], magmax@ft); valid keys: {', '.join(GRID_KEYS)}")
 
     profile = source.get("profile", "quick")
     if not isinstance(profile, str):
-        raise ConfigError(f"grid key 'profile' must be a profile name; got {profile!r}")
+        raise ConfigError(f"grid key 'profile' must be a profile name; got {short(profile)}")
     prof = load_profile(profile)  # ConfigError naming the profiles
     variants = _string_list("variants", source["variants"])
     benchmarks = (_string_list("benchmarks", source["benchmarks"])
@@ -233,23 +230,24 @@ def load_grid(source: str | os.PathLike | Mapping | Grid, executor: str | None =
     if seeds is None:
         seeds = list(prof.get("seeds", [0]))
     if (not isinstance(seeds, list) or not seeds
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
-        raise ConfigError(f"grid key 'seeds' must be a non-empty list of integers >= 0, "
-                          f"e.g. [0, 1, 2]; got {seeds!r}")
+            or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= 2**32 - 1
+                        for s in seeds)):
+        raise ConfigError(f"grid key 'seeds' must be a non-empty list of integers in 0..4294967295, "
+                          f"e.g. [0, 1, 2]; got {short(seeds)}")
     overrides = source.get("overrides") or {}
     if not isinstance(overrides, Mapping):
         raise ConfigError(f"grid key 'overrides' must map settings to values, e.g. "
-                          f"{{epochs: 1}}; got {overrides!r}")
+                          f"{{epochs: 1}}; got {short(overrides)}")
     for k in overrides:
         if k in RESERVED_OVERRIDES:
             raise ConfigError(f"overrides cannot set {k!r}; use the grid keys profile, "
                               f"benchmarks, variants and seeds for those")
     name = source.get("name", default_name)
     if not isinstance(name, str) or not name or "/" in name:
-        raise ConfigError(f"grid key 'name' must be a file-name-like string; got {name!r}")
+        raise ConfigError(f"grid key 'name' must be a file-name-like string; got {short(name)}")
     rd = results_dir if results_dir is not None else source.get("results_dir")
     if rd is not None and not isinstance(rd, (str, os.PathLike)):
-        raise ConfigError(f"grid key 'results_dir' must be a folder path; got {rd!r}")
+        raise ConfigError(f"grid key 'results_dir' must be a folder path; got {short(rd)}")
     rd = Path(rd).expanduser().resolve() if rd is not None else DEFAULT_RESULTS
     return Grid(name, profile, benchmarks, variants, list(seeds), dict(overrides), rd,
                 _executor(source.get("executor"), executor, workers))

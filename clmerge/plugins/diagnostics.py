@@ -16,8 +16,8 @@ model the task starts from (the merged model, or theta*_{t-1} under the fine-tun
 
 ``grad_norm_start`` / ``loss_start`` are the first step's values. The means over the
 steps are published to the merge plugin's ``extras`` (``g0``: mean dense gradient norm)
-so a merger may use them (TRM's hinge reference). A loss that is not finite stops the
-run with the experience and step named.
+so a merger may use them (TRM's hinge reference). A loss that is not finite, or that
+explodes, stops the run with the experience and step named (:mod:`clmerge.plugins.guard`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import math
 import time
 
 from clmerge.avalanche_api import SupervisedPlugin
+from clmerge.plugins.guard import check_loss
 
 
 class DiagnosticsPlugin(SupervisedPlugin):
@@ -39,12 +40,14 @@ class DiagnosticsPlugin(SupervisedPlugin):
         self.records: list[dict] = []
         self._step = 0
         self._t0 = 0.0
+        self._first_loss: float | None = None
 
     def _watch_dense(self) -> bool:
         return self.lora is not None and self._step < self.steps
 
     def before_training_exp(self, strategy, **kwargs):
         self._step = 0
+        self._first_loss = None
         self._t0 = time.perf_counter()
         self.records.append({"experience": strategy.experience.current_experience,
                              "losses_first": [], "grad_norms_first": [],
@@ -57,10 +60,9 @@ class DiagnosticsPlugin(SupervisedPlugin):
 
     def after_backward(self, strategy, **kwargs):
         loss = float(strategy.loss.detach())
-        if not math.isfinite(loss):
-            raise FloatingPointError(
-                f"loss became {loss} at step {self._step} of experience "
-                f"{strategy.experience.current_experience}")
+        check_loss(loss, self._first_loss, strategy.experience.current_experience, self._step)
+        if self._first_loss is None:
+            self._first_loss = loss
         if self._step < self.steps:
             rec = self.records[-1]
             rec["losses_first"].append(loss)

@@ -9,6 +9,10 @@ Per experience t:
   ``finetuned`` start protocol (MagMax) theta*_t is kept and written back before the
   next experience trains, while evaluation sees theta_hat_t.
 
+Before the merge, the trained model (its parameters and theta*_t) and, after it, the
+merged weights theta_hat_t must be finite (:mod:`clmerge.plugins.guard`): a diverged
+experience stops the run before anything of it is evaluated or saved.
+
 Records per task: merge seconds, the merger's persisted bytes after the merge, the
 distance |theta_hat_t - theta_0|, and whatever the merger recorded (coefficients).
 """
@@ -22,6 +26,7 @@ import torch
 
 from clmerge.avalanche_api import SupervisedPlugin
 from clmerge.mergers.base import MergeContext, Merger
+from clmerge.plugins.guard import check_tensors
 from clmerge.tensormath import tensordict as td
 
 
@@ -60,8 +65,11 @@ class MergePlugin(SupervisedPlugin):
         return td.add(td.clone(self.weights), self.lora.delta())
 
     def after_training_exp(self, strategy, **kwargs):
+        t = strategy.experience.current_experience
+        check_tensors(strategy.model.named_parameters(), t, "training", "the parameters")
         t0 = time.perf_counter()
         finetuned = self.current_finetuned()
+        check_tensors(finetuned, t, "training", "the fine-tuned weights")
         if self.lora is not None:  # the model holds theta*_t densely while merging
             self.lora.write_base(finetuned)
         exp = strategy.experience
@@ -72,6 +80,7 @@ class MergePlugin(SupervisedPlugin):
             logits_fn=self.logits_fn, model=strategy.model, weights=self.weights,
             extras=self.extras)
         merged = self.merger.merge(ctx)
+        check_tensors(merged, t, "the merge", "the merged weights")
         self._write(merged)
         self.merged = td.clone(merged)
         self.finetuned_prev = finetuned if self.start_mode == "finetuned" else None

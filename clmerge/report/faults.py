@@ -313,8 +313,8 @@ def _nan_loss(case: Case, f: _Folder) -> dict:
     results = list(f.out.glob("*.json"))
     message = (f"{type(exc).__name__}: {exc}".splitlines()[0] if exc is not None
                else f.shorten(_first_line(err or out)))
-    ok = (code == 1 and exc is None and "step 1 of experience 3" in message
-          and kept == 2 and not results)
+    ok = (code == 1 and exc is None and "experience 3 diverged during training: the loss "
+          "became nan at step 1" in message and kept == 2 and not results)
     outcome = (f"checkpoint of experience {kept} kept; "
                f"{'no result file' if not results else 'a result file was written'}")
     return dict(input=f.show(argv) + "  [loss x NaN at step 1 of experience 3]",

@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from clmerge.experiment.config import ConfigError
+from clmerge.experiment.config import ConfigError, coerce_option, short
 
 
 @dataclass(frozen=True)
@@ -129,26 +129,16 @@ def validate_method_args(name: str, args: dict[str, Any]) -> dict[str, Any]:
     opts = options_class(name)
     if opts is None:
         if args:
-            raise ConfigError(f"method {name!r} takes no options; got {', '.join(args)}")
+            raise ConfigError(f"method {name!r} takes no options; got "
+                              f"{', '.join(short(a) for a in args)}")
         return {}
     fields = {f.name: f for f in dataclasses.fields(opts)}
     out = dataclasses.asdict(opts())
     for k, v in args.items():
         if k not in fields:
-            raise ConfigError(f"unknown option {name}.{k}; valid options of {name!r}: "
+            raise ConfigError(f"unknown option {name}.{str(k)[:40]}; valid options of {name!r}: "
                               f"{', '.join(fields) or 'none'}")
-        default = out[k]
-        try:
-            if isinstance(default, bool):
-                v = v if isinstance(v, bool) else str(v).lower() in ("1", "true", "yes")
-            elif isinstance(default, (int, float)) and not isinstance(v, bool):
-                v = type(default)(v)
-            elif isinstance(default, str):
-                v = str(v)
-        except (TypeError, ValueError):
-            raise ConfigError(f"option {name}.{k} expects a {type(default).__name__}, "
-                              f"got {v!r}") from None
-        out[k] = v
+        out[k] = coerce_option(f"option {name}.{k}", out[k], v)
     try:
         opts(**out)  # the Options dataclass validates ranges in __post_init__
     except ValueError as e:

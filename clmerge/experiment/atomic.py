@@ -1,0 +1,151 @@
+"""Durable file writes: temp file, fsync, rename, fsync of the folder; and a lock per file.
+
+A result or checkpoint file is written under a temporary name in its own folder
+(``.<name>.<random>.tmp``), flushed to disk (``fsync``), renamed over the final name
+(atomic on POSIX) and then the folder itself is fsynced so that the rename survives a
+power loss. A crash leaves either the old file or the new one, never a partial file;
+what it may leave is a ``.tmp`` file, which :func:`remove_stale_tmp` deletes the next
+time the same file is written (under its lock, so never another process's live one).
+
+:func:`file_lock` holds an exclusive ``flock`` on ``<path>.lock`` so that two processes
+computing the same result take turns; the lock file is removed on release.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: runs are not locked against each other
+    fcntl = None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """fsync a folder, so a rename inside it is on disk (a no-op where unsupported)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None],
+                 mode: int = 0o666) -> Path:
+    """Write ``path`` through ``write(tmp_path)`` durably and atomically.
+
+    The file gets ``mode`` less the process's umask (like a file ``open`` creates), not
+    ``mkstemp``'s 0600.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, mode & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return path
+
+
+def remove_stale_tmp(folder: str | os.PathLike, name: str) -> list[Path]:
+    """Delete the temporary files an interrupted :func:`atomic_write` of ``folder/name``
+    left behind; return them. Call it only while holding that file's lock."""
+    removed = []
+    for p in Path(folder).glob(f".{name}.*.tmp"):
+        with contextlib.suppress(OSError):
+            p.unlink()
+            removed.append(p)
+    return removed
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, on_wait: Callable[[], None] | None = None
+              ) -> Iterator[None]:
+    """Hold an exclusive lock on ``<path>.lock`` for the body (created if needed, removed
+    afterwards). ``on_wait`` is called once if another process holds it first."""
+    lock = Path(f"{path}.lock")
+    if fcntl is None:
+        yield
+        return
+    waited = False
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if not waited and on_wait is not None:
+                    on_wait()
+                waited = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            # the holder before us may have removed the file: lock the one on disk
+            try:
+                same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+        time.sleep(0.01)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            lock.unlink()
+        os.close(fd)
+
+
+def check_output_folder(folder: str | os.PathLike) -> Path:
+    """Refuse, before any work, a results folder that cannot be written: an empty path,
+    a path through a file, or a folder (or its nearest existing parent) where a file
+    cannot be created. Writes nothing that stays (a probe file is created and removed).
+    """
+    from clmerge.experiment.config import ConfigError, short
+
+    if str(folder) == "":
+        raise ConfigError("the results folder must not be an empty path")
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        if existing.is_symlink():  # a dangling link
+            raise ConfigError(f"results folder {short(str(folder), 60)}: {existing} is a "
+                              f"broken link")
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"results folder {short(str(folder), 60)} is not a folder "
+                          f"({existing} is a file)")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".clmerge-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(f"results folder {short(str(folder), 60)} is not writable "
+                          f"({e.strerror} in {existing})") from None
+    return folder
