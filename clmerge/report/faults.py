@@ -8,16 +8,25 @@ and after), and the seconds taken. Every outcome in the table is produced by run
 the case; nothing is filled in by hand.
 
 Bad inputs must exit with status 2, print one sentence naming the problem (and the
-valid choices, where there are choices), and write nothing. Three cases are faults of a
-run rather than bad inputs:
+valid choices, where there are choices), and write nothing. The other kinds are faults
+of a run:
 
-- a truncated result file is detected by its checksum and recomputed;
-- a NaN loss (not reachable from the command line: the case poisons the loss by
-  patching the diagnostics plugin, as ``tests/test_resume.py`` does) stops the run with
-  the step and experience named, keeps the checkpoint of the last finished experience
-  and writes no result;
-- a run killed with SIGKILL in a subprocess resumes from its last checkpoint when it is
-  started again (the slowest case, about 10 s on a 2-core machine: most of it the
+- a **diverged run** (``--set lr=1e6``: the loss explodes in the first experience) exits
+  1 with one sentence naming the experience and the stage, and writes nothing;
+- a **corrupt result** file (truncated, not UTF-8, nested 100,000 deep, or with a valid
+  checksum but no ``metrics``) is reported in one line and recomputed;
+- a **NaN loss** or a **NaN merge** (not reachable from the command line, where every
+  number is checked when parsed: the case patches the diagnostics plugin or the
+  ``seq`` merger, as ``tests/test_resume.py`` does) stops the run with the experience
+  and the stage named, keeps the checkpoint of the last finished experience and writes
+  no result;
+- a **corrupt checkpoint** (a ``state.json`` naming ``subprocess:Popen``, a truncated or
+  empty tensors file) is ignored with one warning line and the run starts over;
+- a **stale temporary file** that a killed write left is removed when the run writes;
+- a **concurrent run**: while another process holds the lock of the same result, the
+  run waits and then loads that result instead of computing it again;
+- a **killed run** (SIGKILL in a subprocess) resumes from its last checkpoint when it
+  is started again (the slowest case, about 10 s on a 2-core machine: most of it the
   subprocess's imports).
 """
 
@@ -32,6 +41,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,8 +58,10 @@ COLUMNS = ["case", "input", "tests", "expected", "exit", "message", "written", "
 @dataclass(frozen=True)
 class Case:
     """One fault. ``argv`` may use ``{out}`` (the results folder, created by nobody),
-    ``{data}`` (an empty data folder) and ``{grid}`` (the grid file ``grid`` is written
-    to); ``needles`` must all appear in the message of a bad input."""
+    ``{data}`` (an empty data folder), ``{file}`` (an existing plain file) and ``{grid}``
+    (the grid file ``grid`` is written to as YAML, or ``grid_bytes`` as they are);
+    ``needles`` must all appear in the message of a bad input or a diverged run;
+    ``damage`` names what a corrupt-result or corrupt-checkpoint case does to the file."""
 
     name: str
     argv: tuple[str, ...]
@@ -57,14 +69,17 @@ class Case:
     needles: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     grid: dict | None = None
-    kind: str = "bad input"   # "bad input" | "corrupt result" | "nan loss" | "killed run"
+    grid_bytes: bytes | None = None
+    kind: str = "bad input"   # a key of EXPECTED
+    damage: str = ""
 
 
-def _run(method: str, *sets: str, profile: str = "smoke", extra: tuple[str, ...] = ()):
+def _run(method: str, *sets: str, profile: str = "smoke", extra: tuple[str, ...] = (),
+         out: str = "{out}"):
     argv = ["run", "--method", method, "--profile", profile, *extra]
     for s in sets:
         argv += ["--set", s]
-    return (*argv, "--out", "{out}", "--quiet")
+    return (*argv, "--out", out, "--quiet")
 
 
 def _book(*args: str):
@@ -125,12 +140,93 @@ CASES: list[Case] = [
          "clmerge sweep on a grid file with a misspelled key (seedz)",
          ("unknown grid key 'seedz'", "valid keys: profile"),
          grid={"profile": "smoke", "variants": ["seq", "pm[eps=0.3]"], "seedz": [0, 1]}),
+    Case("--set seed", _run("seq", "seed=5"), "--set of a setting that has its own flag",
+         ("--set cannot change 'seed': it has its own option, --seed 5",)),
+    Case("--set method", _run("seq", "method=pm"), "--set method=pm (the flag is --method)",
+         ("--set cannot change 'method'", "--method pm")),
+    Case("--set benchmark", _run("seq", "benchmark=split_digits"),
+         "--set benchmark=... (the flag is --benchmark)",
+         ("--set cannot change 'benchmark'", "--benchmark split_digits")),
+    Case("--set method_args", _run("pm", "method_args=x"),
+         "--set method_args=x (options are set one at a time)",
+         ("--set cannot replace 'method_args'", "METHOD.KEY=VALUE")),
+    Case("bool option not a bool", _run("pm", "pm.clip=banana"),
+         "a bool method option given a word that is not true/false/1/0/yes/no",
+         ("option pm.clip expects true or false", "'banana'")),
+    Case("NaN setting", _run("seq", "lr=nan"), "a learning rate of NaN",
+         ("setting 'lr' must be a finite number", "nan")),
+    Case("NaN method option", _run("trm", "trm.tau=nan"), "TRM's temperature NaN",
+         ("option trm.tau must be a finite number",)),
+    Case("infinite setting", _run("seq", "head_lr=inf"), "a head learning rate of inf",
+         ("setting 'head_lr' must be a finite number",)),
+    Case("absurd epochs", _run("seq", "epochs=1e20"), "10^20 epochs (would run forever)",
+         ("setting 'epochs' must be <= 10000",)),
+    Case("absurd batch size", _run("seq", "batch_size=1e20"), "a minibatch of 10^20",
+         ("setting 'batch_size' must be <= 1000000",)),
+    Case("seed beyond 32 bits", _run("seq", extra=("--seed", "4294967296")),
+         "a seed numpy cannot take", ("setting 'seed' must be <= 4294967295",)),
+    Case("class split", _run("seq", "n_experiences=3"),
+         "3 experiences of the 10 classes of the smoke benchmark",
+         ("'n_experiences' must divide the 10 classes of synthetic", "valid: 1, 2, 5, 10")),
+    Case("results folder under /proc", _run("seq", out="/proc/clmerge-x"),
+         "--out where no file can be created", ("results folder '/proc/clmerge-x' is not "
+                                                "writable",)),
+    Case("results folder is a file", _run("seq", out="{file}"),
+         "--out naming an existing file", ("is not a folder", "is a file")),
+    Case("results folder through a file", _run("seq", out="{file}/out"),
+         "--out below an existing file", ("is not a folder",)),
+    Case("empty results folder", _run("seq", out=""), "--out ''",
+         ("the results folder must not be an empty path",)),
+    Case("book seeds not a list", _book("--chapters", "04_comparison", "-p", "seeds=abc"),
+         "clmerge book -p seeds=abc", ("-p seeds='abc': chapter 04_comparison expects a list "
+                                       "of integer seeds",)),
+    Case("book variant unknown", _book("--chapters", "04_comparison", "-p", "variants=[tiez]"),
+         "clmerge book -p variants=[tiez]", ("-p variants: unknown method 'tiez'",)),
+    Case("sweep grid not UTF-8", ("sweep", "{grid}", "--results-dir", "{out}"),
+         "a grid file with a Latin-1 byte", ("is not UTF-8 text (byte",),
+         grid_bytes=b"profile: smoke\nvariants: [seq]\nname: caf\xe9\n"),
+    Case("sweep grid alias bomb", ("sweep", "{grid}", "--results-dir", "{out}"),
+         "a 400-byte grid whose nested YAML aliases expand to 10^9 values",
+         ("holds more than 100000 values once its aliases are expanded",),
+         grid_bytes=("a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+             f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+             for p, c in zip("abcdefgh", "bcdefghi"))).encode()),
+    Case("diverging learning rate", _run("seq", "lr=1e6"),
+         "a learning rate of 10^6: the loss explodes in the first experience",
+         ("experience 0 diverged during training: the loss reached",
+          "no result or checkpoint was written"), kind="diverged run"),
     Case("corrupt result file", _run("seq"),
          "a result file truncated to half its length, then the same run again",
-         kind="corrupt result"),
+         kind="corrupt result", damage="truncate"),
+    Case("result not UTF-8", _run("seq"),
+         "a result file with a byte that is not UTF-8, then the same run again",
+         kind="corrupt result", damage="latin-1"),
+    Case("result nested 100,000 deep", _run("seq"),
+         "a result file replaced by 100,000 nested lists, then the same run again",
+         kind="corrupt result", damage="deep"),
+    Case("result without metrics", _run("seq"),
+         "a result file without 'metrics' but with a valid checksum, then the same run again",
+         kind="corrupt result", damage="no metrics"),
     Case("NaN loss", _run("seq"),
          "the loss poisoned to NaN at step 1 of experience 3 (patched diagnostics plugin; "
          "not reachable from the command line)", kind="nan loss"),
+    Case("NaN merge", _run("seq"),
+         "the merge of experience 2 returns NaN weights (patched seq merger; not reachable "
+         "from the command line)", kind="nan merge"),
+    Case("checkpoint naming subprocess:Popen", _run("seq"),
+         "a checkpoint whose state.json names the class subprocess:Popen, then the run",
+         kind="corrupt checkpoint", damage="popen"),
+    Case("truncated checkpoint tensors", _run("seq"),
+         "a checkpoint whose tensors file is cut to half (as after a power loss)",
+         kind="corrupt checkpoint", damage="truncate"),
+    Case("empty checkpoint tensors", _run("seq"),
+         "a checkpoint whose tensors file is empty", kind="corrupt checkpoint",
+         damage="empty"),
+    Case("stale temporary file", _run("seq"),
+         "a .tmp file that a killed write of the result left behind", kind="stale tmp"),
+    Case("concurrent identical run", _run("seq"),
+         "the same run while another process holds its result's lock and then writes the "
+         "result", kind="concurrent run"),
     Case("killed run", _run("seq", "epochs=40"),
          "the run, in a subprocess, killed with SIGKILL after its checkpoint of experience "
          ">= 1, then started again", kind="killed run"),
@@ -138,11 +234,19 @@ CASES: list[Case] = [
 
 EXPECTED = {
     "bad input": "exit 2, one sentence naming the problem, nothing written",
-    "corrupt result": "detected, recomputed, exit 0",
-    "nan loss": "exit 1 with a message naming step and experience; last checkpoint kept, "
-                "no result",
+    "diverged run": "exit 1, one sentence naming the experience and the stage, nothing "
+                    "written",
+    "corrupt result": "one line naming the file, recomputed, exit 0",
+    "nan loss": "exit 1, one sentence naming the experience, the stage and the step; last "
+                "checkpoint kept, no result",
+    "nan merge": "exit 1, one sentence naming the experience and the merge; last checkpoint "
+                 "kept, no result",
+    "corrupt checkpoint": "one warning line, the run starts over, exit 0",
+    "stale tmp": "the stale file removed, the result written, exit 0",
+    "concurrent run": "waits for the lock, loads the other run's result, exit 0",
     "killed run": "resumes after the last checkpointed experience, exit 0",
 }
+EXIT = {"bad input": 2, "diverged run": 1}   # the kinds that must write nothing
 
 
 # ---------------------------------------------------------------------- helpers
@@ -202,6 +306,7 @@ class _Folder:
         self.root = root
         self.out = root / "out"
         self.data = root / "data"
+        self.file = root / "a_file"
         self.grid = root / "grid.yaml"
         # `clmerge book` also writes here, outside --results-dir: watched for book cases
         self.build = BUILD / "executed" if book else None
@@ -214,7 +319,8 @@ class _Folder:
         return text
 
     def fill(self, argv) -> list[str]:
-        return [a.format(out=self.out, data=self.data, grid=self.grid) for a in argv]
+        return [a.format(out=self.out, data=self.data, grid=self.grid, file=self.file)
+                for a in argv]
 
     def show(self, argv, env=None) -> str:
         env = " ".join(f"{k}={self.shorten(v)}" for k, v in (env or {}).items())
@@ -230,8 +336,11 @@ def _bad_input(case: Case, f: _Folder) -> dict:
     import yaml
 
     f.data.mkdir()
+    f.file.write_text("not a folder\n")
     if case.grid is not None:
         f.grid.write_text(yaml.safe_dump(case.grid, sort_keys=False))
+    if case.grid_bytes is not None:
+        f.grid.write_bytes(case.grid_bytes)
     argv = f.fill(case.argv)
     env = {k: v.format(data=f.data) for k, v in case.env.items()}
     before = f.snapshot()
@@ -242,8 +351,9 @@ def _bad_input(case: Case, f: _Folder) -> dict:
     message = f.shorten(_first_line(err, "clmerge: error:") or _first_line(out)
                         or (f"{type(exc).__name__}: {exc}" if exc else ""))
     missing = [n for n in case.needles if n not in message]
+    expected_exit = EXIT[case.kind]
     problems = []
-    if code != EXIT_BAD_INPUT:
+    if code != expected_exit:
         problems.append(f"exit {code}" if exc is None else f"raised {type(exc).__name__}")
     if missing:
         problems.append(f"message lacks {missing}")
@@ -251,9 +361,33 @@ def _bad_input(case: Case, f: _Folder) -> dict:
         problems.append("wrote files")
     return dict(input=f.show(argv, env), exit=code if exc is None else type(exc).__name__,
                 message=message, written=written, seconds=seconds,
-                outcome="; ".join(problems) or "exit 2, message names the problem, "
-                                                 "nothing written",
+                outcome="; ".join(problems) or f"exit {expected_exit}, message names the "
+                                                f"problem, nothing written",
                 as_expected=not problems)
+
+
+DAMAGE_RESULT = {"truncate": "truncate", "latin-1": "write a byte 0xff into",
+                 "deep": "nest 100,000 lists in", "no metrics": "drop 'metrics' (checksum "
+                                                           "recomputed) from"}
+
+
+def _damage_result(path: Path, damage: str) -> None:
+    from clmerge.experiment.results import _checksum
+
+    text = path.read_text()
+    if damage == "truncate":
+        path.write_text(text[: len(text) // 2])
+    elif damage == "latin-1":
+        path.write_bytes(text.encode()[:20] + b"\xff" + text.encode()[20:])
+    elif damage == "deep":
+        path.write_text("[" * 100_000 + "]" * 100_000)
+    elif damage == "no metrics":
+        result = json.loads(text)
+        del result["metrics"]
+        result["checksum"] = _checksum(result)
+        path.write_text(json.dumps(result))
+    else:
+        raise ValueError(f"unknown damage {damage!r}")
 
 
 def _corrupt_result(case: Case, f: _Folder) -> dict:
@@ -266,8 +400,7 @@ def _corrupt_result(case: Case, f: _Folder) -> dict:
         return dict(input=f.show(argv), exit=code, message=f.shorten(_first_line(err or out)),
                     written=[], seconds=0.0, outcome="the first run failed", as_expected=False)
     path = result_path(make_config("seq", profile="smoke"), f.out)
-    text = path.read_text()
-    path.write_text(text[: len(text) // 2])
+    _damage_result(path, case.damage)
     before = f.snapshot()
     t0 = time.perf_counter()
     code, out, err, exc = _call(argv)
@@ -281,31 +414,70 @@ def _corrupt_result(case: Case, f: _Folder) -> dict:
     ok = code == 0 and message.startswith("recomputing:") and valid
     outcome = ("detected, recomputed, valid result written again" if ok else
                f"exit {code}, result valid: {valid}")
-    return dict(input="truncate TMP/out/" + path.name + ", then " + f.show(argv), exit=code,
+    return dict(input=f"{DAMAGE_RESULT[case.damage]} TMP/out/{path.name}, then {f.show(argv)}",
+                exit=code,
                 message=message, written=written, seconds=seconds, outcome=outcome,
                 as_expected=ok)
 
 
-def _nan_loss(case: Case, f: _Folder) -> dict:
-    from clmerge.experiment.config import make_config
-    from clmerge.experiment.runner import checkpoint_path
+@contextlib.contextmanager
+def _patched(owner, name: str, make):
+    """``owner.name`` replaced by ``make(original)`` for the body, then restored."""
+    original = getattr(owner, name)
+    setattr(owner, name, make(original))
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
+def _nan_loss_at(experience: int, step: int):
+    def make(original):
+        def after_backward(self, strategy, **kwargs):
+            if strategy.experience.current_experience == experience and self._step == step:
+                strategy.loss = strategy.loss * float("nan")
+            return original(self, strategy, **kwargs)
+        return after_backward
+    return make
+
+
+def _nan_merge_at(experience: int):
+    def make(original):
+        def merge(self, ctx):
+            merged = original(self, ctx)
+            if ctx.t == experience:
+                merged = {k: v * float("nan") for k, v in merged.items()}
+            return merged
+        return merge
+    return make
+
+
+def _poison(kind: str):
+    """(what is patched, how, the message expected, what the input column says)."""
+    from clmerge.mergers.sequential import Sequential
     from clmerge.plugins import diagnostics
 
+    if kind == "nan loss":
+        return (diagnostics.DiagnosticsPlugin, "after_backward", _nan_loss_at(3, 1),
+                "experience 3 diverged during training: the loss became nan at step 1", 2,
+                "loss x NaN at step 1 of experience 3")
+    return (Sequential, "merge", _nan_merge_at(2),
+            "experience 2 diverged during the merge: the merged weights", 1,
+            "merged weights x NaN after experience 2")
+
+
+def _stopped_run(case: Case, f: _Folder) -> dict:
+    """A run poisoned with NaN (``nan loss`` or ``nan merge``): exit 1, the last
+    checkpoint before the bad experience kept, no result."""
+    from clmerge.experiment.config import make_config
+    from clmerge.experiment.runner import checkpoint_path
+
+    owner, name, make, needle, kept_expected, note = _poison(case.kind)
     argv = f.fill(case.argv)
-    original = diagnostics.DiagnosticsPlugin.after_backward
-
-    def poison(self, strategy, **kwargs):
-        if strategy.experience.current_experience == 3 and self._step == 1:
-            strategy.loss = strategy.loss * float("nan")
-        return original(self, strategy, **kwargs)
-
     before = f.snapshot()
-    diagnostics.DiagnosticsPlugin.after_backward = poison
     t0 = time.perf_counter()
-    try:
+    with _patched(owner, name, make):
         code, out, err, exc = _call(argv)
-    finally:
-        diagnostics.DiagnosticsPlugin.after_backward = original
     seconds = time.perf_counter() - t0
     written = _written(before, f.snapshot(), f.shorten)
     state = checkpoint_path(make_config("seq", profile="smoke"), f.out) / "state.json"
@@ -313,11 +485,153 @@ def _nan_loss(case: Case, f: _Folder) -> dict:
     results = list(f.out.glob("*.json"))
     message = (f"{type(exc).__name__}: {exc}".splitlines()[0] if exc is not None
                else f.shorten(_first_line(err or out)))
-    ok = (code == 1 and exc is None and "experience 3 diverged during training: the loss "
-          "became nan at step 1" in message and kept == 2 and not results)
+    ok = (code == 1 and exc is None and needle in message and kept == kept_expected
+          and f"checkpoint of experience {kept_expected} is kept" in message and not results)
     outcome = (f"checkpoint of experience {kept} kept; "
                f"{'no result file' if not results else 'a result file was written'}")
-    return dict(input=f.show(argv) + "  [loss x NaN at step 1 of experience 3]",
+    return dict(input=f"{f.show(argv)}  [{note}]",
+                exit=code if exc is None else f"raised {type(exc).__name__}", message=message,
+                written=written, seconds=seconds, outcome=outcome, as_expected=ok)
+
+
+def _damage_checkpoint(folder: Path, damage: str, canary: Path) -> None:
+    state = folder / "state.json"
+    meta = json.loads(state.read_text())
+    tensors = folder / meta["tensors"]
+    if damage == "popen":  # would run `touch canary` if the class were built and called
+        first = next(iter(meta["objects"]))
+        meta["objects"][first]["process"] = {
+            "__object__": "subprocess:Popen",
+            "attrs": {"args": {"__seq__": "list", "items": ["touch", str(canary)]}}}
+        state.write_text(json.dumps(meta))
+    elif damage == "truncate":
+        tensors.write_bytes(tensors.read_bytes()[: tensors.stat().st_size // 2])
+    elif damage == "empty":
+        tensors.write_bytes(b"")
+    else:
+        raise ValueError(f"unknown damage {damage!r}")
+
+
+DAMAGE_CHECKPOINT = {"popen": "add an object of class subprocess:Popen to",
+                     "truncate": "cut to half the tensors file of", "empty": "empty the "
+                                                                         "tensors file of"}
+
+
+def _corrupt_checkpoint(case: Case, f: _Folder) -> dict:
+    """A checkpoint (of experience 2, left by a run stopped by a NaN loss in experience 3)
+    is damaged; the same command then warns once, starts over and writes the result."""
+    from clmerge.experiment.config import make_config
+    from clmerge.experiment.results import read_result, result_path
+    from clmerge.experiment.runner import checkpoint_path
+    from clmerge.plugins import diagnostics
+
+    argv = f.fill(case.argv)
+    cfg = make_config("seq", profile="smoke")
+    folder = checkpoint_path(cfg, f.out)
+    with _patched(diagnostics.DiagnosticsPlugin, "after_backward", _nan_loss_at(3, 1)):
+        code, out, err, exc = _call(argv)
+    if code != 1 or not (folder / "state.json").exists():
+        return dict(input=f.show(argv), exit=code, message=f.shorten(_first_line(err or out)),
+                    written=[], seconds=0.0, outcome="no checkpoint to damage",
+                    as_expected=False)
+    canary = f.root / "popen-ran"
+    _damage_checkpoint(folder, case.damage, canary)
+    before = f.snapshot()
+    t0 = time.perf_counter()
+    code, out, err, exc = _call(argv)
+    seconds = time.perf_counter() - t0
+    written = _written(before, f.snapshot(), f.shorten)
+    message = f.shorten(_first_line(err, "clmerge: warning:") or _first_line(err or out))
+    try:
+        resumed = read_result(result_path(cfg, f.out))["provenance"]["resumed_after_experience"]
+        valid = True
+    except Exception:  # noqa: BLE001
+        resumed, valid = None, False
+    ok = (code == 0 and exc is None and valid and resumed is None and not canary.exists()
+          and message.startswith("clmerge: warning: ignoring the checkpoint in ")
+          and message.endswith("the run starts over"))
+    outcome = ("ignored with a warning; the run started over and wrote its result; nothing "
+               "was built from the file" if ok else
+               f"exit {code}, result valid: {valid}, resumed after: {resumed}, "
+               f"code ran: {canary.exists()}")
+    return dict(input=f"{DAMAGE_CHECKPOINT[case.damage]} the checkpoint of experience 2, "
+                      f"then {f.show(argv)}",
+                exit=code if exc is None else f"raised {type(exc).__name__}", message=message,
+                written=written, seconds=seconds, outcome=outcome, as_expected=ok)
+
+
+def _stale_tmp(case: Case, f: _Folder) -> dict:
+    from clmerge.experiment.config import make_config
+    from clmerge.experiment.results import read_result, result_path
+
+    argv = f.fill(case.argv)
+    path = result_path(make_config("seq", profile="smoke"), f.out)
+    f.out.mkdir(parents=True)
+    stale = f.out / f".{path.name}.k1ll3d.tmp"
+    stale.write_text('{"partial')
+    before = f.snapshot()
+    t0 = time.perf_counter()
+    code, out, err, exc = _call(argv)
+    seconds = time.perf_counter() - t0
+    written = _written(before, f.snapshot(), f.shorten)
+    try:
+        valid = read_result(path)["config"]["method"] == "seq"
+    except Exception:  # noqa: BLE001
+        valid = False
+    ok = code == 0 and exc is None and valid and not stale.exists() and len(written) == 1
+    outcome = ("the stale file was removed and the result written" if ok else
+               f"exit {code}, result valid: {valid}, stale file left: {stale.exists()}")
+    return dict(input=f"write TMP/out/{stale.name}, then {f.show(argv)}",
+                exit=code if exc is None else f"raised {type(exc).__name__}",
+                message=f.shorten(_first_line(err or out)), written=written,
+                seconds=seconds, outcome=outcome, as_expected=ok)
+
+
+def _concurrent_run(case: Case, f: _Folder) -> dict:
+    """Another process (a thread holding the result's lock, as a run does) finishes the
+    same result one second later; the run waits and loads it instead of computing."""
+    import shutil
+
+    from clmerge.experiment.atomic import file_lock
+    from clmerge.experiment.config import make_config
+    from clmerge.experiment.results import read_result, result_path
+
+    argv = f.fill(case.argv)
+    cfg = make_config("seq", profile="smoke")
+    elsewhere = f.root / "elsewhere"
+    code, out, err, exc = _call([a.replace(str(f.out), str(elsewhere)) for a in argv])
+    theirs = result_path(cfg, elsewhere)
+    path = result_path(cfg, f.out)
+    f.out.mkdir(parents=True)
+    holding = threading.Event()
+
+    def other_process():
+        with file_lock(path):
+            holding.set()
+            time.sleep(1.0)
+            shutil.copyfile(theirs, path)
+
+    thread = threading.Thread(target=other_process)
+    thread.start()
+    holding.wait(30)
+    before = f.snapshot()
+    t0 = time.perf_counter()
+    code, out, err, exc = _call(argv)
+    seconds = time.perf_counter() - t0
+    thread.join()
+    written = _written(before, f.snapshot(), f.shorten)
+    try:
+        loaded = (read_result(path)["provenance"]["started"]
+                  == read_result(theirs)["provenance"]["started"])
+    except Exception:  # noqa: BLE001
+        loaded = False
+    message = f.shorten(_first_line(out, "waiting") or _first_line(err or out))
+    ok = (code == 0 and exc is None and loaded
+          and message.startswith("waiting for another process computing "))
+    outcome = ("waited, then loaded the other process's result (not computed again)" if ok
+               else f"exit {code}, loaded the other result: {loaded}")
+    return dict(input=f"{f.show(argv)}  [another process holds the lock for 1 s, then "
+                      f"writes the result]",
                 exit=code if exc is None else f"raised {type(exc).__name__}", message=message,
                 written=written, seconds=seconds, outcome=outcome, as_expected=ok)
 
@@ -369,8 +683,25 @@ def _killed_run(case: Case, f: _Folder) -> dict:
                 written=written, seconds=seconds, outcome=outcome, as_expected=ok)
 
 
-RUNNERS = {"bad input": _bad_input, "corrupt result": _corrupt_result,
-           "nan loss": _nan_loss, "killed run": _killed_run}
+_KIND = {c.name: c.kind for c in CASES}
+
+RUNNERS = {"bad input": _bad_input, "diverged run": _bad_input,
+           "corrupt result": _corrupt_result, "nan loss": _stopped_run,
+           "nan merge": _stopped_run, "corrupt checkpoint": _corrupt_checkpoint,
+           "stale tmp": _stale_tmp, "concurrent run": _concurrent_run,
+           "killed run": _killed_run}
+
+
+def summary(table: pd.DataFrame) -> dict[str, int]:
+    """The counts the appendix reports: cases tried, cases that behaved as expected (for a
+    bad input or a diverged run: exit status, one sentence, nothing written), tracebacks
+    (an exception escaped ``clmerge.cli.main``), and cases that wrote files where nothing
+    may be written (bad inputs, diverged runs)."""
+    raised = table.exit.map(lambda e: isinstance(e, str))
+    silent = table.case.map(lambda n: _KIND[n] in EXIT)
+    return {"cases": len(table), "as expected": int(table.as_expected.sum()),
+            "tracebacks": int(raised.sum()),
+            "garbage written": int((silent & table.written.map(bool)).sum())}
 
 
 def run_faults(tmp_dir: str | os.PathLike | None = None,
