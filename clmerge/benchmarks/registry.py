@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, Callable[..., Stream]] = {
 # is refused before any data is read (the builders check it again)
 CLASS_COUNTS: dict[str, int] = {
     "synthetic": 10, "split_digits": 10, "split_mnist5k": 10,
+    "split_glyphs": 100, "split_glyphs_calibration": 100,
     "split_cifar100": 100, "imagenet_r": 200, "cub200": 200,
 }
 
