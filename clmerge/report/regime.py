@@ -1,0 +1,116 @@
+"""The regime map: where merging helps, against the severity of backbone drift.
+
+Drift is set by the LoRA learning rate: at a small rate each task moves the backbone
+little and sequential fine-tuning (seq) forgets little; at a large one every task
+overwrites the last. For each benchmark and rate, every method runs with the same seeds as
+seq, and its gain over seq is the paired difference of final accuracy, seed by seed, with
+its 95% t-interval (:mod:`clmerge.report.statistics`), in class- and task-incremental
+evaluation. Seq's own task-incremental forgetting at each rate is the measured drift.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from clmerge.experiment.config import make_config
+from clmerge.report import statistics, study
+from clmerge.report.style import PROTOCOL_NAMES, color, linestyle
+
+REGIME_VARIANTS = ["average", "ties", "magmax", "pm", "pm[perturbation=none]", "trm"]
+# A benchmark without its own list of rates: the profile's rate times these factors,
+# from milder drift to stronger.
+DEFAULT_FACTORS = (0.1, 0.3, 1.0, 3.0)
+
+
+def learning_rates(profile: str, benchmark: str | None = None,
+                   lrs: Mapping[str, Iterable[float]] | None = None) -> list[float]:
+    """The LoRA learning rates of the map for one benchmark: ``lrs[benchmark]`` when
+    given, else the profile's rate times :data:`DEFAULT_FACTORS`."""
+    cfg = make_config("seq", benchmark, profile, 0)
+    if lrs and cfg.benchmark in lrs:
+        return sorted(float(x) for x in lrs[cfg.benchmark])
+    return [float(f"{cfg.lr * f:.3g}") for f in DEFAULT_FACTORS]
+
+
+def ensure(variants: Iterable[str], profile: str, benchmark: str | None, seeds,
+           lrs: Iterable[float], results_dir: str | Path | None = None, force: bool = False,
+           reference: str = "seq") -> pd.DataFrame:
+    """Load (or compute) ``reference`` and every variant at every rate; the tidy frame
+    with an ``lr`` column."""
+    variants = [reference] + [v for v in variants if v != reference]
+    frames = [study.ensure_results(variants, profile, benchmark, seeds, results_dir, force,
+                                   overrides={"lr": lr}).assign(lr=lr)
+              for lr in lrs]
+    return pd.concat(frames, ignore_index=True)
+
+
+def gains(df: pd.DataFrame, reference: str = "seq", protocols=("cil", "til"),
+          metric: str = "A_last") -> pd.DataFrame:
+    """One row per benchmark, rate, variant and protocol: the paired gain over
+    ``reference`` in points (n, mean, lo, hi, sd, half_width), and ``drift``: the
+    reference's task-incremental forgetting (points, mean over seeds) at that rate."""
+    rows = []
+    for (bench, lr), at in df.groupby(["benchmark", "lr"], sort=True):
+        ref = at[at["variant"] == reference].set_index("seed")
+        if ref.empty:
+            continue
+        drift = 100 * ref["til_forgetting"].mean()
+        for v in [v for v in dict.fromkeys(at["variant"]) if v != reference]:
+            sub = at[at["variant"] == v].set_index("seed")
+            for p in protocols:
+                col = f"{p}_{metric}"
+                iv = statistics.paired_interval(100 * sub[col], 100 * ref[col])
+                rows.append({"benchmark": bench, "lr": lr, "variant": v, "protocol": p,
+                             "n": iv.n, "mean": iv.mean, "lo": iv.lo, "hi": iv.hi,
+                             "sd": iv.sd, "half_width": iv.half_width, "drift": drift})
+    return pd.DataFrame(rows)
+
+
+def figure(frame: pd.DataFrame, benchmark: str, protocols=("cil", "til")):
+    """Gain over seq (points, 95% paired interval as error bars) against the LoRA rate,
+    one panel per protocol; the top axis gives seq's task-incremental forgetting."""
+    sub = frame[frame["benchmark"] == benchmark]
+    variants = list(dict.fromkeys(sub["variant"]))
+    lrs = sorted(set(sub["lr"]))
+    fig, axes = plt.subplots(1, len(protocols), figsize=(5.4 * len(protocols), 3.9),
+                             squeeze=False, sharex=True)
+    offsets = np.linspace(-0.06, 0.06, max(len(variants), 1))
+    for ax, proto in zip(axes[0], protocols):
+        d = sub[sub["protocol"] == proto]
+        for k, v in enumerate(variants):
+            dv = d[d["variant"] == v].sort_values("lr")
+            if dv.empty:
+                continue
+            x = dv["lr"].to_numpy() * 10 ** offsets[k]
+            err = np.vstack([dv["mean"] - dv["lo"], dv["hi"] - dv["mean"]])
+            err = np.where(np.isnan(err), 0.0, err)
+            ax.errorbar(x, dv["mean"], yerr=err, color=color(v), ls=linestyle(v), marker="o",
+                        ms=4, capsize=2.5, lw=1.3, label=v)
+        ax.axhline(0, color="0.3", lw=0.9, ls=":")
+        ax.set_xscale("log")
+        ax.set_xticks(lrs)
+        ax.set_xticklabels([f"{x:g}" for x in lrs])
+        ax.minorticks_off()
+        ax.set_xlabel("LoRA learning rate (drift grows to the right)")
+        ax.set_ylabel("gain over seq, A_last (points)")
+        ax.set_title(PROTOCOL_NAMES[proto], fontsize=10, pad=30)
+        drift = d.drop_duplicates("lr").set_index("lr")["drift"].reindex(lrs)
+        top = ax.secondary_xaxis("top")
+        top.set_xticks(lrs)
+        top.set_xticklabels([f"{f:.0f}" if np.isfinite(f) else "-" for f in drift])
+        top.minorticks_off()
+        top.set_xlabel("seq's task-incremental forgetting (points)", fontsize=8)
+    n = int(sub["n"].max()) if len(sub) else 0
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                   ncol=min(len(labels), 6), frameon=False)
+    fig.suptitle(f"{benchmark}: gain over sequential LoRA, mean and 95% paired interval "
+                 f"over {n} seeds", fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,172 @@
+"""The claims table, the findings page's verdicts, "What this shows" and the regime map."""
+
+import math
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+
+matplotlib.use("Agg")
+
+from clmerge.experiment.results import load_results  # noqa: E402
+from clmerge.report import findings, regime, statistics, takeaways  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _oracle(lo, hi, rule):
+    """The verdict rule written out once more, independently of statistics.verdict."""
+    name, _, m = rule.partition(":")
+    if any(math.isnan(x) for x in (lo, hi)):
+        return "inconclusive"
+    m = float(m) if m else None
+    table = {
+        "greater": "reproduced" if lo > 0 else "contradicted" if hi < 0 else "inconclusive",
+        "less": "reproduced" if hi < 0 else "contradicted" if lo > 0 else "inconclusive",
+    }
+    if name == "equivalent":
+        inside = -m <= lo and hi <= m and lo <= 0 <= hi
+        return "reproduced" if inside else "contradicted" if (lo > m or hi < -m) else "inconclusive"
+    if name == "noninferior":
+        return "contradicted" if hi < 0 else "reproduced" if lo > -m else "inconclusive"
+    return table[name]
+
+
+def _check_verdicts_follow_from_intervals(long):
+    checked = 0
+    for _, r in long.iterrows():
+        if r["verdict"] == findings.NOT_RUN or r["rule"] == "zero":
+            continue
+        assert r["verdict"] == _oracle(r["lo"], r["hi"], r["rule"]), r.to_dict()
+        # and the interval is the t-interval of the per-seed values
+        iv = statistics.interval(pd.Series(r["values"]))
+        assert (iv.mean, iv.n) == (pytest.approx(r["mean"], abs=1e-3), r["n"])
+        checked += 1
+    return checked
+
+
+def test_claims_table_is_valid_and_covers_both_papers():
+    claims = findings.load_claims()
+    assert {"P1", "P3", "P5", "P7a", "P7b", "T1", "T2a", "T3", "T4"} <= set(claims["id"])
+    assert set(claims["source"]) == {"arXiv 2505.22389", "arXiv 2605.08311"}
+    need = findings.variants_needed(claims)
+    assert {"seq", "pm", "average", "pm[perturbation=none]", "trm", "coma", "dare"} <= set(need)
+
+
+def test_claims_paper_differences_agree_with_paper_numbers():
+    paper = pd.read_csv(ROOT / "data" / "paper_numbers.csv")
+    paper = paper[paper["metric"] == "A_last"]
+    main = paper.drop_duplicates(["method", "benchmark", "tasks"], keep="first")
+    value = {(r.method, f"{r.benchmark}/{int(r.tasks)}"): r.value for r in main.itertuples()}
+    claims = findings.load_claims()
+    for _, c in claims.iterrows():
+        diffs = findings.paper_differences(c["paper_differences"])
+        if not diffs:
+            assert math.isnan(c["paper_mean"])
+            continue
+        assert c["paper_mean"] == pytest.approx(np.mean(list(diffs.values())), abs=0.006)
+        if c["id"] == "P8":   # the global-coefficient cells of P&M's ablation table
+            glob = paper[paper["note"].fillna("").str.contains("global")]
+            for key, d in diffs.items():
+                tasks = int(key.split("/")[1])
+                g = glob[glob["tasks"] == tasks]["value"].item()
+                assert g - value[("pm[alpha=per_module]", key)] == pytest.approx(d, abs=0.006)
+            continue
+        for key, d in diffs.items():
+            assert value[(c["a"], key)] - value[(c["b"], key)] == pytest.approx(d, abs=0.006)
+
+
+def _frame(values: dict) -> pd.DataFrame:
+    """A tidy frame with cil_A_last (fractions) per variant and seed."""
+    rows = [{"variant": v, "seed": s, "cil_A_last": x / 100, "state_bytes_max": 0}
+            for v, xs in values.items() for s, x in enumerate(xs)]
+    return pd.DataFrame(rows)
+
+
+def test_evaluate_pairs_by_seed_and_applies_the_rule():
+    claims = findings.load_claims()
+    claims = claims[claims["id"].isin(["P1", "P3", "P4", "T1", "T4"])]
+    df = _frame({"seq": [10, 20, 30], "pm": [12, 23, 34], "average": [20, 10, 45],
+                 "pm[perturbation=none]": [20, 10, 45], "trm": [11, 21, 31],
+                 "ties": [30, 30, 30]})
+    long = findings.evaluate(claims, {"toy": df}).set_index("id")
+    p1 = long.loc["P1"]
+    half = statistics.t_quantile(0.975, 2) * 1.0 / math.sqrt(3)   # d = 2, 3, 4
+    assert (p1["mean"], p1["lo"], p1["hi"]) == (pytest.approx(3), pytest.approx(3 - half),
+                                                pytest.approx(3 + half))
+    assert p1["verdict"] == "reproduced"
+    assert long.loc["P4", "verdict"] == "reproduced"          # identical runs: [0, 0]
+    assert long.loc["T1", "b"] == "ties"                      # the best baseline by mean
+    assert long.loc["T1", "verdict"] == "inconclusive"
+    assert long.loc["T4", "verdict"] == "reproduced"
+    assert long.loc["P3", "verdict"] == "inconclusive" and "detects only" in long.loc["P3", "why"]
+    assert _check_verdicts_follow_from_intervals(long.reset_index()) == 4
+    table = findings.findings_table(claims, long.reset_index())
+    assert list(table.columns) == ["compared", "metric", "paper", "ours: toy", "verdict: toy", "why"]
+    assert table.loc["P1. P&M beats sequential LoRA", "ours: toy"] == "+3.0 [+0.5, +5.5]"
+    assert "| P1. P&M beats" in findings.markdown_table(table)
+
+
+def test_missing_variants_are_not_run_not_a_verdict():
+    claims = findings.load_claims()
+    long = findings.evaluate(claims[claims["id"] == "P7b"], {"toy": _frame({"pm": [1, 2]})})
+    assert long["verdict"].item() == findings.NOT_RUN and "dare" in long["why"].item()
+
+
+@pytest.fixture(scope="module")
+def committed_quick():
+    df = load_results(ROOT / "data" / "results", profile="quick", benchmark="split_mnist5k")
+    if df.empty:
+        pytest.skip("no committed quick results")
+    return df
+
+
+def test_verdicts_on_the_committed_results_follow_from_their_intervals(committed_quick):
+    claims = findings.load_claims()
+    long = findings.evaluate(claims, {"split_mnist5k": committed_quick})
+    assert (long["verdict"] != findings.NOT_RUN).all(), long[["id", "why"]]
+    assert _check_verdicts_follow_from_intervals(long) >= 12
+    for statement in takeaways.findings(long):
+        assert "split_mnist5k" in statement or "[" in statement
+
+
+def test_takeaways_tie_each_statement_to_an_interval(committed_quick):
+    df = committed_quick
+    for fn in (takeaways.setting, takeaways.perturb_and_merge, takeaways.comparison,
+               takeaways.ablations):
+        statements = fn(df)
+        assert 1 <= len(statements) <= takeaways.MAX_STATEMENTS, fn.__name__
+        for s in statements:
+            assert "[" in s or "Of " in s, s
+    assert takeaways.compare(df, "pm", "no_such_variant") is None
+    text = takeaways.markdown(takeaways.perturb_and_merge(df))
+    assert text.startswith("**What this shows**") and text.count("\n- ") == 3
+
+
+def test_regime_gains_are_paired_by_seed_and_lr():
+    rows = []
+    for lr, shift in ((1e-3, 5.0), (3e-3, -5.0)):
+        for s in range(3):
+            base = 50 + 10 * s
+            for v, add in (("seq", 0.0), ("pm", shift + s)):
+                rows.append({"benchmark": "toy", "lr": lr, "variant": v, "seed": s,
+                             "cil_A_last": (base + add) / 100, "til_A_last": 0.9,
+                             "til_forgetting": 0.1 * lr / 1e-3})
+    g = regime.gains(pd.DataFrame(rows))
+    cil = g[g["protocol"] == "cil"].set_index("lr")
+    assert cil.loc[1e-3, "mean"] == pytest.approx(6.0) and cil.loc[3e-3, "mean"] == pytest.approx(-4.0)
+    assert cil.loc[1e-3, "half_width"] == pytest.approx(statistics.t_quantile(0.975, 2) / math.sqrt(3))
+    assert cil.loc[3e-3, "drift"] == pytest.approx(30.0)
+    assert g[g["protocol"] == "til"]["mean"].abs().max() == pytest.approx(0.0)
+    fig = regime.figure(g, "toy")
+    assert len(fig.axes) >= 2
+    statements = takeaways.regime(g)
+    assert 1 <= len(statements) <= 3 and "pm" in statements[0]
+
+
+def test_regime_learning_rates():
+    assert regime.learning_rates("quick", lrs={"split_mnist5k": [3e-3, 3e-4, 1e-3]}) == [3e-4, 1e-3, 3e-3]
+    lrs = regime.learning_rates("smoke")
+    assert len(lrs) >= 3 and lrs == sorted(lrs)
