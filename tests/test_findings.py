@@ -160,6 +160,9 @@ def test_regime_gains_are_paired_by_seed_and_lr():
     assert cil.loc[1e-3, "half_width"] == pytest.approx(statistics.t_quantile(0.975, 2) / math.sqrt(3))
     assert cil.loc[3e-3, "drift"] == pytest.approx(30.0)
     assert g[g["protocol"] == "til"]["mean"].abs().max() == pytest.approx(0.0)
+    table = regime.table(g)
+    assert list(table.columns) == ["lr 0.001", "lr 0.003"]
+    assert table.loc[("toy", "cil", "pm"), "lr 0.001"] == "+6.0 [+3.5, +8.5]"
     fig = regime.figure(g, "toy")
     assert len(fig.axes) >= 2
     statements = takeaways.regime(g)

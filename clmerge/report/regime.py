@@ -114,3 +114,17 @@ def figure(frame: pd.DataFrame, benchmark: str, protocols=("cil", "til")):
                  f"over {n} seeds", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean gain [95% interval] per benchmark, protocol and variant (rows) and rate
+    (columns), in points."""
+    if frame.empty:
+        return pd.DataFrame()
+    cells = frame.assign(cell=[
+        statistics.Interval(r.mean, r.lo, r.hi, r.sd, int(r.n), r.half_width).text(1)
+        for r in frame.itertuples()])
+    out = cells.pivot_table(index=["benchmark", "protocol", "variant"], columns="lr",
+                            values="cell", aggfunc="first", sort=False)
+    out.columns = [f"lr {x:g}" for x in out.columns]
+    return out

@@ -18,6 +18,7 @@ from clmerge.report.findings import METRICS, NOT_RUN, Runs, _pick_best
 
 MAX_STATEMENTS = 3
 REFERENCES = ("probe", "joint", "nmc")   # not continual methods: never "the best method"
+UNITLESS = ("ratio", "rho")              # named by the metric's label, not after the number
 
 
 def _runs(df) -> Runs:
@@ -26,13 +27,25 @@ def _runs(df) -> Runs:
 
 def _reading(iv: statistics.Interval, unit: str = "points") -> str:
     if not iv.has_interval:
-        return f"{iv.n} seed{'s' if iv.n != 1 else ''}, no interval: not established"
+        return ""
     if iv.lo > 0:
-        return "the interval excludes 0: established above"
+        return "; the interval excludes 0: established above"
     if iv.hi < 0:
-        return "the interval excludes 0: established below"
-    return (f"the interval contains 0: not established (this design detects differences "
-            f"of about {iv.half_width:.1f} {unit} or more)")
+        return "; the interval excludes 0: established below"
+    unit = "" if unit in UNITLESS else f" {unit}"
+    return (f"; the interval contains 0: not established (this design detects differences "
+            f"of about {iv.half_width:.{2 if iv.half_width < 1 else 1}f}{unit} or more)")
+
+
+def _number(iv: statistics.Interval, digits: int, unit: str, signed: bool = True,
+            paired: bool = False) -> str:
+    """``+1.2 [-0.5, +2.9] points (95% interval, paired over 3 seeds)``."""
+    f = f"{{:{'+' if signed else ''}.{digits}f}}"
+    unit = f" {unit}" if unit and unit not in UNITLESS else ""
+    if not iv.has_interval:
+        return f"{f.format(iv.mean)}{unit} (one seed, no interval)"
+    return (f"{f.format(iv.mean)} [{f.format(iv.lo)}, {f.format(iv.hi)}]{unit} "
+            f"(95% interval{', paired' if paired else ''} over {iv.n} seeds)")
 
 
 def compare(df, a: str, b: str, metric: str = "cil_A_last", what: str | None = None
@@ -46,8 +59,8 @@ def compare(df, a: str, b: str, metric: str = "cil_A_last", what: str | None = N
     iv = statistics.paired_interval(m.per_seed(runs, a), m.per_seed(runs, b))
     if iv.n == 0:
         return None
-    return (f"{what or f'{a} − {b}'}, {m.label}: {iv.text(m.digits)} {m.unit} "
-            f"(95% interval, paired over {iv.n} seeds); {_reading(iv, m.unit)}.")
+    return (f"{what or f'{a} − {b}'}, {m.label}: "
+            f"{_number(iv, m.digits, m.unit, paired=True)}{_reading(iv, m.unit)}.")
 
 
 def level(df, variant: str, metric: str, what: str | None = None) -> str | None:
@@ -59,8 +72,7 @@ def level(df, variant: str, metric: str, what: str | None = None) -> str | None:
     iv = statistics.interval(m.per_seed(runs, variant))
     if iv.n == 0:
         return None
-    text = iv.text(m.digits, signed=False)
-    return f"{what or variant}, {m.label}: {text} {m.unit} (mean and 95% interval over {iv.n} seeds)."
+    return f"{what or variant}, {m.label}: {_number(iv, m.digits, m.unit, signed=False)}."
 
 
 def ratio(df, a: str, b: str, metric: str = "cil_A_last", what: str | None = None
@@ -75,8 +87,7 @@ def ratio(df, a: str, b: str, metric: str = "cil_A_last", what: str | None = Non
     iv = statistics.interval(pa.loc[common] / pb.loc[common])
     if iv.n == 0:
         return None
-    return (f"{what or f'{a} / {b}'}, {m.label}: {iv.text(2, signed=False)} "
-            f"(95% interval over {iv.n} seeds).")
+    return f"{what or f'{a} / {b}'}, {m.label}: {_number(iv, 2, '', signed=False)}."
 
 
 def _keep(statements) -> list[str]:
@@ -147,7 +158,8 @@ def comparison(df, reference: str = "seq") -> list[str]:
                for v in methods}
         above = sorted(v for v, iv in ivs.items() if iv.has_interval and iv.lo > 0)
         below = sorted(v for v, iv in ivs.items() if iv.has_interval and iv.hi < 0)
-        out.append(f"Of {len(methods)} methods, {len(above)} lie above {reference} and "
+        out.append(f"Of {len(methods)} methods, {len(above)} "
+                   f"{'lies' if len(above) == 1 else 'lie'} above {reference} and "
                    f"{len(below)} below it with a 95% interval excluding 0 (class-incremental "
                    f"A_last, paired by seed)" + (f": above {', '.join(above)}" if above else "")
                    + (f"; below {', '.join(below)}" if below else "") + ".")
@@ -187,8 +199,8 @@ def cost(tasks: pd.DataFrame, df) -> list[str]:
             continue
         per_seed = (sub["merge_seconds"] / sub["train_seconds"]).groupby(sub["seed"]).mean()
         iv = statistics.interval(per_seed)
-        out.append(f"{v}: a merge takes {iv.text(2, signed=False)} x one task's training time "
-                   f"(95% interval over {iv.n} seeds; one CPU thread per run).")
+        out.append(f"{v}: a merge's time over the same task's training time: "
+                   f"{_number(iv, 2, '', signed=False)}; one CPU thread per run.")
     mib = {v: METRICS["persisted_MiB"].per_seed(runs, v) for v in ("pm", "trm")
            if v in runs.variants}
     if mib:
@@ -214,7 +226,8 @@ def regime(frame: pd.DataFrame) -> list[str]:
             iv = statistics.Interval(r["mean"], r["lo"], r["hi"], r["sd"], int(r["n"]),
                                      r["half_width"])
             out.append(f"{bench}, LoRA lr {lr:g}: the largest class-incremental gain over seq "
-                       f"is {r['variant']}'s, {iv.text(1)} points ({_reading(iv)}).")
+                       f"is {r['variant']}'s, {_number(iv, 1, 'points', paired=True)}"
+                       f"{_reading(iv)}.")
         established = sub[sub["lo"] > 0]
         out.append(f"{bench}: {len(established)} of {len(sub)} (method, lr) points have a "
                    f"class-incremental gain over seq whose interval excludes 0"
@@ -243,7 +256,7 @@ def findings(long: pd.DataFrame) -> list[str]:
         paper = "" if pd.isna(r["paper_mean"]) else f"; the paper: {r['paper_mean']:+.1f}"
         vs = f"{r['a']} − {r['b']}" if r["b"] else r["a"]
         out.append(f"Largest {verdict} effect: {r['id']} on {r['benchmark']} ({vs}), "
-                   f"{iv.text(1)} points{paper}.")
+                   f"{_number(iv, 1, 'points', paired=True)}{paper}.")
     return out[:MAX_STATEMENTS]
 
 

@@ -1,0 +1,88 @@
+"""The final sweep grid (examples/final/) lists every run the book's chapters read."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from clmerge import book
+from clmerge.experiment.config import make_config
+from clmerge.experiment.sweep import load_grid
+from clmerge.report import findings
+
+ROOT = Path(__file__).resolve().parents[1]
+GRIDS = sorted((ROOT / "examples" / "final").glob("*.yaml"))
+
+
+def _list_parameters(path) -> dict[str, list]:
+    out = {}
+    for name, p in book.chapter_parameters(path).items():
+        try:
+            value = ast.literal_eval(p["default"])
+        except (ValueError, SyntaxError):
+            continue
+        out[name] = value
+    return out
+
+
+@pytest.fixture(scope="module")
+def grids():
+    assert GRIDS, "no grid files under examples/final"
+    return [load_grid(g) for g in GRIDS]
+
+
+def _covered(grids, benchmark, overrides=None):
+    """Variants x seeds the grids hold for one benchmark and override set."""
+    have = {}
+    for g in grids:
+        if benchmark in g.benchmarks and g.overrides == (overrides or {}):
+            for v in g.variants:
+                have.setdefault(v, set()).update(g.seeds)
+    return have
+
+
+def _comparison(grids):
+    return next(g for g in grids if g.name == "final-comparison")
+
+
+def test_every_chapter_variant_is_in_the_grid_with_five_seeds(grids):
+    # the book's benchmark: the first of the comparison grid (the profile's default once
+    # the final results are in)
+    main = _comparison(grids).benchmarks[0]
+    have = _covered(grids, main)
+    for path in book.chapter_paths():
+        if path.stem == "07_regime_map":
+            continue
+        for name, value in _list_parameters(path).items():
+            if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+                missing = [v for v in value if not {0, 1, 2, 3, 4} <= have.get(v, set())]
+                assert not missing, (f"{path.stem} parameter {name}: {missing} not in "
+                                     f"examples/final/*.yaml with seeds 0-4 on {main}")
+
+
+def test_findings_variants_on_every_study_benchmark(grids):
+    need = findings.variants_needed(findings.load_claims())
+    benches = _comparison(grids).benchmarks
+    assert len(benches) >= 2
+    for b in benches:
+        have = _covered(grids, b)
+        missing = [v for v in need if not {0, 1, 2, 3, 4} <= have.get(v, set())]
+        assert not missing, f"findings need {missing} on {b}"
+
+
+def test_regime_map_rates_are_in_the_grid(grids):
+    params = _list_parameters(book.CHAPTERS / "07_regime_map.ipynb")
+    variants = ["seq"] + params["variants"]
+    for bench, rates in params["lrs"].items():
+        profile_lr = make_config("seq", bench, "quick", 0).lr
+        for lr in rates:
+            overrides = {} if lr == profile_lr else {"lr": lr}
+            have = _covered(grids, bench, overrides)
+            missing = [v for v in variants if not {0, 1, 2} <= have.get(v, set())]
+            assert not missing, f"regime map {bench} lr {lr}: {missing}"
+
+
+def test_the_header_states_the_command_and_an_estimate():
+    head = (ROOT / "examples" / "final" / "comparison.yaml").read_text()
+    assert 'for g in examples/final/*.yaml; do clmerge sweep "$g"' in head
+    assert "perf/sweep_estimate.py" in head and "ESTIMATE" not in head
