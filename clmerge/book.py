@@ -26,6 +26,7 @@ import ast
 import contextlib
 import io
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -34,7 +35,14 @@ import time
 import tokenize
 from pathlib import Path
 
-from clmerge.experiment.config import ConfigError, load_yaml_text, short
+import clmerge
+from clmerge.benchmarks.registry import BENCHMARKS
+from clmerge.errors import ConfigError
+from clmerge.experiment.config import load_yaml_text, short
+from clmerge.experiment.variants import variant_config
+
+# papermill and nbformat come with the optional ``book`` extra (pyproject.toml): they are
+# imported inside the functions that need them, so `clmerge run` works without them
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "_build"
@@ -87,11 +95,6 @@ def check_parameter_values(selected: dict[str, dict], profile: str) -> None:
     ``profile`` (``pm[eps=0.3]``), an int an integer >= 0, a float a finite number, a bool
     a bool, a string a string. ``selected`` is :func:`check_parameters`' answer.
     """
-    import math
-
-    from clmerge.benchmarks.registry import BENCHMARKS
-    from clmerge.report.study import variant_config
-
     for stem, params in selected.items():
         declared = chapter_parameters(CHAPTERS / f"{stem}.ipynb")
         for name, value in params.items():
@@ -144,7 +147,7 @@ def chapter_parameters(path: str | os.PathLike) -> dict[str, dict[str, str]]:
     ``inspect_notebook`` mis-reads a list default that spans lines and contains ``=``, as
     in ``trm[pc=0.0]``), in declaration order; ``help`` is the comment ending the line.
     """
-    import nbformat
+    import nbformat  # the book extra
 
     nb = nbformat.read(str(path), as_version=4)
     cell = next((c for c in nb.cells if "parameters" in c.metadata.get("tags", [])), None)
@@ -213,8 +216,6 @@ def parameters_markdown(paths: list[Path] | None = None) -> str:
 
 def base_parameters(profile: str, force: bool = False,
                     results_dir: str | None = None) -> dict:
-    import clmerge
-
     params = {"profile": profile, "force": force, "clmerge_version": clmerge.__version__}
     if results_dir:
         params["results_dir"] = str(Path(results_dir).resolve())
@@ -241,7 +242,7 @@ def _quiet_papermill():
 def execute_chapters(profile: str, force: bool = False, results_dir: str | None = None,
                      only: list[str] | None = None, params: dict | None = None) -> Path:
     """Run each selected chapter through papermill; return the folder of executed notebooks."""
-    import papermill as pm
+    import papermill as pm  # the book extra
 
     extra = check_parameters(only, params or {})
     out = BUILD / "executed" / profile
@@ -266,7 +267,7 @@ def prepare_chapters(dest: Path, profile: str, force: bool = False,
     Every chapter is part of the book; the ``-p`` parameters go where check_parameters
     sends them (the selected chapters), on top of the base parameters.
     """
-    import papermill as pm
+    import papermill as pm  # the book extra
 
     extra = check_parameters(only, params or {})
     base = base_parameters(profile, force, results_dir)
@@ -292,7 +293,7 @@ def _add_chdir_cell(path: Path, cwd: Path) -> None:
     The path is written relative to the staged notebook so the cache key does not depend
     on where the checkout lives.
     """
-    import nbformat
+    import nbformat  # the book extra
 
     nb = nbformat.read(str(path), as_version=4)
     rel = os.path.relpath(cwd, path.parent)

@@ -14,10 +14,20 @@ and exit status 1, and writes no result.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from clmerge.experiment.config import ConfigError
+from clmerge.backbones.registry import BACKBONES
+from clmerge.benchmarks.registry import BENCHMARKS, describe
+from clmerge.book import build_book, check_parameter_values, check_parameters, parse_parameters
+from clmerge.errors import ConfigError, MissingInputError
+from clmerge.experiment import sweep
+from clmerge.experiment.atomic import check_output_folder
+from clmerge.experiment.config import load_profile, make_config, parse_assignments, profile_names
+from clmerge.experiment.results import result_path
+from clmerge.experiment.runner import DEFAULT_RESULTS, checkpoint_path, get_or_run
+from clmerge.strategies.methods import METHODS
 
 MAX_MESSAGE = 400  # characters of an error message printed (they are one sentence)
 
@@ -38,15 +48,11 @@ class _Parser(argparse.ArgumentParser):
 
 def _list(what: str) -> list[tuple[str, str]]:
     if what == "methods":
-        from clmerge.strategies.methods import METHODS
         return [(n, s.description) for n, s in METHODS.items()]
     if what == "benchmarks":
-        from clmerge.benchmarks.registry import BENCHMARKS, describe
         return [(n, describe(n)) for n in BENCHMARKS]
     if what == "backbones":
-        from clmerge.backbones.registry import BACKBONES
         return [(n, d) for n, (_, d) in BACKBONES.items()]
-    from clmerge.experiment.config import load_profile, profile_names
     return [(n, load_profile(n).get("description", "")) for n in profile_names()]
 
 
@@ -109,10 +115,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return _run(args)
         if args.command == "book":
-            from clmerge.book import (build_book, check_parameter_values, check_parameters,
-                                      parse_parameters)
-            from clmerge.experiment.atomic import check_output_folder
-            from clmerge.experiment.config import load_profile
             load_profile(args.profile)      # unknown names fail before _build/ is touched
             params = parse_parameters(args.parameters)
             selected = check_parameters(args.chapters, params)  # also: unknown chapters
@@ -129,9 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     except FloatingPointError as e:  # a diverged run (clmerge.plugins.guard): nothing saved
         _say("error", f"{e}; {_kept(args, e)}")
         return 1
-    except (FileNotFoundError, RuntimeError) as e:  # missing data / weights: user errors
-        if not isinstance(e, _missing_input_errors()):
-            raise
+    except MissingInputError as e:  # missing data / weights: user errors
         _say("error", str(e))
         return 2
     except OSError as e:  # the disk is full, a folder vanished: not the code's fault
@@ -148,7 +148,6 @@ def _kept(args, error: FloatingPointError) -> str:
     kept = getattr(args, "_checkpoint", None)
     done = None
     if kept is not None and kept.exists():
-        import json
         try:
             done = json.loads(kept.read_text())["experience"]
         except (OSError, ValueError, KeyError, TypeError):
@@ -158,24 +157,7 @@ def _kept(args, error: FloatingPointError) -> str:
     return f"no result was written and the checkpoint of experience {done} is kept"
 
 
-def _missing_input_errors() -> tuple[type, ...]:
-    """Missing-data and missing-weights error classes (only if their module is loaded)."""
-    found = []
-    for module, name in (("clmerge.benchmarks.paper", "DatasetMissingError"),
-                         ("clmerge.backbones.vit_b16", "WeightsUnavailableError")):
-        if module in sys.modules:
-            found.append(getattr(sys.modules[module], name))
-    return tuple(found)
-
-
 def _run(args) -> int:
-    from clmerge.experiment.config import make_config, parse_assignments
-    from clmerge.experiment.atomic import check_output_folder
-    from clmerge.experiment.results import result_path
-    from clmerge.experiment.runner import DEFAULT_RESULTS, checkpoint_path, get_or_run
-    from clmerge.strategies.methods import get_method
-
-    get_method(args.method)
     cfg = make_config(args.method, args.benchmark, args.profile, args.seed,
                       parse_assignments(args.sets))
     out = Path(check_output_folder(args.out)) if args.out is not None else DEFAULT_RESULTS
@@ -190,14 +172,11 @@ def _run(args) -> int:
 
 
 def _sweep(args) -> int:
-    from clmerge.experiment import sweep
-
     grid = sweep.load_grid(args.grid, args.executor, args.workers, args.results_dir)
     cfgs = sweep.expand_grid(grid)
     if args.dry_run:
         print(sweep.format_plan(*sweep.plan(cfgs, grid.results_dir)))
         return 0
-    from clmerge.experiment.atomic import check_output_folder
     check_output_folder(grid.results_dir)
     try:
         df = sweep.run_sweep(grid)

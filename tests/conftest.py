@@ -13,3 +13,13 @@ def results_dir(tmp_path):
     d = tmp_path / "results"
     d.mkdir()
     return d
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip the tests marked ``gpu`` where no CUDA device is available."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from clmerge.experiment.config import ConfigError, make_config
+from clmerge.errors import ConfigError
+from clmerge.experiment.config import make_config
 from clmerge.experiment.runner import run_experiment
-from clmerge.mergers.registry import MERGERS, load_builtin_mergers
 from clmerge.strategies.methods import METHODS
 
 PAGE = Path(__file__).resolve().parents[1] / "chapters" / "add_a_merger.md"
@@ -26,8 +26,7 @@ def python_blocks(text: str) -> list[str]:
 @pytest.fixture
 def howto():
     """Execute the page's python blocks; afterwards remove what they registered."""
-    load_builtin_mergers()
-    assert NAME not in MERGERS and NAME not in METHODS and MODULE not in sys.modules, \
+    assert NAME not in METHODS and MODULE not in sys.modules, \
         "the how-to's example name is taken: rename the example in the page and here"
     blocks = python_blocks(PAGE.read_text())
     assert len(blocks) == 3, "expected: merger file, registration line, checks"
@@ -39,13 +38,12 @@ def howto():
         exec(compile(blocks[1], f"{PAGE.name}:registration", "exec"), {})
         yield blocks
     finally:
-        MERGERS.pop(NAME, None)
         METHODS.pop(NAME, None)
         sys.modules.pop(MODULE, None)
 
 
 def test_howto_merger_runs_through_the_pipeline(howto):
-    assert NAME in MERGERS and METHODS[NAME].merger == NAME
+    assert METHODS[NAME].merger is sys.modules[MODULE].Window
     exec(compile(howto[2], f"{PAGE.name}:checks", "exec"), {})  # the page's own checks
     r = run_experiment(make_config(NAME, profile="smoke", overrides={f"{NAME}.k": 2}),
                        progress=False)
@@ -62,6 +60,5 @@ def test_howto_option_validation_names_the_option(howto):
         make_config(NAME, profile="smoke", overrides={f"{NAME}.kk": 2})
 
 
-def test_registries_are_clean_after_the_howto():
-    load_builtin_mergers()
-    assert NAME not in MERGERS and NAME not in METHODS
+def test_registry_is_clean_after_the_howto():
+    assert NAME not in METHODS and MODULE not in sys.modules

@@ -1,4 +1,4 @@
-"""The appendix's fault table (``clmerge.report.faults``), checked case by case from the
+"""The appendix's fault table (``clmerge.faults``), checked case by case from the
 same list the appendix shows: every bad input exits 2 with one sentence naming the
 problem (and the valid choices) and writes nothing; a diverged run exits 1 and writes
 nothing; corrupt results are recomputed, corrupt checkpoints ignored with a warning; a
@@ -11,7 +11,7 @@ import os
 import pytest
 
 from clmerge.experiment.config import ConfigError
-from clmerge.report import faults
+from clmerge import faults
 
 BAD = [c for c in faults.CASES if c.kind == "bad input"]
 SILENT = [c for c in faults.CASES if c.kind in faults.EXIT]

@@ -231,15 +231,13 @@ def test_lora_is_on_k_and_v_rows_only():
         assert not torch.equal(w[2 * D:], w0[k][2 * D:])    # V rows changed
 
 
+@pytest.mark.slow
 def test_paper_profile_one_training_step_end_to_end(tmp_path, monkeypatch):
     """`paper` config (device=cpu) on a fake CIFAR-100 tree with a 1-block random
     ViT-B/16: one P&M task (one optimizer step, Fisher, merge, evaluation)."""
     from clmerge.backbones import registry as bb_registry
     from clmerge.experiment.config import make_config
-    from clmerge.experiment.runner import Run, _evaluate, _evaluator, _strategy
-    from clmerge.mergers.registry import MERGERS, load_builtin_mergers
-    from clmerge.plugins.merge import MergePlugin
-    from clmerge.strategies.methods import get_method
+    from clmerge.experiment.runner import Run
 
     monkeypatch.setenv(paper.DATA_ENV, str(fake_cifar100(tmp_path)))
     name = "vit_b16_in21k"
@@ -248,16 +246,9 @@ def test_paper_profile_one_training_step_end_to_end(tmp_path, monkeypatch):
         bb_registry.BACKBONES[name][1]))
     cfg = make_config("pm", "split_cifar100", "paper", 0, {"device": "cpu", "epochs": 1})
     run = Run(cfg)
-    spec = get_method("pm")
-    load_builtin_mergers()
-    merger_cls = MERGERS[spec.merger]
-    merger = merger_cls(merger_cls.Options(**cfg.method_args))
-    merge = MergePlugin(merger, run.weights, run.theta0, lora=run.lora, start=cfg.start,
-                        train_batches=run.train_batches, logits_fn=lambda m, x, t=None: m(x))
-    strategy = _strategy(run, [*spec.plugins(cfg, run), merge], _evaluator())
-    strategy.train_heads = [0]
-    strategy.train(run.stream.train_stream[0])    # 10 images, batch 256: one step
-    cil, til = _evaluate(run, strategy, 0)
+    run.strategy.train_heads = [0]
+    run.strategy.train(run.stream.train_stream[0])    # 10 images, batch 256: one step
+    cil, til = run.evaluate(0)
     assert len(cil) == 1 and 0.0 <= cil[0] <= 1.0 and 0.0 <= til[0] <= 1.0
     (key,) = run.weights
     w, w0 = run.weights[key], run.theta0[key]

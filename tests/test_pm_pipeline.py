@@ -5,9 +5,8 @@ import torch
 
 from clmerge.experiment.config import make_config
 from clmerge.avalanche_api import SupervisedPlugin
-from clmerge.experiment.runner import Run, _run_stream, run_experiment
+from clmerge.experiment.runner import Run, run_experiment
 from clmerge.plugins.perturbation import PerturbationPlugin
-from clmerge.strategies.methods import get_method
 
 
 def pm(**overrides):
@@ -78,7 +77,8 @@ class StepCounter(SupervisedPlugin):
 def test_each_step_is_one_forward_and_one_backward(overrides, monkeypatch):
     run = Run(pm(**overrides))
     counter = StepCounter(run.model, monkeypatch)
-    _run_stream(run, get_method("pm"), progress=False, extra_plugins=[counter])
+    run.add_plugin(counter)
+    run.execute()
     n_batches = sum(-(-len(e.dataset) // run.cfg.batch_size) for e in run.stream.train_stream)
     assert counter.steps == n_batches * run.cfg.epochs
 
@@ -100,6 +100,7 @@ def test_perturbation_restores_weights_exactly():
     assert all(torch.equal(before[k], p) for k, p in run.weights.items())
 
 
+@pytest.mark.slow
 def test_pm_learns_on_split_mnist5k_quick():
     """Seeded minimum accuracy on the real quick stream (1 epoch to keep the test short).
     Chance is 10% class-incremental and 50% task-incremental."""

@@ -6,7 +6,7 @@ import pytest
 matplotlib.use("Agg")
 
 from clmerge.experiment.config import ConfigError  # noqa: E402
-from clmerge.experiment.runner import variant_label  # noqa: E402
+from clmerge.experiment.variants import variant_label  # noqa: E402
 from clmerge.report import plots, study, tables  # noqa: E402
 from clmerge.report.style import color  # noqa: E402
 

@@ -107,6 +107,7 @@ def test_nan_loss_names_experience_and_step_and_keeps_the_checkpoint(results_dir
     assert not list(results_dir.glob("*.json"))
 
 
+@pytest.mark.slow
 def test_killed_subprocess_resumes_from_its_last_checkpoint(results_dir):
     args = ["--method", "pm", "--profile", "smoke", "--seed", "0", "--out", str(results_dir),
             "--quiet", "--set", "epochs=40"]

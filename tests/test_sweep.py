@@ -11,10 +11,11 @@ import yaml
 
 import clmerge.experiment.runner as runner
 from clmerge import cli
-from clmerge.experiment import sweep
-from clmerge.experiment.config import ConfigError
+from clmerge.experiment import executors, sweep
+from clmerge.errors import ConfigError
 from clmerge.experiment.results import read_result, result_path
-from clmerge.experiment.runner import get_or_run, variant_label
+from clmerge.experiment.runner import get_or_run
+from clmerge.experiment.variants import variant_label
 
 TINY = {"n_experiences": 2}
 
@@ -127,23 +128,23 @@ def test_slurm_block_reaches_the_sbatch_file(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("device,gpus,workers,n_todo,expected", [
-    ("cpu", [], None, 3, (min(3, sweep.cpu_count()), None)),
+    ("cpu", [], None, 3, (min(3, executors.cpu_count()), None)),
     ("cpu", [], 1, 3, (1, None)),
     ("cuda", ["0", "1"], None, 3, (2, ["0", "1"])),          # one process per GPU
     ("cuda", ["0", "1"], None, 1, (1, ["0", "1"])),
     ("cuda", ["0", "1"], 4, 5, (4, ["0", "1"])),             # shared round robin
 ])
 def test_local_workers(device, gpus, workers, n_todo, expected, monkeypatch):
-    monkeypatch.setattr(sweep, "cuda_devices", lambda: list(gpus))
+    monkeypatch.setattr(executors, "cuda_devices", lambda: list(gpus))
     todo = sweep.expand_grid(grid(["seq"], range(n_todo), overrides={"device": device}))
-    assert sweep.local_workers(todo, workers) == expected
+    assert executors.local_workers(todo, workers) == expected
 
 
 def test_pool_worker_takes_its_gpu(monkeypatch):
     q = queue.Queue()
     q.put("3")
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    sweep._init_worker(q)
+    executors._init_worker(q)
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"
 
 
@@ -189,11 +190,11 @@ def test_submitit_local_schedules_jobs_and_gpus(device, workers, gpus, expected_
     import submitit
     log = {"in_flight": 0, "max_in_flight": 0, "jobs": []}
     monkeypatch.setattr(submitit, "LocalExecutor", _fake_local_executor(log))
-    monkeypatch.setattr(sweep, "cuda_devices", lambda: list(gpus))
+    monkeypatch.setattr(executors, "cuda_devices", lambda: list(gpus))
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     todo = sweep.expand_grid(grid(["seq"], range(5), overrides={"device": device}))
     ex = sweep.Executor("submitit_local", workers, {"timeout_min": 9, "partition": "x"})
-    assert sweep.compute_submitit(todo, tmp_path, ex, "g", poll_s=0) == []
+    assert executors.compute_submitit(todo, tmp_path, ex, "g", poll_s=0) == []
     assert log["max_in_flight"] == limit
     assert [j[1] for j in log["jobs"]] == expected_gpus
     assert {j[2] for j in log["jobs"]} == {9}
@@ -267,6 +268,7 @@ def test_failed_run_does_not_stop_the_others(results_dir, monkeypatch):
     assert read_result(result_path(pm, results_dir))["name"] == pm.run_name()
 
 
+@pytest.mark.slow
 def test_submitit_local_executor_runs_a_grid(results_dir, monkeypatch):
     # the runs happen in submitit's subprocesses, never in this process
     monkeypatch.setattr(runner, "run_experiment", lambda *a, **k: pytest.fail("ran here"))
@@ -278,9 +280,10 @@ def test_submitit_local_executor_runs_a_grid(results_dir, monkeypatch):
     assert len(list((results_dir / "_submitit").glob("grid-*/*_log.out"))) == 2
 
 
+@pytest.mark.slow
 def test_submitit_failed_job_names_the_run_and_its_log(results_dir, monkeypatch):
-    # A config no grid can produce (its method does not exist) fails at the job's very
-    # start, before the heavy imports, which keeps this test fast.
+    # A config no grid can produce (its method does not exist) fails at the job's
+    # start, before any training.
     bogus = dataclasses.replace(sweep.expand_grid(grid(["seq"]))[0], method="no_such_method")
     monkeypatch.setattr(sweep, "expand_grid", lambda g: [bogus])
     g = grid(["seq"], executor={"kind": "submitit_local"})

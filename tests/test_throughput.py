@@ -1,6 +1,6 @@
 """The paper-scale performance settings, offline on the CPU: autocast is inert where it
 should be, the Fisher never runs under autocast, loader workers give the same batches,
-and ``benchmarks/throughput.py`` runs end to end on a tiny ViT-B/16."""
+and ``perf/throughput.py`` runs end to end on a tiny ViT-B/16."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from clmerge.experiment.config import make_config
-from clmerge.experiment.runner import Run, _evaluator, _strategy
+from clmerge.experiment.runner import Run
+from clmerge.experiment.seeding import seed_worker
 from clmerge.strategies.template import resolve_amp
 from clmerge.tensormath.fisher import diagonal_fisher
 
@@ -21,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _load_throughput():
     spec = importlib.util.spec_from_file_location("throughput",
-                                                  ROOT / "benchmarks" / "throughput.py")
+                                                  ROOT / "perf" / "throughput.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -54,7 +55,7 @@ def _train_one_experience(amp: str = "auto", num_workers: int = 0,
             def before_training_epoch(self, strategy, **kwargs):
                 loaders.append(strategy.dataloader)
         plugins.append(KeepLoader())
-    strategy = _strategy(run, plugins, _evaluator())
+    strategy = run.make_strategy(plugins)
     strategy.train_heads = [0]
     strategy.train(run.stream.train_stream[0])
     return seen, [p.detach().clone() for p in run.lora.parameters()]
@@ -109,8 +110,6 @@ def test_workers_give_the_same_batches():
 def test_training_loader_workers_same_weights():
     """The template's training loader with 2 seeded persistent workers trains the same
     weights as the single-process loader (one epoch, no augmentation)."""
-    from clmerge.experiment.runner import seed_worker
-
     loaders = []
     _, plain = _train_one_experience(num_workers=0)
     _, workers = _train_one_experience(num_workers=2, loaders=loaders)
@@ -124,8 +123,6 @@ def test_seed_worker_seeds_python_and_numpy():
     import random
 
     import numpy as np
-
-    from clmerge.experiment.runner import seed_worker
 
     state = torch.get_rng_state()
     try:
@@ -151,6 +148,7 @@ def test_flop_count_and_peak_table():
     assert tp.peak_bf16_flops("cpu (x86_64, 2 threads)") is None
 
 
+@pytest.mark.slow
 def test_throughput_script_tiny_cpu(tmp_path):
     from clmerge.backbones.registry import BACKBONES
     from clmerge.benchmarks.registry import BENCHMARKS
@@ -178,7 +176,7 @@ def test_step_time_benchmark_times_each_method_against_seq(tmp_path):
     import json
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "step_time.py"
+    path = Path(__file__).resolve().parents[1] / "perf" / "step_time.py"
     spec = importlib.util.spec_from_file_location("step_time", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -189,3 +187,19 @@ def test_step_time_benchmark_times_each_method_against_seq(tmp_path):
     assert result["ratio_to_seq"]["seq"] == 1.0
     assert all(v > 0 for v in result["median_ms"].values())
     assert json.loads(out.read_text())["iterations"] == result["iterations"] > 0
+
+
+@pytest.mark.gpu
+def test_one_experience_on_cuda_trains_under_bf16_autocast():
+    """amp=auto on CUDA: the training forwards run under bf16 autocast, the LoRA
+    parameters stay float32 and finite."""
+    cfg = make_config("seq", None, "smoke", 0, {"device": "cuda", "n_experiences": 2})
+    run = Run(cfg)
+    seen = []
+    run.model.register_forward_hook(
+        lambda m, i, o: seen.append(torch.is_autocast_enabled("cuda")))
+    run.strategy.train_heads = [0]
+    run.strategy.train(run.stream.train_stream[0])
+    assert seen and all(seen)
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all()
+               for p in run.lora.parameters())

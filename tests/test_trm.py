@@ -12,8 +12,7 @@ import torch.nn.functional as F
 
 from clmerge.avalanche_api import SupervisedPlugin
 from clmerge.experiment.config import ConfigError, make_config
-from clmerge.experiment.runner import Run, _run_stream, run_experiment
-from clmerge.strategies.methods import get_method
+from clmerge.experiment.runner import Run, run_experiment
 from clmerge.tensormath.trajectory_subspace import (CoefficientSubspace, gradient_hinge,
                                                     gradient_norm, prediction_consistency,
                                                     random_direction)
@@ -161,7 +160,7 @@ class _Inspect(SupervisedPlugin):
         merger = self.run.merger
         tensors = [v for v in vars(merger).values() if torch.is_tensor(v)]
         tensors += [v for rec in merger.records for v in rec.values() if torch.is_tensor(v)]
-        self.seen.append({"extras": dict(self.run.merge_plugin.extras),
+        self.seen.append({"extras": dict(self.run.merge.extras),
                           "snapshots": len(traj.snapshots), "batches": len(traj.batches),
                           "merger_tensors": len(tensors),
                           "state_bytes": merger.state_bytes()})
@@ -171,7 +170,8 @@ class _Inspect(SupervisedPlugin):
 def test_nothing_of_task_t_survives_its_merge(finetune):
     run = Run(smoke(finetune=finetune, **{"trm.random_directions": 1}))
     probe = _Inspect(run)
-    _, _, tasks = _run_stream(run, get_method("trm"), progress=False, extra_plugins=[probe])
+    run.add_plugin(probe)
+    _, _, tasks = run.execute()
     assert len(probe.seen) == run.stream.n_experiences - 1
     for s in probe.seen:
         assert s == {"extras": {}, "snapshots": 0, "batches": 0, "merger_tensors": 0,
@@ -201,7 +201,7 @@ def test_trajectory_hands_k_minus_1_snapshots_and_the_last_minibatches_to_the_me
 
     TrajectoryRegularizedMerger.merge = spy
     try:
-        _run_stream(run, get_method("trm"), progress=False)
+        run.execute()
     finally:
         TrajectoryRegularizedMerger.merge = merge
     traj = next(p for p in run.strategy.plugins if isinstance(p, TrajectoryPlugin))

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from clmerge.backbones.base import Backbone
-from clmerge.backbones.vit import SmallViT, build_small_vit, default_checkpoint_dir
+from clmerge.backbones.vit import (SmallViT, build_small_vit, checkpoint_paths,
+                                   default_checkpoint_dir, sha256_file)
 from clmerge.pretrain.letters import LETTERS, N_CLASSES, render_letters
-from clmerge.pretrain.recipe import checkpoint_paths, sha256_file
 
 
 def test_letters_deterministic_52_classes_no_digits():

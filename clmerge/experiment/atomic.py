@@ -21,7 +21,10 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-try:
+from clmerge.errors import ConfigError
+from clmerge.values import short
+
+try:  # POSIX only
     import fcntl
 except ImportError:  # not POSIX: runs are not locked against each other
     fcntl = None
@@ -127,8 +130,6 @@ def check_output_folder(folder: str | os.PathLike) -> Path:
     a path through a file, or a folder (or its nearest existing parent) where a file
     cannot be created. Writes nothing that stays (a probe file is created and removed).
     """
-    from clmerge.experiment.config import ConfigError, short
-
     if str(folder) == "":
         raise ConfigError("the results folder must not be an empty path")
     folder = Path(folder)

@@ -29,40 +29,13 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A bad name or value in a configuration; the message lists the valid choices."""
-
-
-def short(value: Any, limit: int = 40) -> str:
-    """``repr(value)`` cut to ``limit`` characters, for error messages.
-
-    Containers are summarised before they are printed, so a value that is huge once
-    expanded (a YAML file of nested aliases) costs nothing to describe.
-    """
-    if isinstance(value, (dict, list, tuple, set)):
-        kind = type(value).__name__
-        text = f"a {kind} of {len(value)} item{'s' if len(value) != 1 else ''}"
-        if len(value) <= 8 and all(isinstance(v, (str, int, float, bool, type(None)))
-                                   for v in (value.values() if isinstance(value, dict) else value)):
-            text = repr(value) if len(repr(value)) <= limit else text
-        return text
-    text = repr(value) if not isinstance(value, str) or len(value) <= limit else repr(value[:limit])
-    return text if len(text) <= limit + 2 else text[: limit - 3] + "..." + text[-1:]
-
-
-BOOL_WORDS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
-
-
-def parse_bool(name: str, value: Any) -> bool:
-    """A bool option's value: a bool, 0/1, or one of true/false/1/0/yes/no (any case)."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in BOOL_WORDS:
-        return BOOL_WORDS[value.strip().lower()]
-    raise ConfigError(f"{name} expects true or false (also 1/0, yes/no); got {short(value)}")
+from clmerge.backbones.registry import BACKBONES
+from clmerge.benchmarks.registry import BENCHMARKS, CLASS_COUNTS
+from clmerge.errors import ConfigError  # also imported from here
+from clmerge.strategies.methods import get_method
+# value checks shared with the method registry, also imported from here
+from clmerge.values import (BOOL_WORDS, OPTION_INT_LIMIT, _article,  # noqa: F401
+                            coerce_option, parse_bool, short)
 
 
 def _f(default, help: str, choices: tuple | None = None, minimum: float | None = None,
@@ -162,10 +135,6 @@ def load_profile(name: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- values
-def _article(noun: str) -> str:
-    return ("an " if noun[0] in "aeiou" else "a ") + noun
-
-
 def coerce(key: str, value: Any) -> Any:
     """Convert ``value`` (often a string from the command line) to ``key``'s type.
 
@@ -212,45 +181,6 @@ def coerce(key: str, value: Any) -> Any:
         raise ConfigError(f"setting {key!r} must be >= {minimum}; got {short(value)}")
     if maximum is not None and value > maximum:
         raise ConfigError(f"setting {key!r} must be <= {maximum}; got {short(value)}")
-    return value
-
-
-OPTION_INT_LIMIT = 2**31 - 1
-
-
-def coerce_option(name: str, default: Any, value: Any) -> Any:
-    """A method option's ``value`` converted to the type of its ``default``: bools as
-    :func:`parse_bool`, numbers finite (ints integral and at most ``OPTION_INT_LIMIT``
-    in size), strings as given. The option's own ranges are checked by its Options class.
-    """
-    wrong = ConfigError(f"{name} expects {_article(type(default).__name__)}, got {short(value)}")
-    if isinstance(default, bool):
-        return parse_bool(name, value)
-    if isinstance(default, (int, float)):
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise wrong
-        try:
-            number = float(value) if isinstance(value, str) else value
-        except ValueError:
-            raise wrong from None
-        if isinstance(value, str) and isinstance(default, int) and \
-                value.strip().lstrip("+-").isdigit():
-            number = int(value)
-        if isinstance(number, float) and not math.isfinite(number):
-            raise ConfigError(f"{name} must be a finite number; got {short(value)}")
-        if isinstance(default, int):
-            if isinstance(number, float) and not number.is_integer():
-                raise wrong
-            number = int(number)
-            if abs(number) > OPTION_INT_LIMIT:
-                raise ConfigError(f"{name} must be at most {OPTION_INT_LIMIT} in size; "
-                                  f"got {short(value)}")
-            return number
-        return float(number)
-    if isinstance(default, str):
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise wrong
-        return str(value)
     return value
 
 
@@ -326,7 +256,6 @@ def load_yaml_text(text: str, what: str) -> Any:
 
 def check_class_split(benchmark: str, n_experiences: int) -> None:
     """Refuse a number of experiences that does not divide the benchmark's classes."""
-    from clmerge.benchmarks.registry import CLASS_COUNTS
 
     n = CLASS_COUNTS.get(benchmark)
     if n is not None and n % n_experiences:
@@ -345,10 +274,7 @@ def make_config(method: str, benchmark: str | None = None, profile: str = "quick
     (``pm.eps``, or a ``method_args`` dict). Names are validated here; the method's
     own options are validated by the method registry.
     """
-    from clmerge.backbones.registry import BACKBONES
-    from clmerge.benchmarks.registry import BENCHMARKS
-    from clmerge.strategies.methods import validate_method_args
-
+    spec = get_method(method)
     prof = load_profile(profile)
     values: dict[str, Any] = dict(prof.get("defaults", {}))
     benchmark = benchmark or values.get("benchmark") or ExperimentConfig.benchmark
@@ -370,7 +296,7 @@ def make_config(method: str, benchmark: str | None = None, profile: str = "quick
         elif "." in k:
             prefix, sub = k.split(".", 1)
             if prefix != method:
-                names = ", ".join(validate_method_args(method, {})) or "none"
+                names = ", ".join(spec.validate_args({})) or "none"
                 raise ConfigError(f"option {k!r} belongs to method {prefix!r}, "
                                   f"but the method is {method!r}; valid options of "
                                   f"{method!r}: {names}")
@@ -387,6 +313,6 @@ def make_config(method: str, benchmark: str | None = None, profile: str = "quick
     if backbone not in BACKBONES:
         raise ConfigError(f"unknown backbone {short(backbone)}; valid backbones: "
                           f"{', '.join(BACKBONES)}")
-    clean["method_args"] = validate_method_args(method, method_args)
+    clean["method_args"] = spec.validate_args(method_args)
     check_class_split(benchmark, clean.get("n_experiences", ExperimentConfig.n_experiences))
     return ExperimentConfig(**clean)

@@ -16,11 +16,13 @@ Both return plain dicts (lists of floats), cached by ``clmerge.experiment.analys
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from clmerge.experiment.config import ExperimentConfig
+from clmerge.experiment.runner import Run
 from clmerge.tensormath import tensordict as td
 from clmerge.tensormath.pm_coefficient import pm_coefficient, quadratic_objective
 
@@ -40,14 +42,9 @@ def _golden(f, lo: float, hi: float, iters: int = 80) -> float:
 
 def closed_form_check(cfg: ExperimentConfig, grid: int = 401) -> dict:
     """Run ``cfg`` (a pm config; forced to stored mode, global a) and check every a_t."""
-    from dataclasses import replace
-
-    from clmerge.experiment.runner import Run, _run_stream
-    from clmerge.strategies.methods import get_method
-
     cfg = replace(cfg, method_args={**cfg.method_args, "storage": "stored", "alpha": "global"})
     run = Run(cfg)
-    _run_stream(run, get_method("pm"), progress=False)
+    run.execute()
     state = run.merger.state
     recorded = [r["coefficient"] for r in run.merger.records]
     prev = td.clone(run.theta0)
@@ -100,15 +97,12 @@ def _directional_curvature(run, batches) -> tuple[float, float]:
 def line_check(cfg: ExperimentConfig, experience: int = 1, n_samples: int = 512,
                alphas=None, eps_list=(0.1, 0.25, 0.5, 0.75, 1.0)) -> dict:
     """Losses along theta_hat_{k-1} + a Delta_k after training experience k = ``experience``."""
-    from clmerge.experiment.runner import Run, _evaluator, _strategy, merge_parts
-    from clmerge.strategies.methods import get_method
-
     if cfg.finetune != "lora":
         raise ValueError("line_check scales the LoRA branch; it needs finetune=lora")
     alphas = list(np.linspace(0.0, 1.5, 31) if alphas is None else alphas)
     run = Run(cfg)
-    _, merge, extra = merge_parts(run, get_method(cfg.method))
-    strategy = _strategy(run, [*extra, merge], _evaluator())
+    merge = run.merge
+    strategy = run.make_strategy([*run.method_plugins, merge])
     for t, exp in enumerate(run.stream.train_stream[: experience + 1]):
         if t == experience:
             strategy.plugins.remove(merge)

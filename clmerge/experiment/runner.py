@@ -1,4 +1,4 @@
-"""Run one experiment: the pipeline of DESIGN.md, one experience at a time.
+"""Run one experiment: the pipeline below, one experience at a time.
 
     theta_hat = pretrained backbone
     for experience t:
@@ -6,8 +6,10 @@
         theta*_t = trained model; theta_hat = merger(theta_hat, theta*_t, context)
         evaluate theta_hat with heads 0..t on test experiences 0..t -> row t of R, R_til
 
-``get_or_run`` loads an existing valid result instead of recomputing it (unless
-``force``); a corrupt file is recomputed.
+:class:`Run` builds every object of a run from its config, in a fixed order (the random
+draws of a seed depend on it); :meth:`Run.execute` trains and evaluates. ``get_or_run``
+loads an existing valid result instead of recomputing it (unless ``force``); a corrupt
+file is recomputed.
 """
 
 from __future__ import annotations
@@ -21,48 +23,63 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
 
+from clmerge.avalanche_api import EvaluationPlugin, accuracy_metrics, benchmark_from_datasets
+from clmerge.backbones.heads import HeadedModel
+from clmerge.backbones.lora import LoRAAdapter
+from clmerge.backbones.registry import build_backbone
+from clmerge.benchmarks.registry import build_stream
+from clmerge.errors import ConfigError
 from clmerge.experiment import checkpoint
-from clmerge.experiment.atomic import check_output_folder, file_lock, remove_stale_tmp
 from clmerge.experiment import metrics as M
+from clmerge.experiment.atomic import check_output_folder, file_lock, remove_stale_tmp
 from clmerge.experiment.config import ExperimentConfig
 from clmerge.experiment.provenance import device_name, git_commit, versions
 from clmerge.experiment.results import CorruptResultError, read_result, result_path, write_result
-from clmerge.experiment.seeding import seed_everything
+from clmerge.experiment.seeding import seed_everything, seed_worker
+from clmerge.experiment.variants import variant_label
+from clmerge.plugins.diagnostics import DiagnosticsPlugin
 from clmerge.plugins.guard import check_tensors
+from clmerge.plugins.metrics import CIL_KEY, TIL_KEY, TaskIncrementalAccuracy, accuracy_row
+from clmerge.plugins.progress import ProgressPlugin
+from clmerge.strategies.methods import MethodSpec, get_method
+from clmerge.strategies.template import MergingTemplate, resolve_amp
 
 DEFAULT_RESULTS = Path(__file__).resolve().parents[2] / "data" / "results"
 
 
-def variant_label(cfg: ExperimentConfig) -> str:
-    """A readable name of the method as configured: ``seq``, ``seq_full``, ``pm[eps=0.3]``."""
-    from clmerge.strategies.methods import validate_method_args
-
-    label = cfg.method + ("_full" if cfg.finetune == "full" and cfg.method not in ("probe", "nmc") else "")
-    if cfg.start == "finetuned":
-        label += "@ft"
-    defaults = validate_method_args(cfg.method, {})
-    changed = {k: v for k, v in cfg.method_args.items() if defaults.get(k) != v}
-    if changed:
-        label += "[" + ",".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}"
-                                for k, v in sorted(changed.items())) + "]"
-    return label
-
-
 class Run:
-    """The objects of one run, built from a config (also used by tests and chapters)."""
+    """Every object of one run, built from a config (also used by tests, chapters and the
+    timing scripts).
 
-    def __init__(self, cfg: ExperimentConfig):
-        from clmerge.backbones.heads import HeadedModel
-        from clmerge.backbones.lora import LoRAAdapter
-        from clmerge.backbones.registry import build_backbone
-        from clmerge.benchmarks.registry import build_stream
+    Attributes (all set here):
+        cfg: the config; label: its variant label. method: its :class:`MethodSpec`
+        (resolved once); options: the method's typed options (None if it takes none).
+        generator: the torch generator of the training loaders.
+        stream, model, lora (None under full fine-tuning), weights (the mergeable
+        weights), theta0 (their pretrained values).
+        merger, merge, method_plugins: the method's parts (kind ``merge``; else None,
+        None, []).
+        diagnostics: the beginning-of-task diagnostics (None for ``probe`` and ``nmc``).
+        strategy: the Avalanche strategy that trains and evaluates (None for ``probe``
+        and ``nmc``),
+        with the plugins progress, diagnostics, the method's plugins, the merge driver
+        and ``extra_plugins``, in that order.
+        checkpoint_dir: where checkpoints go (None: none); resumed_from: the experience
+        a resumed run restarted after (None: not resumed).
+    """
 
+    def __init__(self, cfg: ExperimentConfig, progress: bool = False,
+                 checkpoint_dir: str | Path | None = None, extra_plugins: list | None = None):
         self.cfg = cfg
+        self.label = variant_label(cfg)
+        self.method: MethodSpec = get_method(cfg.method)
+        self.options = self.method.make_options(cfg.method_args)
         self.generator = seed_everything(cfg.seed)
         self.stream = build_stream(cfg.benchmark, cfg.n_experiences, cfg.seed)
         if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-            from clmerge.experiment.config import ConfigError
             raise ConfigError("device cuda requested but no GPU is available; "
                               "use --set device=cpu")
         backbone = build_backbone(cfg.backbone, self.stream.input_shape, cfg.image_size,
@@ -70,16 +87,34 @@ class Run:
         torch.manual_seed(cfg.seed)  # heads and LoRA init do not depend on backbone loading
         self.model = HeadedModel(backbone, self.stream.classes_per_exp, self.stream.n_classes,
                                  head=cfg.head, scale=cfg.head_scale)
-        self.lora = None
+        self.lora: LoRAAdapter | None = None
         if cfg.finetune == "lora":
             self.lora = LoRAAdapter(backbone, backbone.lora_targets, cfg.lora_rank, cfg.lora_alpha)
             self.weights = self.lora.base_weights()
         else:
             self.weights = dict(backbone.named_parameters())
         self.theta0 = {k: v.detach().clone() for k, v in self.weights.items()}
-        self.checkpoint_dir: Path | None = None
+        self.checkpoint_dir: Path | None = Path(checkpoint_dir) if checkpoint_dir else None
         self.resumed_from: int | None = None
 
+        self.merger, self.merge, self.method_plugins = None, None, []
+        self.diagnostics: DiagnosticsPlugin | None = None
+        self.strategy: MergingTemplate | None = None
+        kind = self.method.kind
+        if kind == "merge":
+            parts = self.method.build(self.options, self)
+            self.merger, self.merge, self.method_plugins = parts.merger, parts.merge, parts.plugins
+            self.diagnostics = DiagnosticsPlugin(self.weights, self.lora, cfg.diag_steps,
+                                                 extras=self.merge.extras)
+            self.strategy = self.make_strategy(
+                [ProgressPlugin(self.label, progress), self.diagnostics,
+                 *self.method_plugins, self.merge, *(extra_plugins or [])])
+        elif kind == "joint":
+            self.diagnostics = DiagnosticsPlugin(self.weights, self.lora, cfg.diag_steps)
+            self.strategy = self.make_strategy(
+                [ProgressPlugin("joint", progress), self.diagnostics, *(extra_plugins or [])])
+
+    # ------------------------------------------------------------------ data
     def train_loader(self, experience, batch_size=None, shuffle=True):
         """Loader of an experience's training data (eval transforms), shuffled by the run's
         generator; ``cfg.num_workers`` persistent workers seeded by :func:`seed_worker`,
@@ -97,50 +132,52 @@ class Run:
         for x, y, *_ in self.train_loader(experience, shuffle=False):
             yield x.to(self.cfg.device), y.to(self.cfg.device)
 
+    # ------------------------------------------------------------------ strategies
+    def make_strategy(self, plugins: list) -> MergingTemplate:
+        """A strategy on this run's model and settings with exactly ``plugins`` (and a
+        fresh evaluator): what the run's own strategy is made with."""
+        cfg = self.cfg
+        return MergingTemplate(
+            model=self.model, lora=self.lora, finetune=cfg.finetune, lr=cfg.lr,
+            head_lr=cfg.head_lr, weight_decay=cfg.weight_decay, train_mb_size=cfg.batch_size,
+            train_epochs=cfg.epochs, eval_mb_size=cfg.eval_batch_size, device=cfg.device,
+            plugins=plugins, evaluator=make_evaluator(),
+            amp=resolve_amp(cfg.amp, cfg.device), num_workers=cfg.num_workers,
+            worker_init_fn=seed_worker)
 
-def seed_worker(worker_id: int) -> None:
-    """``worker_init_fn`` of the data loaders: seed python, numpy and torch in a worker.
+    def add_plugin(self, plugin) -> None:
+        """Append ``plugin`` to the run's strategy (after every plugin it was built with)."""
+        self.strategy.plugins.append(plugin)
 
-    The loader gives worker ``i`` the torch seed ``base_seed + i``, ``base_seed`` drawn
-    from the loader's generator (the run's); python's and numpy's generators get the same
-    seed here, so random augmentations in workers are reproducible for a given seed and
-    worker count.
-    """
-    import random
+    def evaluate(self, upto: int, strategy=None) -> tuple[list[float], list[float]]:
+        """Class- and task-incremental accuracy on test experiences 0..``upto`` with heads
+        0..``upto`` active (one row of R and R_til), through ``strategy`` (default: the
+        run's)."""
+        strategy = strategy or self.strategy
+        self.model.set_active_heads(range(upto + 1))
+        res = strategy.eval(self.stream.test_stream[: upto + 1])
+        return accuracy_row(res, CIL_KEY, upto + 1), accuracy_row(res, TIL_KEY, upto + 1)
 
-    seed = torch.initial_seed()
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-
-
-def _strategy(run: Run, plugins: list, evaluator):
-    from clmerge.strategies.template import MergingTemplate, resolve_amp
-
-    cfg = run.cfg
-    return MergingTemplate(
-        model=run.model, lora=run.lora, finetune=cfg.finetune, lr=cfg.lr, head_lr=cfg.head_lr,
-        weight_decay=cfg.weight_decay, train_mb_size=cfg.batch_size, train_epochs=cfg.epochs,
-        eval_mb_size=cfg.eval_batch_size, device=cfg.device, plugins=plugins,
-        evaluator=evaluator, amp=resolve_amp(cfg.amp, cfg.device), num_workers=cfg.num_workers)
+    # ------------------------------------------------------------------ execution
+    def execute(self) -> tuple[list, list, list]:
+        """Train and evaluate as the method's kind says: (R rows, R_til rows, per-task
+        records)."""
+        if self.method.kind == "probe":
+            return _run_probe(self)
+        if self.method.kind == "nmc":
+            return _run_nmc(self)
+        if self.method.kind == "joint":
+            return _run_joint(self)
+        return _run_stream(self)
 
 
-def _evaluator():
-    from clmerge.avalanche_api import EvaluationPlugin, accuracy_metrics
-    from clmerge.plugins.metrics import TaskIncrementalAccuracy
-
-    with warnings.catch_warnings():  # results go to the result file, not to a logger
+def make_evaluator() -> EvaluationPlugin:
+    """Avalanche's evaluator of class-incremental (per experience) and task-incremental
+    accuracy, with no logger (results go to the result file)."""
+    with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="No loggers specified")
         return EvaluationPlugin(accuracy_metrics(experience=True), TaskIncrementalAccuracy(),
                                 loggers=[])
-
-
-def _evaluate(run: Run, strategy, upto: int) -> tuple[list[float], list[float]]:
-    from clmerge.plugins.metrics import CIL_KEY, TIL_KEY, accuracy_row
-
-    run.model.set_active_heads(range(upto + 1))
-    res = strategy.eval(run.stream.test_stream[: upto + 1])
-    return accuracy_row(res, CIL_KEY, upto + 1), accuracy_row(res, TIL_KEY, upto + 1)
 
 
 def _pad(rows: list[list[float]], T: int) -> list[list[float | None]]:
@@ -182,25 +219,14 @@ def cpu_threads(cfg: ExperimentConfig):
 
 
 def _run_experiment(cfg: ExperimentConfig, progress: bool, checkpoint_dir=None) -> dict:
-    from clmerge.strategies.methods import get_method
-
-    spec = get_method(cfg.method)
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     t_start = time.perf_counter()
-    run = Run(cfg)
-    run.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+    run = Run(cfg, progress=progress, checkpoint_dir=checkpoint_dir)
     T = run.stream.n_experiences
-    if spec.kind == "probe":
-        R, R_til, tasks = _run_probe(run)
-    elif spec.kind == "nmc":
-        R, R_til, tasks = _run_nmc(run)
-    elif spec.kind == "joint":
-        R, R_til, tasks = _run_joint(run, progress)
-    else:
-        R, R_til, tasks = _run_stream(run, spec, progress)
+    R, R_til, tasks = run.execute()
     return {
         "name": cfg.run_name(),
-        "variant": variant_label(cfg),
+        "variant": run.label,
         "config": cfg.to_dict(),
         "config_hash": cfg.config_hash(),
         "stream": {"classes_per_exp": run.stream.classes_per_exp,
@@ -218,39 +244,11 @@ def _run_experiment(cfg: ExperimentConfig, progress: bool, checkpoint_dir=None) 
     }
 
 
-def _active_head_logits(model, x):
-    """Logits through the model's active heads (the current task's, while merging)."""
-    return model(x)
-
-
-def merge_parts(run: Run, spec):
-    """The merger of ``spec`` built from the run's options, the plugin that drives it, and
-    the method's training-time plugins: what every merging strategy of a run is made of."""
-    from clmerge.mergers.registry import MERGERS, load_builtin_mergers
-    from clmerge.plugins.merge import MergePlugin
-
-    load_builtin_mergers()
-    cfg = run.cfg
-    merger_cls = MERGERS[spec.merger]
-    merger = merger_cls(merger_cls.Options(**cfg.method_args) if merger_cls.Options else None)
-    merge = MergePlugin(merger, run.weights, run.theta0, lora=run.lora, start=cfg.start,
-                        train_batches=run.train_batches, logits_fn=_active_head_logits)
-    run.merge_plugin = merge  # method plugins may hand data to the merge (``extras``)
-    extra = spec.plugins(cfg, run) if spec.plugins else []
-    return merger, merge, extra
-
-
-def _run_stream(run: Run, spec, progress: bool, extra_plugins: list | None = None):
-    from clmerge.plugins.diagnostics import DiagnosticsPlugin
-    from clmerge.plugins.progress import ProgressPlugin
-
-    cfg = run.cfg
-    merger, merge, extra = merge_parts(run, spec)
-    diag = DiagnosticsPlugin(run.weights, run.lora, cfg.diag_steps, extras=merge.extras)
-    plugins = [ProgressPlugin(variant_label(cfg), progress),
-               diag, *extra, merge, *(extra_plugins or [])]
-    strategy = _strategy(run, plugins, _evaluator())
-    run.merger, run.strategy = merger, strategy
+def _run_stream(run: Run):
+    """Train, merge and evaluate experience after experience (kind ``merge``)."""
+    cfg, strategy, merger, merge, diag = (run.cfg, run.strategy, run.merger, run.merge,
+                                          run.diagnostics)
+    extra = run.method_plugins
     R, R_til = [], []
     objects = {"merger": merger, "merge": merge, "diagnostics": diag, "clock": strategy.clock,
                **{f"plugin{i}": p for i, p in enumerate(extra)}}
@@ -260,7 +258,7 @@ def _run_stream(run: Run, spec, progress: bool, extra_plugins: list | None = Non
             continue
         strategy.train_heads = [t]
         strategy.train(exp)
-        cil, til = _evaluate(run, strategy, t)
+        cil, til = run.evaluate(t)
         R.append(cil)
         R_til.append(til)
         if run.checkpoint_dir is not None:
@@ -298,25 +296,19 @@ def _resume(run: Run, objects: dict, R: list, R_til: list) -> int:
     return done + 1
 
 
-def _run_joint(run: Run, progress: bool):
+def _run_joint(run: Run):
     """Train every head and the backbone on the union of all experiences at once."""
-    from clmerge.avalanche_api import benchmark_from_datasets
-    from clmerge.plugins.diagnostics import DiagnosticsPlugin
-    from clmerge.plugins.progress import ProgressPlugin
-
     train = run.stream.train_stream
     data = train[0].dataset
     for e in list(train)[1:]:
         data = data.concat(e.dataset)
     joint_exp = benchmark_from_datasets(train=[data]).streams["train"][0]
-    diag = DiagnosticsPlugin(run.weights, run.lora, run.cfg.diag_steps)
-    strategy = _strategy(run, [ProgressPlugin("joint", progress), diag], _evaluator())
     T = run.stream.n_experiences
-    strategy.train_heads = list(range(T))
-    strategy.train(joint_exp)
+    run.strategy.train_heads = list(range(T))
+    run.strategy.train(joint_exp)
     check_tensors(run.model.named_parameters(), 0, "training", "the parameters")
-    cil, til = _evaluate(run, strategy, T - 1)
-    return [cil], [til], diag.records
+    cil, til = run.evaluate(T - 1)
+    return [cil], [til], run.diagnostics.records
 
 
 @torch.no_grad()
@@ -334,9 +326,6 @@ def _features(run: Run, stream) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _run_probe(run: Run):
     """Logistic regression on frozen pretrained features of all training data."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
     t0 = time.perf_counter()
     xtr, ytr, _ = _features(run, run.stream.train_stream)
     xte, yte, ete = _features(run, run.stream.test_stream)

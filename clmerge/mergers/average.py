@@ -18,12 +18,10 @@ Keeps across tasks: only the task count t (reported as 0 bytes: no tensors).
 from __future__ import annotations
 
 from clmerge.mergers.base import MergeContext, Merger
-from clmerge.mergers.registry import register_merger
 from clmerge.tensormath.merge_rules import running_average
 from clmerge.tensormath.tensordict import TensorDict
 
 
-@register_merger("average")
 class RunningAverage(Merger):
     def __init__(self, options=None):
         super().__init__(options)

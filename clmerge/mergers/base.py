@@ -75,13 +75,18 @@ def check_finite(value: float, name: str) -> None:
 
 
 class Merger:
-    """Base class. Subclasses set ``name``, optionally ``Options`` (a dataclass of
-    method options with help text), and implement :meth:`merge`."""
+    """Base class. Subclasses optionally set ``Options`` (a dataclass of method options
+    with help text) and implement :meth:`merge`; a method declares the merger class in
+    :mod:`clmerge.strategies.methods`.
 
-    name: ClassVar[str] = "base"
+    ``options`` defaults to ``Options()`` (None when the merger has no options).
+    """
+
     Options: ClassVar[type | None] = None
 
     def __init__(self, options=None):
+        if options is None and self.Options is not None:
+            options = self.Options()
         self.options = options
         self.records: list[dict] = []
 

@@ -54,7 +54,6 @@ from dataclasses import dataclass, field
 
 from clmerge.mergers.base import MergeContext, Merger, check_choice
 from clmerge.mergers.fisher_context import task_fisher
-from clmerge.mergers.registry import register_merger
 from clmerge.tensormath.merge_rules import cofima
 from clmerge.tensormath.tensordict import TensorDict, clone, nbytes
 
@@ -84,12 +83,11 @@ class CoFiMAOptions:
             raise ValueError(f"fisher_samples must be >= 1; got {self.fisher_samples}")
 
 
-@register_merger("cofima")
 class CoFiMA(Merger):
     Options = CoFiMAOptions
 
     def __init__(self, options: CoFiMAOptions | None = None):
-        super().__init__(options or CoFiMAOptions())
+        super().__init__(options)
         self.fisher_prev: TensorDict | None = None
 
     def merge(self, ctx: MergeContext) -> TensorDict:

@@ -25,7 +25,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from clmerge.mergers.base import MergeContext, Merger
-from clmerge.mergers.registry import register_merger
 from clmerge.tensormath.merge_rules import coma
 from clmerge.tensormath.tensordict import TensorDict, clone
 
@@ -40,12 +39,8 @@ class CoMAOptions:
             raise ValueError(f"alpha must be in [0, 1]; got {self.alpha}")
 
 
-@register_merger("coma")
 class CoMA(Merger):
     Options = CoMAOptions
-
-    def __init__(self, options: CoMAOptions | None = None):
-        super().__init__(options or CoMAOptions())
 
     def merge(self, ctx: MergeContext) -> TensorDict:
         if ctx.t == 0:

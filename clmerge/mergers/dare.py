@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 import torch
 
 from clmerge.mergers.base import MergeContext, Merger
-from clmerge.mergers.registry import register_merger
 from clmerge.tensormath.merge_rules import dare, running_average
 from clmerge.tensormath.tensordict import TensorDict, add, sub
 
@@ -60,12 +59,11 @@ class DareOptions:
             raise ValueError(f"seed must be >= 0, or -1 for the run's seed; got {self.seed}")
 
 
-@register_merger("dare")
 class Dare(Merger):
     Options = DareOptions
 
     def __init__(self, options: DareOptions | None = None):
-        super().__init__(options or DareOptions())
+        super().__init__(options)
         self.seed = torch.initial_seed() if self.options.seed == -1 else self.options.seed
         self.count = 0
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from clmerge.mergers.base import MergeContext, Merger, check_choice, check_finite
-from clmerge.mergers.registry import register_merger
 from clmerge.tensormath.merge_rules import MaxAbsAccumulator, magmax
 from clmerge.tensormath.tensordict import TensorDict, nbytes, sub
 
@@ -50,12 +49,11 @@ class MagMaxOptions:
         check_choice(self.form, "form", ("streaming", "keep_all"))
 
 
-@register_merger("magmax")
 class MagMax(Merger):
     Options = MagMaxOptions
 
     def __init__(self, options: MagMaxOptions | None = None):
-        super().__init__(options or MagMaxOptions())
+        super().__init__(options)
         self.acc = MaxAbsAccumulator()
         self.task_vectors: list[TensorDict] = []
 

@@ -38,7 +38,6 @@ from dataclasses import dataclass, field
 
 from clmerge.mergers.base import MergeContext, Merger, check_choice
 from clmerge.mergers.fisher_context import task_fisher
-from clmerge.mergers.registry import register_merger
 from clmerge.tensormath import tensordict as td
 from clmerge.tensormath.pm_coefficient import RunningFisherSums, StoredTasks
 
@@ -76,12 +75,11 @@ class PMOptions:
             raise ValueError(f"fisher_samples must be >= 1; got {self.fisher_samples}")
 
 
-@register_merger("pm")
 class PerturbAndMergeMerger(Merger):
     Options = PMOptions
 
     def __init__(self, options: PMOptions | None = None):
-        super().__init__(options or PMOptions())
+        super().__init__(options)
         self.state = RunningFisherSums() if self.options.storage == "running" else StoredTasks()
 
     def fisher(self, ctx: MergeContext) -> td.TensorDict:

@@ -7,11 +7,9 @@ Keeps nothing across tasks.
 from __future__ import annotations
 
 from clmerge.mergers.base import MergeContext, Merger
-from clmerge.mergers.registry import register_merger
 from clmerge.tensormath.tensordict import TensorDict
 
 
-@register_merger("seq")
 class Sequential(Merger):
     def merge(self, ctx: MergeContext) -> TensorDict:
         return ctx.finetuned

@@ -35,7 +35,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from clmerge.mergers.base import MergeContext, Merger, check_choice, check_finite
-from clmerge.mergers.registry import register_merger
 from clmerge.tensormath.merge_rules import RunningSum
 from clmerge.tensormath.tensordict import TensorDict, sub
 
@@ -53,12 +52,11 @@ class TaskArithmeticOptions:
         check_choice(self.scale, "scale", ("fixed", "mean"))
 
 
-@register_merger("task_arithmetic")
 class TaskArithmetic(Merger):
     Options = TaskArithmeticOptions
 
     def __init__(self, options: TaskArithmeticOptions | None = None):
-        super().__init__(options or TaskArithmeticOptions())
+        super().__init__(options)
         self.sum = RunningSum()
 
     def merge(self, ctx: MergeContext) -> TensorDict:

@@ -28,7 +28,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from clmerge.mergers.base import MergeContext, Merger, check_choice, check_finite
-from clmerge.mergers.registry import register_merger
 from clmerge.tensormath.merge_rules import ties_merge
 from clmerge.tensormath.tensordict import TensorDict, nbytes, sub
 
@@ -50,12 +49,11 @@ class TiesOptions:
         check_choice(self.trim_scope, "trim_scope", ("model", "tensor"))
 
 
-@register_merger("ties")
 class Ties(Merger):
     Options = TiesOptions
 
     def __init__(self, options: TiesOptions | None = None):
-        super().__init__(options or TiesOptions())
+        super().__init__(options)
         self.task_vectors: list[TensorDict] = []
 
     def merge(self, ctx: MergeContext) -> TensorDict:

@@ -58,7 +58,6 @@ import torch
 import torch.nn.functional as F
 
 from clmerge.mergers.base import MergeContext, Merger, check_choice, parameter_names
-from clmerge.mergers.registry import register_merger
 from clmerge.tensormath import tensordict as td
 from clmerge.tensormath.trajectory_subspace import (CoefficientSubspace, gradient_hinge,
                                                     prediction_consistency, random_direction)
@@ -112,12 +111,8 @@ class TRMOptions:
             raise ValueError(f"tau must be > 0; got {self.tau}")
 
 
-@register_merger("trm")
 class TrajectoryRegularizedMerger(Merger):
     Options = TRMOptions
-
-    def __init__(self, options: TRMOptions | None = None):
-        super().__init__(options or TRMOptions())
 
     # -- the subspace ------------------------------------------------------------------
     def directions(self, ctx: MergeContext) -> tuple[list[td.TensorDict], list[str], list[float]]:

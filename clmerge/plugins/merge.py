@@ -13,14 +13,20 @@ Before the merge, the trained model (its parameters and theta*_t) and, after it,
 merged weights theta_hat_t must be finite (:mod:`clmerge.plugins.guard`): a diverged
 experience stops the run before anything of it is evaluated or saved.
 
-Records per task: merge seconds, the merger's persisted bytes after the merge, the
-distance |theta_hat_t - theta_0|, and whatever the merger recorded (coefficients).
+Records per task: merge seconds, the bytes kept across tasks after the merge (the
+merger's, plus those of the method's training-time plugins given as ``state_sources``,
+e.g. EWC's anchors and importances), the distance |theta_hat_t - theta_0|, and whatever
+the merger recorded (coefficients).
+
+``extras`` is the dict method plugins hand data to the merge through (TRM's trajectory);
+it is passed in, so the plugins that fill it can be built first, and cleared after each
+merge.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 
@@ -33,7 +39,8 @@ from clmerge.tensormath import tensordict as td
 class MergePlugin(SupervisedPlugin):
     def __init__(self, merger: Merger, weights: dict[str, torch.nn.Parameter],
                  theta0: td.TensorDict, lora=None, start: str = "merged",
-                 train_batches: Callable | None = None, logits_fn: Callable | None = None):
+                 train_batches: Callable | None = None, logits_fn: Callable | None = None,
+                 extras: dict | None = None, state_sources: Iterable = ()):
         super().__init__()
         self.merger = merger
         self.weights = weights
@@ -46,7 +53,8 @@ class MergePlugin(SupervisedPlugin):
         self.finetuned_prev: td.TensorDict | None = None
         self.start: td.TensorDict | None = None
         self.records: list[dict] = []
-        self.extras: dict = {}
+        self.extras: dict = {} if extras is None else extras
+        self.state_sources = list(state_sources)
 
     @torch.no_grad()
     def _write(self, values: td.TensorDict) -> None:
@@ -87,7 +95,8 @@ class MergePlugin(SupervisedPlugin):
         self.extras.clear()  # nothing of task t survives the merge
         self.records.append({
             "merge_seconds": time.perf_counter() - t0,
-            "state_bytes": int(self.merger.state_bytes()),
+            "state_bytes": int(self.merger.state_bytes()
+                               + sum(s.state_bytes() for s in self.state_sources)),
             "distance_from_pretrained": td.norm(td.sub(self.merged, self.theta0)),
             "task_vector_norm": td.norm(td.sub(finetuned, self.start)),
         })

@@ -35,17 +35,86 @@ The teacher is copied before the merge driver runs; with the ``seq`` merge that 
 same function as the merged model.
 
 Both record per task which parameters were regularised and the bytes they keep across
-tasks (``regularizer_state_bytes``); the bytes are also handed to the merger through
-the merge context (``ctx.extras``) so that the result's ``state_bytes`` counts them.
+tasks (``regularizer_state_bytes``); their :meth:`state_bytes` is counted in the
+result's per-task ``state_bytes`` (the merge driver sums it with the merger's, which is 0
+for the ``seq`` merge).
+
+The methods' options (``--set ewc.ewc_lambda=...``), with their papers and defaults:
+
+- EWC: J. Kirkpatrick et al., "Overcoming catastrophic forgetting in neural networks",
+  PNAS 2017, arXiv 1612.00796; online mode: J. Schwarz et al., "Progress & Compress",
+  ICML 2018, arXiv 1805.06370. Avalanche's ``EWCPlugin``.
+
+      L = CE_t + ewc_lambda * sum_{i<t} sum_k F_i,k (w_k - w*_i,k)^2   (separate)
+      L = CE_t + ewc_lambda * sum_k tilde F_{t-1},k (w_k - w*_{t-1},k)^2,
+          tilde F_i = decay_factor * tilde F_{i-1} + F_i                (online)
+
+  Defaults: ``mode = separate`` (Avalanche's default), ``ewc_lambda = 100``:
+  Avalanche's importance is the squared mean gradient of a minibatch averaged over
+  minibatches, roughly 1/B of the per-sample Fisher at an optimum, so useful strengths
+  are large; there is no canonical value (it depends on the model and the data): sweep
+  it with ``--set ewc.ewc_lambda=...``.
+  ``decay_factor = 1.0`` only applies to ``online`` mode.
+
+  With ``finetune=lora`` the regularised weights are the dense LoRA target weights
+  (W_base + scaling * B A), not the adapter's A and B: the adapter is reset after every
+  experience, so anchoring A and B would be meaningless (see the plugin). With
+  ``finetune=full`` every parameter is regularised, as in the stock plugin. The result
+  records which (``regularized`` per task, and ``config.finetune``).
+
+- LwF: Z. Li, D. Hoiem, "Learning without Forgetting", ECCV 2016 / TPAMI 2017, arXiv
+  1606.09282. Avalanche's ``LwFPlugin``:
+
+      L = CE_t + alpha * KL(softmax(z_old / T) || softmax(z / T))   over the old classes
+
+  with z_old the logits of the model at the end of the previous experience. Defaults:
+  ``alpha = 1``, ``temperature = 2`` (Avalanche's and the paper's). Deviation:
+  distillation runs over the previous heads' logits only (the current head protocol
+  makes other heads' logits -inf; see the plugin).
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
+
 import torch
 
 from clmerge.avalanche_api import EWCPlugin, LwFPlugin
+from clmerge.mergers.base import check_choice
 
-STATE_KEY = "regularizer_state_bytes"
+STATE_KEY = "regularizer_state_bytes"  # the key of the per-task records
+
+
+@dataclass
+class EWCOptions:
+    ewc_lambda: float = field(default=100.0, metadata={
+        "help": "strength of the EWC penalty (>= 0; 0 is sequential fine-tuning)"})
+    mode: str = field(default="separate", metadata={
+        "help": "separate: one penalty per past task; online: one running penalty"})
+    decay_factor: float = field(default=1.0, metadata={
+        "help": "online mode only: decay of the running importance, in [0, 1]"})
+
+    def __post_init__(self):
+        if not (math.isfinite(self.ewc_lambda) and self.ewc_lambda >= 0):
+            raise ValueError(f"ewc_lambda must be a finite number >= 0; got {self.ewc_lambda}")
+        check_choice(self.mode, "mode", ("separate", "online"))
+        if not 0.0 <= self.decay_factor <= 1.0:
+            raise ValueError(f"decay_factor must be in [0, 1]; got {self.decay_factor}")
+
+
+@dataclass
+class LwFOptions:
+    alpha: float = field(default=1.0, metadata={
+        "help": "weight of the distillation loss (>= 0; 0 is sequential fine-tuning)"})
+    temperature: float = field(default=2.0, metadata={
+        "help": "softmax temperature of the distillation (> 0)"})
+
+    def __post_init__(self):
+        if not (math.isfinite(self.alpha) and self.alpha >= 0):
+            raise ValueError(f"alpha must be a finite number >= 0; got {self.alpha}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0; got {self.temperature}")
 
 
 def _bytes(values) -> int:
@@ -54,14 +123,6 @@ def _bytes(values) -> int:
         t = v.data if not isinstance(v, torch.Tensor) else v  # avalanche ParamData or tensor
         total += t.numel() * t.element_size()
     return int(total)
-
-
-def _hand_to_merger(strategy, nbytes: int) -> None:
-    from clmerge.plugins.merge import MergePlugin
-
-    for p in strategy.plugins:
-        if isinstance(p, MergePlugin):
-            p.extras[STATE_KEY] = nbytes
 
 
 class _ZeroAllGrads:
@@ -144,7 +205,6 @@ class EWC(EWCPlugin):
         self.records.append({
             "regularized": "lora_targets_dense" if self.lora is not None else "all_parameters",
             STATE_KEY: nbytes})
-        _hand_to_merger(strategy, nbytes)
 
     def state_bytes(self) -> int:
         return (_bytes(v for d in self.saved_params.values() for v in d.values())
@@ -197,7 +257,12 @@ class HeadedLwF(LwFPlugin):
             self._hook = None
         self._feats = None
         super().after_training_exp(strategy, **kwargs)
+        self.records.append({"regularized": "distillation_previous_heads",
+                             STATE_KEY: self.state_bytes()})
+
+    def state_bytes(self) -> int:
+        """Bytes of the teacher (a copy of the whole model), 0 before it exists."""
         teacher = self.lwf.prev_model
-        nbytes = _bytes(list(teacher.parameters()) + list(teacher.buffers()))
-        self.records.append({"regularized": "distillation_previous_heads", STATE_KEY: nbytes})
-        _hand_to_merger(strategy, nbytes)
+        if teacher is None:
+            return 0
+        return _bytes(list(teacher.parameters()) + list(teacher.buffers()))

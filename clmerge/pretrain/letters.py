@@ -26,7 +26,9 @@ import os
 import string
 from functools import lru_cache
 
+import matplotlib
 import numpy as np
+from matplotlib.ft2font import FT2Font
 from PIL import Image, ImageDraw, ImageFont
 
 LETTERS = string.ascii_lowercase + string.ascii_uppercase
@@ -57,16 +59,12 @@ _MAX_SHIFT = 2           # px for size=28
 
 def font_dir() -> str:
     """matplotlib's bundled TrueType folder (``mpl-data/fonts/ttf``)."""
-    import matplotlib
-
     return os.path.join(matplotlib.get_data_path(), "fonts", "ttf")
 
 
 @lru_cache(maxsize=1)
 def font_paths() -> tuple[str, ...]:
     """Paths of the fonts in :data:`FONT_FILES` that exist and map all 52 letters."""
-    from matplotlib.ft2font import FT2Font
-
     found = []
     d = font_dir()
     for name in FONT_FILES:

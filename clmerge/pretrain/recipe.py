@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -35,9 +34,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save as st_save
 from torch import nn
+from tqdm.auto import tqdm
 
-from clmerge.backbones.vit import CHECKPOINT_NAME, SmallViT, default_checkpoint_dir
+from clmerge.backbones.vit import (CHECKPOINT_NAME, SmallViT, checkpoint_paths,
+                                   sha256_file, verify_vit_letters_checkpoint)
 from clmerge.pretrain.letters import N_CLASSES, render_letters
 
 
@@ -84,19 +86,6 @@ class VitLettersRecipe:
     def from_dict(cls, d: dict) -> "VitLettersRecipe":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def checkpoint_paths(out_dir: str | os.PathLike | None = None) -> tuple[Path, Path]:
-    d = Path(out_dir) if out_dir is not None else default_checkpoint_dir()
-    return d / f"{CHECKPOINT_NAME}.safetensors", d / f"{CHECKPOINT_NAME}.json"
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -159,9 +148,6 @@ def pretrain_vit_letters(recipe: VitLettersRecipe | None = None,
                          progress: bool = True) -> Path:
     """Run the recipe and write the checkpoint pair into ``out_dir``; returns the
     safetensors path. ``out_dir`` defaults to ``<repo>/data/checkpoints``."""
-    from safetensors.torch import save as st_save
-    from tqdm.auto import tqdm
-
     recipe = recipe or VitLettersRecipe()
     st_path, meta_path = checkpoint_paths(out_dir)
     st_path.parent.mkdir(parents=True, exist_ok=True)
@@ -275,25 +261,6 @@ def pretrain_vit_letters(recipe: VitLettersRecipe | None = None,
     }
     _atomic_write_bytes(meta_path, (json.dumps(meta, indent=2) + "\n").encode())
     return st_path
-
-
-def verify_vit_letters_checkpoint(out_dir: str | os.PathLike | None = None
-                                  ) -> tuple[bool, str]:
-    """``(ok, reason)``: whether the checkpoint pair exists and the sha256 matches."""
-    st_path, meta_path = checkpoint_paths(out_dir)
-    if not st_path.is_file():
-        return False, f"{st_path} is missing"
-    if not meta_path.is_file():
-        return False, f"{meta_path} is missing"
-    try:
-        expected = json.loads(meta_path.read_text())["sha256"]
-    except (ValueError, KeyError) as e:
-        return False, f"{meta_path} is unreadable ({e!r})"
-    actual = sha256_file(st_path)
-    if actual != expected:
-        return False, (f"sha256 mismatch for {st_path}: file {actual[:12]}..., "
-                       f"json {expected[:12]}...")
-    return True, "ok"
 
 
 def ensure_vit_letters_checkpoint(out_dir: str | os.PathLike | None = None) -> Path:

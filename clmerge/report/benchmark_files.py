@@ -1,6 +1,6 @@
 """Benchmark figures for the cost chapter: the JSON files written by
-``benchmarks/step_time.py`` (per-step time of each method against seq, side by side) and
-``benchmarks/throughput.py`` (GPU images/s, peak memory, MFU, merge time)."""
+``perf/step_time.py`` (per-step time of each method against seq, side by side) and
+``perf/throughput.py`` (GPU images/s, peak memory, MFU, merge time)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-COMMAND = ".venv/bin/python benchmarks/throughput.py --device cuda --out data/benchmarks/throughput-<gpu>.json"
+COMMAND = ".venv/bin/python perf/throughput.py --device cuda --out data/benchmarks/throughput-<gpu>.json"
 
 
 def throughput_table(folder: str | Path) -> pd.DataFrame:
@@ -53,6 +53,6 @@ def step_time_table(folder: str | Path) -> pd.DataFrame:
                          "iterations": r["iterations"], "command": " ".join(r["command"])})
     if not rows:
         return pd.DataFrame({"note": [f"no step-time benchmark committed in {folder}; run "
-                                      f".venv/bin/python benchmarks/step_time.py --methods seq pm "
+                                      f".venv/bin/python perf/step_time.py --methods seq pm "
                                       f"ewc lwf trm --out {folder}/step_time-cpu.json"]})
     return pd.DataFrame(rows).set_index(["device", "method"])

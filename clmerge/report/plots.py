@@ -95,8 +95,6 @@ def accuracy_curves(long: pd.DataFrame, protocols=("cil", "til"), references=Non
 def coefficient_trajectories(df: pd.DataFrame, key: str = "coefficient"):
     """Merge coefficient a_t per task for each variant that records one: every seed as a
     dot, the mean over seeds as a line."""
-    from clmerge.experiment.results import read_result
-
     rows = []
     for _, r in df.iterrows():
         for t in read_result(r["path"])["tasks"]:

@@ -1,7 +1,8 @@
 """Resolve a chapter's parameters into runs, and load or compute them.
 
 A chapter names *variants*: ``seq``, ``seq_full`` (full fine-tuning), ``pm[eps=0.3]``
-(method options), ``magmax@ft`` (the fine-tuned start protocol). Each variant x seed
+(method options), ``magmax@ft`` (the fine-tuned start protocol); labels are written and
+read by :mod:`clmerge.experiment.variants`. Each variant x seed
 is one config; :func:`ensure_results` loads every existing result and computes only the
 missing ones, then returns the tidy frame of exactly those runs.
 """
@@ -9,43 +10,26 @@ missing ones, then returns the tidy frame of exactly those runs.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Iterable
 
 import pandas as pd
+import yaml
 
-from clmerge.experiment.config import ConfigError, ExperimentConfig, load_profile, make_config
-from clmerge.experiment.results import load_results, result_path
+from clmerge.experiment.config import ExperimentConfig, load_profile
+from clmerge.experiment.results import accuracy_long, load_results, result_path
+from clmerge.experiment.executors import compute_local
+from clmerge.experiment.grid import plan
 from clmerge.experiment.runner import DEFAULT_RESULTS
-
-_VARIANT = re.compile(r"^(?P<method>[a-z0-9_]+?)(?P<full>_full)?(?P<ft>@ft)?(\[(?P<args>[^\]]*)\])?$")
-
-
-def parse_variant(label: str) -> tuple[str, dict]:
-    """``"pm_full@ft[eps=0.3]"`` -> ``("pm", {"finetune": "full", "start": "finetuned",
-    "pm.eps": "0.3"})``."""
-    m = _VARIANT.match(label)
-    if not m:
-        raise ConfigError(f"cannot read variant {label!r}; write METHOD[_full][@ft][[k=v,...]]")
-    method = m["method"]
-    overrides: dict = {}
-    if m["full"]:
-        overrides["finetune"] = "full"
-    if m["ft"]:
-        overrides["start"] = "finetuned"
-    for kv in filter(None, (m["args"] or "").split(",")):
-        k, _, v = kv.partition("=")
-        overrides[f"{method}.{k.strip()}"] = v.strip()
-    return method, overrides
+# variant labels are read and written in clmerge.experiment.variants; chapters reach
+# them through this module
+from clmerge.experiment.variants import parse_variant, variant_config  # noqa: F401
 
 
 def as_list(value) -> list | None:
     """A chapter parameter that should be a list: papermill's ``-p seeds "[0, 1]"`` passes
     the text, which is read as YAML here; None stays None."""
     if isinstance(value, str):
-        import yaml
-
         parsed = yaml.safe_load(value)
         value = parsed if isinstance(parsed, list) else [parsed]
     return None if value is None else list(value)
@@ -53,13 +37,6 @@ def as_list(value) -> list | None:
 
 def profile_seeds(profile: str) -> list[int]:
     return list(load_profile(profile).get("seeds", [0]))
-
-
-def variant_config(label: str, profile: str, benchmark: str | None = None, seed: int = 0,
-                   overrides: dict | None = None) -> ExperimentConfig:
-    """The config of one variant label at one seed."""
-    method, ov = parse_variant(label)
-    return make_config(method, benchmark, profile, seed, {**(overrides or {}), **ov})
 
 
 def configs(variants: Iterable[str], profile: str, benchmark: str | None = None,
@@ -80,8 +57,6 @@ def ensure_results(variants: Iterable[str], profile: str, benchmark: str | None 
     Missing runs are computed in ``workers`` processes (default: one per CPU core; each
     run uses one thread, see ``clmerge.experiment.runner``), with a progress bar.
     """
-    from clmerge.experiment.sweep import compute_local, plan
-
     results_dir = Path(results_dir) if results_dir else DEFAULT_RESULTS
     variants = as_list(variants)
     seeds = profile_seeds(profile) if seeds is None else as_list(seeds)
@@ -103,8 +78,6 @@ def ensure_results(variants: Iterable[str], profile: str, benchmark: str | None 
 
 def accuracy_long_of(df: pd.DataFrame) -> pd.DataFrame:
     """Every accuracy-matrix entry (``accuracy_long``) of exactly the runs in ``df``."""
-    from clmerge.experiment.results import accuracy_long
-
     paths = set(df["path"])
     frames = [accuracy_long(folder) for folder in sorted({str(Path(p).parent) for p in paths})]
     if not frames:

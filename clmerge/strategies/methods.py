@@ -1,9 +1,25 @@
-"""Method registry: what ``clmerge run --method NAME`` runs.
+"""The method registry: what ``clmerge run --method NAME`` runs.
 
-A method is a merger (``clmerge.mergers``) plus optional training-time plugins, or a
-reference that trains differently (``joint``) or not at all (``probe``). Method options
-are the merger's ``Options`` dataclass; ``--set METHOD.KEY=VALUE`` sets them and
-:func:`validate_method_args` checks names, types and ranges.
+A :class:`MethodSpec` is everything a method adds to the shared pipeline:
+
+- ``kind``: ``merge`` (train each experience, then merge), ``joint`` (one model on all
+  experiences at once), ``probe`` (no training: a linear probe of frozen features) or
+  ``nmc`` (no training: nearest class mean of frozen features, experience by
+  experience);
+- ``merger``: the :class:`~clmerge.mergers.base.Merger` class that joins the fine-tuned
+  model of each experience to the merged one (``Sequential``: no merge);
+- ``options``: the typed options dataclass (fields with defaults and ``help``; bad values
+  raise ``ValueError`` in ``__post_init__``); by default the merger's ``Options``;
+- ``plugins``: a factory ``(options, run, extras) -> [SupervisedPlugin, ...]`` of the
+  training-time plugins the method adds (P&M's perturbation, TRM's trajectory recorder,
+  EWC, LwF). ``extras`` is the dict the merge reads from (``MergeContext.extras``).
+
+``--set METHOD.KEY=VALUE`` sets options; :func:`validate_method_args` checks names,
+types and ranges before any work. A run resolves its method once (:func:`get_method`)
+and builds its typed options once (:meth:`MethodSpec.make_options`).
+
+EWC and LwF are methods without a merge: the ``Sequential`` merger plus a plugin whose
+options (``EWCOptions``, ``LwFOptions``) live with the plugin.
 """
 
 from __future__ import annotations
@@ -12,42 +28,161 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from clmerge.experiment.config import ConfigError, coerce_option, short
+from clmerge.errors import ConfigError
+from clmerge.mergers.average import RunningAverage
+from clmerge.mergers.base import Merger
+from clmerge.mergers.cofima import CoFiMA
+from clmerge.mergers.coma import CoMA
+from clmerge.mergers.dare import Dare
+from clmerge.mergers.magmax import MagMax
+from clmerge.mergers.pm import PerturbAndMergeMerger
+from clmerge.mergers.sequential import Sequential
+from clmerge.mergers.task_arithmetic import TaskArithmetic
+from clmerge.mergers.ties import Ties
+from clmerge.mergers.trm import TrajectoryRegularizedMerger
+from clmerge.plugins.merge import MergePlugin
+from clmerge.plugins.perturbation import PerturbationPlugin
+from clmerge.plugins.regularization import EWC, EWCOptions, HeadedLwF, LwFOptions
+from clmerge.plugins.trajectory import TrajectoryPlugin
+from clmerge.values import coerce_option, short
+
+KINDS = ("merge", "joint", "probe", "nmc")
+
+
+@dataclass(frozen=True)
+class MethodParts:
+    """What a merging method adds to a run's strategy: its merger, the plugin that drives
+    the merger after each experience, and its training-time plugins."""
+
+    merger: Merger
+    merge: MergePlugin
+    plugins: list
 
 
 @dataclass(frozen=True)
 class MethodSpec:
     name: str
     description: str
-    kind: str = "merge"          # "merge" | "joint" | "probe" | "nmc"
-    merger: str | None = None    # merger registry name, for kind == "merge"
-    plugins: Callable[..., list] | None = None  # (cfg, run) -> training-time plugins
+    kind: str = "merge"
+    merger: type[Merger] | None = None
+    options: type | None = None
+    plugins: Callable[[Any, Any, dict], list] | None = None
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {self.kind!r}")
+        if (self.kind == "merge") != (self.merger is not None):
+            raise ValueError(f"method {self.name!r}: a merger is required for kind 'merge' "
+                             f"and only there")
+
+    @property
+    def options_class(self) -> type | None:
+        """The typed options of the method (None: it takes none)."""
+        if self.options is not None:
+            return self.options
+        return self.merger.Options if self.merger is not None else None
+
+    def validate_args(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Defaults of the options updated by ``args`` (strings from the command line
+        are converted to each field's type), checked by the options' ``__post_init__``;
+        :class:`ConfigError` names the valid options or the bad value."""
+        name, opts = self.name, self.options_class
+        if opts is None:
+            if args:
+                raise ConfigError(f"method {name!r} takes no options; got "
+                                  f"{', '.join(short(a) for a in args)}")
+            return {}
+        fields = {f.name: f for f in dataclasses.fields(opts)}
+        out = dataclasses.asdict(opts())
+        for k, v in args.items():
+            if k not in fields:
+                raise ConfigError(f"unknown option {name}.{str(k)[:40]}; valid options of "
+                                  f"{name!r}: {', '.join(fields) or 'none'}")
+            out[k] = coerce_option(f"option {name}.{k}", out[k], v)
+        try:
+            opts(**out)  # the Options dataclass validates ranges in __post_init__
+        except ValueError as e:
+            raise ConfigError(f"method {name!r}: {e}") from None
+        return out
+
+    def make_options(self, method_args: dict[str, Any]):
+        """The options instance of a config's ``method_args`` (validated values)."""
+        cls = self.options_class
+        return cls(**method_args) if cls is not None else None
+
+    def build(self, options, run) -> MethodParts:
+        """The merger, its merge driver and the training-time plugins for ``run`` (an
+        object with ``cfg``, ``weights``, ``theta0``, ``lora`` and ``train_batches``)."""
+        merger_options = options if self.merger.Options is not None else None
+        merger = self.merger(merger_options)
+        extras: dict = {}
+        plugins = self.plugins(options, run, extras) if self.plugins else []
+        merge = MergePlugin(merger, run.weights, run.theta0, lora=run.lora, start=run.cfg.start,
+                            train_batches=run.train_batches, logits_fn=active_head_logits,
+                            extras=extras,
+                            state_sources=[p for p in plugins if hasattr(p, "state_bytes")])
+        return MethodParts(merger, merge, plugins)
+
+
+def active_head_logits(model, x):
+    """Logits through the model's active heads (the current task's, while merging)."""
+    return model(x)
 
 
 METHODS: dict[str, MethodSpec] = {}
 
 
 def register_method(spec: MethodSpec) -> MethodSpec:
+    if spec.name in METHODS:
+        raise ValueError(f"method {spec.name!r} is registered twice")
     METHODS[spec.name] = spec
     return spec
 
 
-register_method(MethodSpec("seq", "sequential fine-tuning, no merge (LoRA, or all weights "
-                                  "with --set finetune=full)", merger="seq"))
-def _pm_plugins(cfg, run) -> list:
-    from clmerge.plugins.perturbation import PerturbationPlugin
+def get_method(name: str) -> MethodSpec:
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r}; valid methods: {', '.join(METHODS)}")
+    return METHODS[name]
 
-    o = cfg.method_args
-    if o["perturbation"] == "none":
+
+def options_class(name: str) -> type | None:
+    return get_method(name).options_class
+
+
+def validate_method_args(name: str, args: dict[str, Any]) -> dict[str, Any]:
+    """Defaults of the method's options updated by ``args``, checked and typed."""
+    return get_method(name).validate_args(args)
+
+
+# ---------------------------------------------------------------------- plugin factories
+def _pm_plugins(o, run, extras) -> list:
+    if o.perturbation == "none":
         return []
-    return [PerturbationPlugin(run.weights, lora=run.lora, eps=o["eps"],
-                               probs=(o["p0"], o["p_plus"], o["p_minus"]),
-                               mode=o["perturbation"], seed=cfg.seed)]
+    return [PerturbationPlugin(run.weights, lora=run.lora, eps=o.eps,
+                               probs=(o.p0, o.p_plus, o.p_minus),
+                               mode=o.perturbation, seed=run.cfg.seed)]
 
 
+def _trm_plugins(o, run, extras) -> list:
+    return [TrajectoryPlugin(run.weights, extras, lora=run.lora,
+                             snapshots=o.snapshots if o.trajectory else 1,
+                             keep_batches=o.batches + 1 if o.steps > 0 else 0)]
+
+
+def _ewc_plugins(o, run, extras) -> list:
+    return [EWC(o.ewc_lambda, mode=o.mode, decay_factor=o.decay_factor, lora=run.lora)]
+
+
+def _lwf_plugins(o, run, extras) -> list:
+    return [HeadedLwF(alpha=o.alpha, temperature=o.temperature)]
+
+
+# ---------------------------------------------------------------------- the methods
+register_method(MethodSpec("seq", "sequential fine-tuning, no merge (LoRA, or all weights "
+                                  "with --set finetune=full)", merger=Sequential))
 register_method(MethodSpec("pm", "Perturb-and-Merge (arXiv 2505.22389): training with "
                                  "perturbation + Fisher closed-form merge coefficient",
-                           merger="pm", plugins=_pm_plugins))
+                           merger=PerturbAndMergeMerger, plugins=_pm_plugins))
 register_method(MethodSpec("joint", "upper bound: one model trained on all experiences at once",
                            kind="joint"))
 register_method(MethodSpec("probe", "linear probe of the frozen pretrained features on all "
@@ -57,90 +192,27 @@ register_method(MethodSpec("nmc", "nearest class mean of the frozen pretrained f
                                   "papers' frozen-feature reference, arXiv 2210.04428)",
                            kind="nmc"))
 register_method(MethodSpec("average", "running mean of the fine-tuned models (P&M's Model "
-                                      "Averaging)", merger="average"))
+                                      "Averaging)", merger=RunningAverage))
 register_method(MethodSpec("coma", "CoMA (arXiv 2312.08977): fixed-coefficient continual model "
-                                   "averaging", merger="coma"))
+                                   "averaging", merger=CoMA))
 register_method(MethodSpec("cofima", "CoFiMA (arXiv 2312.08977): Fisher-weighted continual model "
-                                     "averaging", merger="cofima"))
+                                     "averaging", merger=CoFiMA))
 register_method(MethodSpec("task_arithmetic", "task arithmetic (arXiv 2212.04089): running sum "
-                                              "of task vectors", merger="task_arithmetic"))
+                                              "of task vectors", merger=TaskArithmetic))
 register_method(MethodSpec("ties", "TIES-Merging (arXiv 2306.01708) of all task vectors so far",
-                           merger="ties"))
+                           merger=Ties))
 register_method(MethodSpec("dare", "DARE (arXiv 2311.03099) drop-and-rescale of each update, then "
-                                   "the running mean", merger="dare"))
+                                   "the running mean", merger=Dare))
 register_method(MethodSpec("magmax", "MagMax (arXiv 2407.06322): max-magnitude task vector "
                                      "(--set start=finetuned for the paper's protocol)",
-                           merger="magmax"))
-
-
-def _trm_plugins(cfg, run) -> list:
-    from clmerge.plugins.trajectory import TrajectoryPlugin
-
-    o = cfg.method_args
-    return [TrajectoryPlugin(run.weights, run.merge_plugin.extras, lora=run.lora,
-                             snapshots=o["snapshots"] if o["trajectory"] else 1,
-                             keep_batches=o["batches"] + 1 if o["steps"] > 0 else 0)]
-
-
+                           merger=MagMax))
 register_method(MethodSpec("trm", "Trajectory Regularized Merging (arXiv 2605.08311), "
                                   "reconstructed from its abstract: coefficients in a trajectory "
                                   "subspace optimised for alignment, consistency, responsiveness",
-                           merger="trm", plugins=_trm_plugins))
-
-
-def _ewc_plugins(cfg, run) -> list:
-    from clmerge.plugins.regularization import EWC
-
-    o = cfg.method_args
-    return [EWC(o["ewc_lambda"], mode=o["mode"], decay_factor=o["decay_factor"], lora=run.lora)]
-
-
-def _lwf_plugins(cfg, run) -> list:
-    from clmerge.plugins.regularization import HeadedLwF
-
-    o = cfg.method_args
-    return [HeadedLwF(alpha=o["alpha"], temperature=o["temperature"])]
-
-
+                           merger=TrajectoryRegularizedMerger, plugins=_trm_plugins))
 register_method(MethodSpec("ewc", "EWC (arXiv 1612.00796), Avalanche's plugin, no merge (LoRA: "
-                                  "on the dense target weights)", merger="ewc",
-                           plugins=_ewc_plugins))
+                                  "on the dense target weights)", merger=Sequential,
+                           options=EWCOptions, plugins=_ewc_plugins))
 register_method(MethodSpec("lwf", "LwF (arXiv 1606.09282), Avalanche's plugin distilling the "
-                                  "previous heads, no merge", merger="lwf", plugins=_lwf_plugins))
-
-
-def get_method(name: str) -> MethodSpec:
-    if name not in METHODS:
-        raise ConfigError(f"unknown method {name!r}; valid methods: {', '.join(METHODS)}")
-    return METHODS[name]
-
-
-def options_class(name: str):
-    spec = get_method(name)
-    if spec.merger is None:
-        return None
-    from clmerge.mergers.registry import MERGERS, load_builtin_mergers
-    load_builtin_mergers()
-    return MERGERS[spec.merger].Options
-
-
-def validate_method_args(name: str, args: dict[str, Any]) -> dict[str, Any]:
-    """Defaults of the method's options updated by ``args``, checked and typed."""
-    opts = options_class(name)
-    if opts is None:
-        if args:
-            raise ConfigError(f"method {name!r} takes no options; got "
-                              f"{', '.join(short(a) for a in args)}")
-        return {}
-    fields = {f.name: f for f in dataclasses.fields(opts)}
-    out = dataclasses.asdict(opts())
-    for k, v in args.items():
-        if k not in fields:
-            raise ConfigError(f"unknown option {name}.{str(k)[:40]}; valid options of {name!r}: "
-                              f"{', '.join(fields) or 'none'}")
-        out[k] = coerce_option(f"option {name}.{k}", out[k], v)
-    try:
-        opts(**out)  # the Options dataclass validates ranges in __post_init__
-    except ValueError as e:
-        raise ConfigError(f"method {name!r}: {e}") from None
-    return out
+                                  "previous heads, no merge", merger=Sequential,
+                           options=LwFOptions, plugins=_lwf_plugins))

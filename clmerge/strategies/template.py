@@ -23,7 +23,8 @@ float32 matmuls and cuDNN convolutions (:func:`enable_tf32`, process-wide).
 
 **Data loaders**: ``num_workers`` worker processes for the training and evaluation
 loaders (training: persistent for the experience's epochs; each worker seeded by
-:func:`clmerge.experiment.runner.seed_worker`); Avalanche pins memory on CUDA. With
+``worker_init_fn``, which the runner sets to :func:`clmerge.experiment.seeding.
+seed_worker`); Avalanche pins memory on CUDA. With
 ``num_workers=0`` the loaders are Avalanche's defaults, unchanged.
 """
 
@@ -63,13 +64,15 @@ def enable_tf32() -> None:
 class MergingTemplate(SupervisedTemplate):
     def __init__(self, *, model, lora=None, finetune: str = "lora", lr: float = 1e-3,
                  head_lr: float = 1e-2, weight_decay: float = 0.0,
-                 amp: torch.dtype | None = None, num_workers: int = 0, **kwargs):
+                 amp: torch.dtype | None = None, num_workers: int = 0,
+                 worker_init_fn=None, **kwargs):
         self.lora = lora
         self.finetune = finetune
         self.lr, self.head_lr, self.weight_decay = lr, head_lr, weight_decay
         self.train_heads: list[int] = [0]
         self.amp = amp
         self.num_workers = int(num_workers)
+        self.worker_init_fn = worker_init_fn
         placeholder = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.0)
         super().__init__(model=model, optimizer=placeholder,
                          criterion=torch.nn.CrossEntropyLoss(), **kwargs)
@@ -105,9 +108,8 @@ class MergingTemplate(SupervisedTemplate):
 
     def _obtain_common_dataloader_parameters(self, **kwargs):
         args = super()._obtain_common_dataloader_parameters(**kwargs)
-        if args.get("num_workers", 0) > 0:
-            from clmerge.experiment.runner import seed_worker
-            args.setdefault("worker_init_fn", seed_worker)
+        if args.get("num_workers", 0) > 0 and self.worker_init_fn is not None:
+            args.setdefault("worker_init_fn", self.worker_init_fn)
         return args
 
     # ------------------------------------------------------------------ training

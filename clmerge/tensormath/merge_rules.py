@@ -24,7 +24,7 @@ argument. Inputs are assumed finite (NaN/inf handling is unspecified).
 from __future__ import annotations
 
 import math
-from typing import Iterable, Literal, Mapping, Sequence
+from typing import Callable, Iterable, Literal, Mapping, Sequence
 
 import torch
 
@@ -37,6 +37,7 @@ __all__ = [
     "task_arithmetic",
     "running_sum",
     "task_arithmetic_from_sum",
+    "StreamingTaskVector",
     "RunningSum",
     "ties_keep_count",
     "ties_trim",
@@ -287,29 +288,49 @@ def task_arithmetic(theta0: TensorDictLike, task_vectors: Sequence[TensorDictLik
     return task_arithmetic_from_sum(theta0, acc, lam)
 
 
-class RunningSum:
-    """Streaming state of task arithmetic: the running sum of task vectors.
+class StreamingTaskVector:
+    """Streaming state of a rule that folds each task vector into one running vector
+    (task arithmetic's sum, MagMax's max-abs selection) and merges ``theta_0 + lam *
+    value``.
 
+    Subclasses set ``fold`` (``acc, tau -> new acc``, ``acc`` None before the first task).
     ``update(tau)`` folds one task vector in; ``merged(theta0, lam)`` gives
-    ``theta_0 + lam * sum``; ``state_bytes()`` is what persists between tasks.
+    ``theta_0 + lam * value``; ``state_bytes()`` is what persists between tasks (one
+    task vector, whatever the number of tasks).
     """
+
+    fold: Callable[[TensorDictLike | None, TensorDictLike], TensorDict]
+    default_lam: float | None = None
 
     def __init__(self) -> None:
         self.value: TensorDict | None = None
         self.count = 0
 
     def update(self, tau: TensorDictLike) -> TensorDict:
-        self.value = running_sum(self.value, tau)
+        self.value = type(self).fold(self.value, tau)
         self.count += 1
         return self.value
 
-    def merged(self, theta0: TensorDictLike, lam: float) -> TensorDict:
+    def merged(self, theta0: TensorDictLike, lam: float | None = None) -> TensorDict:
         if self.value is None:
-            raise ValueError("RunningSum is empty: call update() with a task vector first")
-        return task_arithmetic_from_sum(theta0, self.value, lam)
+            raise ValueError(f"{type(self).__name__} is empty: call update() with a task "
+                             f"vector first")
+        lam = self.default_lam if lam is None else lam
+        if lam is None:
+            raise ValueError(f"{type(self).__name__}.merged needs lam")
+        lam_f = _check_finite(lam, "lam")
+        _check_like(theta0, self.value, "theta0", "accumulated task vector")
+        return axpy(theta0, lam_f, self.value)
 
     def state_bytes(self) -> int:
         return 0 if self.value is None else nbytes(self.value)
+
+
+class RunningSum(StreamingTaskVector):
+    """Streaming task arithmetic: the running sum of task vectors (:func:`running_sum`);
+    ``merged`` equals :func:`task_arithmetic_from_sum` of the sum."""
+
+    fold = staticmethod(running_sum)
 
 
 # ----------------------------------------------------------------------------- TIES
@@ -551,30 +572,10 @@ def magmax(theta0: TensorDictLike, task_vectors: Sequence[TensorDictLike],
     return axpy(theta0, lam_f, magmax_task_vector(tvs))
 
 
-class MaxAbsAccumulator:
-    """Streaming MagMax state: the running max-abs-selected task vector.
+class MaxAbsAccumulator(StreamingTaskVector):
+    """Streaming MagMax: the running max-abs-selected task vector
+    (:func:`running_max_abs`), one task vector instead of all of them; ``lam``
+    defaults to 0.5 (the paper's)."""
 
-    ``update(tau)`` folds one task vector in (:func:`running_max_abs`);
-    ``merged(theta0, lam)`` is ``theta_0 + lam * value``; ``state_bytes()`` is what
-    persists between tasks (one task vector, instead of all of them).
-    """
-
-    def __init__(self) -> None:
-        self.value: TensorDict | None = None
-        self.count = 0
-
-    def update(self, tau: TensorDictLike) -> TensorDict:
-        self.value = running_max_abs(self.value, tau)
-        self.count += 1
-        return self.value
-
-    def merged(self, theta0: TensorDictLike, lam: float = 0.5) -> TensorDict:
-        if self.value is None:
-            raise ValueError("MaxAbsAccumulator is empty: call update() with a task "
-                             "vector first")
-        lam_f = _check_finite(lam, "lam")
-        _check_like(theta0, self.value, "theta0", "accumulated task vector")
-        return axpy(theta0, lam_f, self.value)
-
-    def state_bytes(self) -> int:
-        return 0 if self.value is None else nbytes(self.value)
+    fold = staticmethod(running_max_abs)
+    default_lam = 0.5

@@ -8,11 +8,11 @@ several rounds in one process, and prints the median time of a training iteratio
 each and its ratio to ``seq`` (P&M's target: <= 1.05). ``--out`` writes the figures as
 JSON (chapter 6 reads ``data/benchmarks/step_time*.json``).
 
-    .venv/bin/python benchmarks/step_time.py [--methods seq pm] [--rounds 5] [--threads 1]
+    .venv/bin/python perf/step_time.py [--methods seq pm] [--rounds 5] [--threads 1]
         [--out data/benchmarks/step_time-cpu.json]
 
 The paper-scale version (ViT-B/16 on a GPU, images/s, memory, MFU, merge time) is
-``benchmarks/throughput.py``, whose ``StepTimer`` this script shares (CUDA events on a GPU).
+``perf/throughput.py``, whose ``StepTimer`` this script shares (CUDA events on a GPU).
 """
 
 from __future__ import annotations
@@ -28,11 +28,10 @@ import torch
 
 from clmerge.experiment.config import make_config
 from clmerge.experiment.provenance import device_name
-from clmerge.experiment.runner import Run, _evaluator, _strategy, merge_parts
-from clmerge.strategies.methods import get_method
+from clmerge.experiment.runner import Run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import StepTimer  # noqa: E402  (benchmarks/ is not a package)
+from throughput import StepTimer  # noqa: E402  (perf/ is not a package)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -54,10 +53,9 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = make_config(method, args.benchmark, args.profile, 0,
                           {"epochs": 1, "device": args.device})
         run = Run(cfg)
-        _, _, extra = merge_parts(run, get_method(method))  # the method's training plugins
         timers[method] = StepTimer()
-        plugins = extra + [timers[method]]
-        strategies[method] = _strategy(run, plugins, _evaluator())
+        # the method's training plugins, without the merge (one experience is timed)
+        strategies[method] = run.make_strategy([*run.method_plugins, timers[method]])
         runs[method] = run
     exp = runs["seq"].stream.train_stream[0]
     for r in range(args.rounds):
@@ -75,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"ratio to seq {med[m] / med['seq']:.3f}")
     result = {"device": device_name(args.device), "torch": torch.__version__,
               "python": platform.python_version(),
-              "command": ["benchmarks/step_time.py", *(sys.argv[1:] if argv is None else argv)],
+              "command": ["perf/step_time.py", *(sys.argv[1:] if argv is None else argv)],
               "profile": args.profile, "benchmark": cfg.benchmark, "backbone": cfg.backbone,
               "batch": cfg.batch_size, "threads": args.threads, "rounds": args.rounds,
               "iterations": len(timers["seq"].times),

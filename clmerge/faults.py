@@ -37,6 +37,7 @@ import io
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,8 +49,18 @@ from pathlib import Path
 from typing import Callable
 
 import pandas as pd
+import yaml
 
-from clmerge.experiment.sweep import temporary_environ
+from clmerge import cli
+from clmerge.book import BUILD
+from clmerge.errors import ConfigError
+from clmerge.experiment.atomic import file_lock
+from clmerge.experiment.config import make_config
+from clmerge.experiment.executors import temporary_environ
+from clmerge.experiment.results import _checksum, read_result, result_path
+from clmerge.experiment.runner import checkpoint_path
+from clmerge.mergers.sequential import Sequential
+from clmerge.plugins import diagnostics
 
 EXIT_BAD_INPUT = 2
 COLUMNS = ["case", "input", "tests", "expected", "exit", "message", "written", "seconds",
@@ -253,8 +264,6 @@ EXIT = {"bad input": 2, "diverged run": 1}   # the kinds that must write nothing
 def _call(argv: list[str], env: dict[str, str] | None = None):
     """``clmerge.cli.main(argv)`` in-process: (exit status or None, stdout, stderr,
     exception raised or None)."""
-    from clmerge import cli
-
     out, err = io.StringIO(), io.StringIO()
     code, exc = None, None
     with temporary_environ(env or {}), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -301,8 +310,6 @@ class _Folder:
     """A case's folder and how its paths are shown (``TMP/...``)."""
 
     def __init__(self, root: Path, book: bool = False):
-        from clmerge.book import BUILD
-
         self.root = root
         self.out = root / "out"
         self.data = root / "data"
@@ -333,8 +340,6 @@ class _Folder:
 
 # ---------------------------------------------------------------------- the cases
 def _bad_input(case: Case, f: _Folder) -> dict:
-    import yaml
-
     f.data.mkdir()
     f.file.write_text("not a folder\n")
     if case.grid is not None:
@@ -372,7 +377,6 @@ DAMAGE_RESULT = {"truncate": "truncate", "latin-1": "write a byte 0xff into",
 
 
 def _damage_result(path: Path, damage: str) -> None:
-    from clmerge.experiment.results import _checksum
 
     text = path.read_text()
     if damage == "truncate":
@@ -391,9 +395,6 @@ def _damage_result(path: Path, damage: str) -> None:
 
 
 def _corrupt_result(case: Case, f: _Folder) -> dict:
-    from clmerge.experiment.config import make_config
-    from clmerge.experiment.results import read_result, result_path
-
     argv = f.fill(case.argv)
     code, out, err, exc = _call(argv)   # a valid result to corrupt
     if code != 0:
@@ -454,8 +455,6 @@ def _nan_merge_at(experience: int):
 
 def _poison(kind: str):
     """(what is patched, how, the message expected, what the input column says)."""
-    from clmerge.mergers.sequential import Sequential
-    from clmerge.plugins import diagnostics
 
     if kind == "nan loss":
         return (diagnostics.DiagnosticsPlugin, "after_backward", _nan_loss_at(3, 1),
@@ -469,8 +468,6 @@ def _poison(kind: str):
 def _stopped_run(case: Case, f: _Folder) -> dict:
     """A run poisoned with NaN (``nan loss`` or ``nan merge``): exit 1, the last
     checkpoint before the bad experience kept, no result."""
-    from clmerge.experiment.config import make_config
-    from clmerge.experiment.runner import checkpoint_path
 
     owner, name, make, needle, kept_expected, note = _poison(case.kind)
     argv = f.fill(case.argv)
@@ -520,10 +517,6 @@ DAMAGE_CHECKPOINT = {"popen": "add an object of class subprocess:Popen to",
 def _corrupt_checkpoint(case: Case, f: _Folder) -> dict:
     """A checkpoint (of experience 2, left by a run stopped by a NaN loss in experience 3)
     is damaged; the same command then warns once, starts over and writes the result."""
-    from clmerge.experiment.config import make_config
-    from clmerge.experiment.results import read_result, result_path
-    from clmerge.experiment.runner import checkpoint_path
-    from clmerge.plugins import diagnostics
 
     argv = f.fill(case.argv)
     cfg = make_config("seq", profile="smoke")
@@ -561,8 +554,6 @@ def _corrupt_checkpoint(case: Case, f: _Folder) -> dict:
 
 
 def _stale_tmp(case: Case, f: _Folder) -> dict:
-    from clmerge.experiment.config import make_config
-    from clmerge.experiment.results import read_result, result_path
 
     argv = f.fill(case.argv)
     path = result_path(make_config("seq", profile="smoke"), f.out)
@@ -590,11 +581,6 @@ def _stale_tmp(case: Case, f: _Folder) -> dict:
 def _concurrent_run(case: Case, f: _Folder) -> dict:
     """Another process (a thread holding the result's lock, as a run does) finishes the
     same result one second later; the run waits and loads it instead of computing."""
-    import shutil
-
-    from clmerge.experiment.atomic import file_lock
-    from clmerge.experiment.config import make_config
-    from clmerge.experiment.results import read_result, result_path
 
     argv = f.fill(case.argv)
     cfg = make_config("seq", profile="smoke")
@@ -637,10 +623,6 @@ def _concurrent_run(case: Case, f: _Folder) -> dict:
 
 
 def _killed_run(case: Case, f: _Folder) -> dict:
-    from clmerge.experiment.config import make_config
-    from clmerge.experiment.results import read_result, result_path
-    from clmerge.experiment.runner import checkpoint_path
-
     argv = f.fill(case.argv)
     cfg = make_config("seq", profile="smoke", overrides={"epochs": 40})
     state = checkpoint_path(cfg, f.out) / "state.json"
@@ -714,7 +696,6 @@ def run_faults(tmp_dir: str | os.PathLike | None = None,
     known = [c.name for c in CASES]
     unknown = sorted(set(names or ()) - set(known))
     if unknown:
-        from clmerge.experiment.config import ConfigError
         raise ConfigError(f"unknown fault case(s) {unknown}; cases: {', '.join(known)}")
     rows = []
     for i, case in enumerate(CASES):

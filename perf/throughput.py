@@ -4,7 +4,7 @@ ViT-B/16 (random init, ``--blocks`` of its 12 blocks), a fresh rank-10 LoRA on t
 rows of every block's qkv and a 10-class head, trained on synthetic 224 x 224 images at
 the paper's batch (256), through the real pipeline: the ``paper`` profile's settings
 (``make_config``), ``Run``, the ``MergingTemplate`` (bf16 autocast and TF32 on CUDA) and
-P&M's ``PerturbationPlugin`` (``merge_parts``). Sequential LoRA (seq) and P&M (pm) train
+P&M's ``PerturbationPlugin`` (``Run.method_plugins``). Sequential LoRA (seq) and P&M (pm) train
 alternately, ``--rounds`` rounds of ``--warmup`` untimed and ``--steps`` timed steps each,
 on the same model. Reported per method:
 
@@ -21,8 +21,8 @@ Then one P&M merge (``PerturbAndMergeMerger`` through the ``MergePlugin``): the 
 ``--fisher-batches`` training batches (one task's worth: Split CIFAR-100 in 10 tasks has
 5000 images = 20 batches of 256) and the coefficient. Prints a table and writes JSON.
 
-    .venv/bin/python benchmarks/throughput.py --device cuda --out throughput.json
-    .venv/bin/python benchmarks/throughput.py --device cpu --blocks 2 --batch 4 \\
+    .venv/bin/python perf/throughput.py --device cuda --out throughput.json
+    .venv/bin/python perf/throughput.py --device cpu --blocks 2 --batch 4 \\
         --image-size 32 --steps 2 --warmup 1 --fisher-batches 2      # seconds, CPU
 """
 
@@ -187,7 +187,7 @@ def synthetic_benchmark(per_experience: int, size: int):
             BENCHMARK, train, test, n_classes=N_CLASSES, n_experiences=n_experiences,
             seed=seed, input_shape=(3, size, size), is_image=True)
 
-    build.__doc__ = "synthetic images for benchmarks/throughput.py"
+    build.__doc__ = "synthetic images for perf/throughput.py"
     return build
 
 
@@ -234,7 +234,7 @@ def main(argv=None) -> dict:
     per_exp = args.batch * max(args.warmup + args.steps, args.fisher_batches)
     backbone = (lambda shape, size, pretrained: build_vit_b16(pretrained=False,
                                                               depth=args.blocks),
-                "random-init ViT-B/16 (benchmarks/throughput.py)")
+                "random-init ViT-B/16 (perf/throughput.py)")
     with registered(BENCHMARK, synthetic_benchmark(per_exp, args.image_size), BENCHMARKS), \
             registered(BACKBONE, backbone, BACKBONES):
         return _measure(args, argv)
@@ -243,8 +243,7 @@ def main(argv=None) -> dict:
 def _measure(args, argv) -> dict:
     from clmerge.experiment.config import make_config
     from clmerge.experiment.provenance import device_name
-    from clmerge.experiment.runner import Run, _evaluator, _strategy, merge_parts
-    from clmerge.strategies.methods import get_method
+    from clmerge.experiment.runner import Run
     from clmerge.strategies.template import resolve_amp
 
     cfg = make_config("pm", BENCHMARK, "paper", 0, {
@@ -254,10 +253,10 @@ def _measure(args, argv) -> dict:
         "pm.fisher": args.fisher, "pm.fisher_samples": args.fisher_batches * args.batch})
     run = Run(cfg)
     cuda = args.device == "cuda"
-    merger, merge, pm_plugins = merge_parts(run, get_method("pm"))
+    merger, merge, pm_plugins = run.merger, run.merge, run.method_plugins
     timers = {m: StepTimer(args.warmup, args.warmup + args.steps) for m in ("seq", "pm")}
-    strategies = {"seq": _strategy(run, [timers["seq"]], _evaluator()),
-                  "pm": _strategy(run, [*pm_plugins, timers["pm"]], _evaluator())}
+    strategies = {"seq": run.make_strategy([timers["seq"]]),
+                  "pm": run.make_strategy([*pm_plugins, timers["pm"]])}
     exp = run.stream.train_stream[0]
     state = SimpleNamespace(experience=exp, model=run.model)
     merge.before_training_exp(state)
@@ -308,7 +307,7 @@ def _measure(args, argv) -> dict:
         "torch": torch.__version__,
         "cuda": torch.version.cuda if cuda else None,
         "python": platform.python_version(),
-        "command": ["benchmarks/throughput.py", *(sys.argv[1:] if argv is None else argv)],
+        "command": ["perf/throughput.py", *(sys.argv[1:] if argv is None else argv)],
         "setting": {
             "batch": args.batch, "blocks": args.blocks, "image_size": args.image_size,
             "model_input": 224, "steps": args.steps, "warmup": args.warmup,
