@@ -42,11 +42,16 @@ order and with it the experiences.
 
 from __future__ import annotations
 
+import os
+import unicodedata
 from functools import lru_cache
 
 import numpy as np
+from matplotlib.ft2font import FT2Font
+from PIL import Image, ImageFilter
 
 from clmerge.benchmarks.stream import Stream, class_incremental_stream
+from clmerge.pretrain.letters import LETTERS, _cap_height, _glyph, font_dir, render_char
 
 SPLIT_SEED = 0           # class split and rendering; independent of the run seed
 N_CLASSES = 100          # classes per stream (10 experiences of 10 by default)
@@ -76,10 +81,6 @@ BLOCKS = {  # name -> inclusive code-point ranges
 @lru_cache(maxsize=1)
 def glyph_fonts() -> tuple[str, ...]:
     """Paths of the :data:`FONT_FILES` present in matplotlib's bundled fonts."""
-    import os
-
-    from clmerge.pretrain.letters import font_dir
-
     d = font_dir()
     found = tuple(os.path.join(d, f) for f in FONT_FILES if os.path.isfile(os.path.join(d, f)))
     if not found:
@@ -91,10 +92,6 @@ def candidate_chars() -> list[str]:
     """Every code point of :data:`BLOCKS` that each glyph font maps and that is not a
     precomposed character (a base glyph plus a diacritic or an overlay, such as ``Ё`` or
     ``↚``), in code-point order."""
-    import unicodedata
-
-    from matplotlib.ft2font import FT2Font
-
     fts = [FT2Font(p) for p in glyph_fonts()]
     out = []
     for ranges in BLOCKS.values():
@@ -109,10 +106,6 @@ def candidate_chars() -> list[str]:
 
 def _template(path: str, char: str) -> np.ndarray:
     """The unaugmented glyph, cap-height scaled as the renderer does, centred, blurred."""
-    from PIL import Image, ImageFilter
-
-    from clmerge.pretrain.letters import _cap_height, _glyph
-
     size = TEMPLATE_SIZE
     g = _glyph(path, char, 0)
     f = 16.5 / _cap_height(path)  # the middle of the renderer's cap-height range
@@ -142,8 +135,6 @@ def similarity(chars_a: list[str], chars_b: list[str]) -> np.ndarray:
 @lru_cache(maxsize=1)
 def class_pool() -> tuple[tuple[str, ...], dict]:
     """The kept glyphs (code-point order) and what was dropped and why."""
-    from clmerge.pretrain.letters import LETTERS
-
     cands = candidate_chars()
     to_latin = similarity(cands, list(LETTERS))
     latin_like = to_latin.max(1) >= LOOKALIKE_THRESHOLD
@@ -184,8 +175,6 @@ def render_glyph_set(chars, n_per_class: int, seed: int, size: int = 28
                      ) -> tuple[np.ndarray, np.ndarray]:
     """``n_per_class`` augmented images of each glyph, class-major; float32 in [0, 1],
     shape ``(len(chars) * n_per_class, 1, size, size)``, and int64 labels."""
-    from clmerge.pretrain.letters import render_char
-
     rng = np.random.default_rng(seed)
     fonts = glyph_fonts()
     y = np.repeat(np.arange(len(chars), dtype=np.int64), n_per_class)

@@ -39,6 +39,9 @@ from pathlib import Path
 import pandas as pd
 
 from clmerge.experiment.config import ExperimentConfig, make_config
+from clmerge.experiment.executors import compute_local
+from clmerge.experiment.grid import plan
+from clmerge.experiment.results import CorruptResultError, read_result, result_path
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "data" / "calibration" / "results"
@@ -86,8 +89,6 @@ def table(grid: list[dict] = GRID, results_dir: str | Path = RESULTS,
 
     Reads finished runs only (a missing run leaves NaN in its columns).
     """
-    from clmerge.experiment.results import CorruptResultError, read_result, result_path
-
     def load(cfg):
         path = result_path(cfg, results_dir)
         try:
@@ -144,8 +145,6 @@ def calibrate(grid: list[dict] = GRID, results_dir: str | Path = RESULTS,
               out: str | Path | None = TABLE, workers: int = 1,
               seed: int = SEED) -> pd.DataFrame:
     """Run what is missing (seq, joint, nmc, probe only), write and return the table."""
-    from clmerge.experiment.sweep import compute_local, plan
-
     cfgs = all_configs(grid, seed)
     _, todo = plan(cfgs, results_dir)
     if todo:
