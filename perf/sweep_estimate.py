@@ -1,11 +1,14 @@
 """Estimate the wall time of sweep grids from the per-run seconds recorded in results.
 
     python perf/sweep_estimate.py examples/final/*.yaml [--workers 2] [--default-seconds 90]
+        [--extra-results data/calibration/results]
 
 Every result file records its run's wall-clock seconds (``provenance.wall_seconds``, one
 CPU thread). A run of a grid is estimated by the mean recorded seconds of the same variant
 on the same benchmark and profile, else of the same method there, else of any run on that
-benchmark, else ``--default-seconds``. The estimate assumes ``--workers`` runs at a time
+benchmark, then the same three on the benchmark's calibration stream
+(``<benchmark>_calibration``: same renderer and sizes), else ``--default-seconds``.
+Results are read from the grid's results folder and every ``--extra-results`` folder. The estimate assumes ``--workers`` runs at a time
 with no idle tail: total seconds / workers. Printed per grid: runs, runs already done,
 the estimate for all runs (a full recomputation) and for the missing ones.
 """
@@ -40,21 +43,23 @@ def recorded_seconds(results_dir: Path) -> pd.DataFrame:
 
 
 def run_seconds(cfg, table: pd.DataFrame, default: float) -> tuple[float, str]:
-    here = table[(table["profile"] == cfg.profile) & (table["benchmark"] == cfg.benchmark)]
     label = variant_label(cfg)
-    for what, sub in (("variant", here[here["variant"] == label]),
-                      ("method", here[here["method"] == cfg.method]),
-                      ("benchmark", here)):
-        if len(sub):
-            return float(sub["seconds"].mean()), what
+    for bench, where in ((cfg.benchmark, ""), (f"{cfg.benchmark}_calibration", " (calibration)")):
+        here = table[(table["profile"] == cfg.profile) & (table["benchmark"] == bench)]
+        for what, sub in (("variant", here[here["variant"] == label]),
+                          ("method", here[here["method"] == cfg.method]),
+                          ("benchmark", here)):
+            if len(sub):
+                return float(sub["seconds"].mean()), what + where
     return default, "default"
 
 
-def estimate(grid_path: str, workers: int, default: float) -> dict:
+def estimate(grid_path: str, workers: int, default: float, extra=()) -> dict:
     grid = load_grid(grid_path)
     cfgs = expand_grid(grid)
     done, todo = plan(cfgs, grid.results_dir)
-    table = recorded_seconds(grid.results_dir)
+    table = pd.concat([recorded_seconds(d) for d in (grid.results_dir, *extra)],
+                      ignore_index=True)
     secs = {c.run_name(): run_seconds(c, table, default) for c in cfgs}
     total = sum(s for s, _ in secs.values())
     missing = sum(secs[c.run_name()][0] for c in todo)
@@ -70,8 +75,11 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2, help="runs at a time (default 2)")
     ap.add_argument("--default-seconds", type=float, default=90.0,
                     help="seconds of a run with no recorded run to go by (default 90)")
+    ap.add_argument("--extra-results", action="append", default=[], type=Path,
+                    help="another folder of result files to take recorded seconds from")
     args = ap.parse_args(argv)
-    rows = [estimate(g, args.workers, args.default_seconds) for g in args.grids]
+    rows = [estimate(g, args.workers, args.default_seconds, args.extra_results)
+            for g in args.grids]
     out = pd.DataFrame(rows).set_index("grid")
     total = out[["runs", "done", "all runs, h", "missing runs, h"]].sum()
     out.loc["total"] = [*total.tolist(), ""]
