@@ -4,9 +4,9 @@
    ``_build/book_src``. Each ``chapters/*.ipynb`` goes there through papermill with
    ``prepare_only=True``: ``profile``, ``clmerge_version`` (and ``results_dir``/``force``,
    and any ``-p KEY=VALUE`` for the selected chapters) are injected after its
-   ``parameters`` cell, nothing is executed. A hidden first cell moves the kernel into the
-   repository's ``chapters/`` folder, so relative paths mean what they mean in a plain
-   papermill run.
+   ``parameters`` cell, nothing is executed. The staged notebook is exactly what a reader
+   downloads from the page: it runs from any folder, because chapters name no relative
+   paths (every default folder is resolved inside the clmerge package).
 2. ``jupyter-book build`` renders the staged source to ``_build/html`` with warnings as
    errors and executes each chapter itself, in a fresh kernel, through the jupyter-cache
    at ``execute.cache`` of ``_config.yml`` (``_build/.jupyter_cache``). The cache key is
@@ -52,7 +52,16 @@ PAGE_SUFFIXES = (".md", ".png", ".svg")
 # Parameters `clmerge book` sets itself, and the option that sets each.
 RESERVED = {"profile": "--profile", "results_dir": "--results-dir", "force": "--force",
             "clmerge_version": None}
-CHDIR_TAG = "clmerge-chdir"
+
+
+class ChapterError(ConfigError):
+    """A chapter stopped with an error: one sentence with the chapter, the cell and the
+    error's own message (the executed notebook keeps the details)."""
+
+    def __init__(self, stem: str, error, notebook: Path):
+        self.user_error = error.ename == "ConfigError"
+        super().__init__(f"chapter {stem} stopped in cell {error.exec_count}: "
+                         f"{error.ename}: {error.evalue} (executed notebook: {notebook})")
 
 
 def chapter_paths(only: list[str] | None = None) -> list[Path]:
@@ -241,8 +250,11 @@ def _quiet_papermill():
 
 def execute_chapters(profile: str, force: bool = False, results_dir: str | None = None,
                      only: list[str] | None = None, params: dict | None = None) -> Path:
-    """Run each selected chapter through papermill; return the folder of executed notebooks."""
+    """Run each selected chapter through papermill; return the folder of executed notebooks.
+    A chapter that stops raises :class:`ChapterError` (a ConfigError in the chapter is
+    the user's: exit status 2; anything else 1)."""
     import papermill as pm  # the book extra
+    from papermill.exceptions import PapermillExecutionError
 
     extra = check_parameters(only, params or {})
     out = BUILD / "executed" / profile
@@ -252,9 +264,13 @@ def execute_chapters(profile: str, force: bool = False, results_dir: str | None 
         t0 = time.perf_counter()
         print(f"executing {nb.name} (profile {profile})", flush=True)
         with _quiet_papermill():
-            pm.execute_notebook(str(nb), str(out / nb.name),
-                                parameters={**base, **extra[nb.stem]}, cwd=str(nb.parent),
-                                kernel_name="python3", progress_bar=False, log_output=False)
+            try:
+                pm.execute_notebook(str(nb), str(out / nb.name),
+                                    parameters={**base, **extra[nb.stem]}, cwd=str(nb.parent),
+                                    kernel_name="python3", progress_bar=False,
+                                    log_output=False)
+            except PapermillExecutionError as e:
+                raise ChapterError(nb.stem, e, out / nb.name) from None
         print(f"  done in {time.perf_counter() - t0:.0f} s", flush=True)
     return out
 
@@ -280,28 +296,8 @@ def prepare_chapters(dest: Path, profile: str, force: bool = False,
                                 parameters={**base, **extra.get(nb.stem, {})},
                                 prepare_only=True, kernel_name="python3", progress_bar=False,
                                 log_output=False)
-        _add_chdir_cell(target, nb.parent)
         written.append(target)
     return written
-
-
-def _add_chdir_cell(path: Path, cwd: Path) -> None:
-    """Make the notebook's first cell (hidden) move the kernel to ``cwd``.
-
-    jupyter-book runs a notebook in the folder it is staged in; the hidden cell makes
-    relative paths resolve against the repository's ``chapters/``, as in a papermill run.
-    The path is written relative to the staged notebook so the cache key does not depend
-    on where the checkout lives.
-    """
-    import nbformat  # the book extra
-
-    nb = nbformat.read(str(path), as_version=4)
-    rel = os.path.relpath(cwd, path.parent)
-    cell = nbformat.v4.new_code_cell(f"import os\nos.chdir({rel!r})")
-    cell.id = CHDIR_TAG
-    cell.metadata["tags"] = ["remove-cell", CHDIR_TAG]
-    nb.cells.insert(0, cell)
-    nbformat.write(nb, str(path))
 
 
 def stage_source(dest: Path | None = None) -> Path:

@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             return _sweep(args)
     except ConfigError as e:
         _say("error", str(e))
-        return 2
+        return 2 if getattr(e, "user_error", True) else 1   # a chapter's own failure: 1
     except FloatingPointError as e:  # a diverged run (clmerge.plugins.guard): nothing saved
         _say("error", f"{e}; {_kept(args, e)}")
         return 1

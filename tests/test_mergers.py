@@ -63,7 +63,7 @@ def test_merges_keep_parameter_objects_in_place(method, finetune):
 # 1/10 class-incremental (CIL). At seed 0 every LoRA run reaches TIL 0.79-0.88 (seq:
 # 0.875) and full fine-tuning 0.91-0.95: the floors sit well above chance and below those.
 # With LoRA on this tiny random MLP, CIL stays near 0.2 for every method including seq
-# (head calibration dominates, see DESIGN.md), so CIL floors are set for full fine-tuning
+# (head calibration dominates, see chapter 1), so CIL floors are set for full fine-tuning
 # only, where runs reach ~0.4.
 @pytest.mark.parametrize("method,overrides,til_floor,cil_floor", [
     ("average", {}, 0.70, None),

@@ -1,6 +1,6 @@
 """Tests of the P&M closed form, its O(1) running-sum form, and the diagonal Fisher.
 
-Oracles are written here from the equations in shared/spec/PM.md (arXiv 2505.22389):
+Oracles are written here from the equations of arXiv 2505.22389 (as in clmerge/mergers/pm.py):
 the closed form must be the argmin of the Fisher-weighted quadratic, found by brute
 force (fine grid + golden-section search), and the Fisher must equal a loop of one
 backward pass per sample.

@@ -8,7 +8,8 @@ matplotlib.use("Agg")
 from clmerge.experiment.config import ConfigError  # noqa: E402
 from clmerge.experiment.variants import variant_label  # noqa: E402
 from clmerge.report import plots, study, tables  # noqa: E402
-from clmerge.report.style import color  # noqa: E402
+from clmerge.report.names import readable  # noqa: E402
+from clmerge.report.style import FIXED, GREY, HUES, MAX_LINES, palette, panels  # noqa: E402
 
 
 @pytest.mark.parametrize("label,method,overrides", [
@@ -29,10 +30,48 @@ def test_bad_variant_is_a_config_error():
         study.parse_variant("pm[eps=0.2")
 
 
-def test_colours_are_stable_and_variants_differ():
-    assert color("pm") == color("pm")
-    assert len({color(v) for v in ("pm", "pm[perturbation=none]",
-                                   "pm[perturbation=gaussian]")}) == 3
+@pytest.mark.parametrize("variants", [
+    ["pm", "pm[perturbation=none]", "pm[perturbation=gaussian]"],
+    ["seq", "average", "ties", "magmax", "lwf", "pm", "trm", "ewc"],
+    ["trm[pc=0.0]", "trm[gr=0.0]", "trm", "trm[accumulated=false]"],
+])
+def test_palette_gives_each_variant_of_a_panel_its_own_hue(variants):
+    colours = palette(variants)
+    assert len(set(colours.values())) == len(variants)
+    assert set(colours.values()) <= set(HUES)
+    for v in set(variants) & set(FIXED):   # seq, pm, trm: the same colour in every figure
+        assert colours[v] == FIXED[v]
+
+
+def test_palette_greys_what_is_not_highlighted():
+    colours = palette(["seq", "ties", "pm", "dare"], highlight=["seq", "pm"])
+    assert colours["ties"] == colours["dare"] == GREY and colours["pm"] == FIXED["pm"]
+
+
+@pytest.mark.parametrize("n,refs", [(1, 0), (6, 0), (7, 0), (13, 2), (15, 0), (4, 2)])
+def test_panels_hold_at_most_six_lines_and_keep_every_variant(n, refs):
+    variants = [f"v{i}" for i in range(n)]
+    references = variants[:refs]
+    groups = panels(variants, references)
+    assert [v for g in groups for v in g] == variants[refs:]
+    assert all(len(g) + refs <= MAX_LINES for g in groups)
+    assert max(map(len, groups)) - min(map(len, groups)) <= 1   # balanced facets
+
+
+@pytest.mark.parametrize("label,name", [
+    ("pm", "P&M"),
+    ("pm[p0=0.0,p_minus=0.5,p_plus=0.5]", "P&M, p0=0, p-=0.5, p+=0.5"),
+    ("pm[eps=0.25]", "P&M, \u03b5=0.25"),
+    ("pm[perturbation=none]", "P&M, merge only"),
+    ("magmax@ft", "MagMax (from fine-tuned)"),
+    ("seq_full", "sequential (full FT)"),
+    ("trm[pc=0.0]", "TRM, no consistency term"),
+    ("trm[trajectory=false]", "TRM, no trajectory directions"),
+    ("newmethod[k=v]", "newmethod, k=v"),
+    ("not a label", "not a label"),
+])
+def test_readable_names(label, name):
+    assert readable(label) == name
 
 
 def test_tables_and_figures_from_smoke_results(results_dir):
@@ -42,6 +81,12 @@ def test_tables_and_figures_from_smoke_results(results_dir):
     summary = tables.summary(df)
     assert list(summary.index) == ["joint", "seq", "pm"]
     assert ("CIL", "A_last") in summary.columns and ("TIL", "forgetting") in summary.columns
+    # shown as two tables (class- then task-incremental) with readable names
+    html = summary._repr_html_()
+    assert html.index("class-incremental") < html.index("task-incremental")
+    assert "P&amp;M" in html and "joint training" in html and ">pm<" not in html
+    for _, table in summary.tables():
+        assert list(table.index) == ["joint training", "sequential", "P&M"]
     cost = tables.cost(df)
     assert cost.loc["seq", "persisted MiB"] == 0 and cost.loc["pm", "persisted MiB"] > 0
     side = tables.side_by_side(df, "smoke")

@@ -4,6 +4,8 @@ An analysis is a function of an ``ExperimentConfig`` (plus its own parameters) t
 returns a JSON-serialisable dict. Its output is a result file like any run's:
 ``<dir>/analysis-<kind>-<hash>.json``, hashed over the config, the kind and the
 parameters, written atomically with a checksum, and loaded instead of recomputed.
+With ``out_dir=None`` (a chapter's default) it is read from the scratch folder
+``_build/results`` or the committed ``data/results``, and written to the scratch folder.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Callable
 from clmerge.experiment.config import ExperimentConfig
 from clmerge.experiment.provenance import device_name, git_commit, versions
 from clmerge.experiment.results import CorruptResultError, read_checked, write_result
-from clmerge.experiment.runner import DEFAULT_RESULTS, cpu_threads
+from clmerge.experiment.runner import DEFAULT_RESULTS, SCRATCH_RESULTS, cpu_threads
 
 
 def analysis_path(kind: str, cfg: ExperimentConfig, params: dict, out_dir) -> Path:
@@ -29,12 +31,15 @@ def analysis_path(kind: str, cfg: ExperimentConfig, params: dict, out_dir) -> Pa
 def get_or_compute(kind: str, cfg: ExperimentConfig, fn: Callable[..., dict],
                    params: dict | None = None, out_dir=None, force: bool = False) -> dict:
     params = dict(params or {})
-    path = analysis_path(kind, cfg, params, out_dir or DEFAULT_RESULTS)
-    if path.exists() and not force:
-        try:
-            return read_checked(path)["data"]
-        except CorruptResultError as e:
-            print(f"recomputing: {e}")
+    read = [out_dir] if out_dir else [SCRATCH_RESULTS, DEFAULT_RESULTS]
+    for folder in [] if force else read:
+        found = analysis_path(kind, cfg, params, folder)
+        if found.exists():
+            try:
+                return read_checked(found)["data"]
+            except CorruptResultError as e:
+                print(f"recomputing: {e}")
+    path = analysis_path(kind, cfg, params, out_dir or SCRATCH_RESULTS)
     with cpu_threads(cfg):  # the same thread policy as runs, so numbers match them
         data = fn(cfg, **params)
     write_result({"kind": kind, "config": cfg.to_dict(), "params": params, "data": data,

@@ -1,4 +1,5 @@
-"""Run one experiment: the pipeline below, one experience at a time.
+"""Run one experiment, one experience at a time: the pipeline every method shares
+(chapter 1 of the book).
 
     theta_hat = pretrained backbone
     for experience t:
@@ -48,6 +49,8 @@ from clmerge.strategies.methods import MethodSpec, get_method
 from clmerge.strategies.template import MergingTemplate, resolve_amp
 
 DEFAULT_RESULTS = Path(__file__).resolve().parents[2] / "data" / "results"
+# where chapters write what they compute unless told otherwise (clmerge.report.study)
+SCRATCH_RESULTS = Path(__file__).resolve().parents[2] / "_build" / "results"
 
 
 class Run:

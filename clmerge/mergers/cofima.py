@@ -20,7 +20,7 @@ computes it (``getFisherDiagonal`` before ``interpolate_weights``, which then pa
 ``fisher_mat[-2:]``, the previous and the current task's Fishers, with the previous
 merged model and the new fine-tuned one).
 
-Defaults, following the released code rather than ``BASELINES.md``'s wording:
+Defaults, following the released code:
 
 - ``alpha = 0.4`` (``wt_alpha`` in ``exps/cofima/*.json``).
 - ``fisher_max = 1e-4``: the released code caps the Fisher from *above*
@@ -31,7 +31,7 @@ Defaults, following the released code rather than ``BASELINES.md``'s wording:
 - ``fisher_floor = 1e-12``: the released code has no floor (0/0 gives NaN where both
   Fishers vanish); a tiny floor makes such entries fall back to CoMA's weights without
   changing any other entry.
-- The alternative reading of the spec ("Fisher clipped at 1e-4" as a *floor*) is
+- The other reading of "Fisher clipped at 1e-4" (a *floor*, not a cap) is
   ``--set cofima.fisher_floor=1e-4 --set cofima.fisher_max=0``: every entry whose
   Fisher is below 1e-4 in both models then falls back to CoMA's weights.
 

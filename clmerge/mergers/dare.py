@@ -14,11 +14,11 @@ Rule, after task t (1-based), with Delta_t = theta*_t - theta_hat_{t-1}::
     theta_hat_t   = ((t-1)/t) theta_hat_{t-1} + (1/t) tilde_theta_t     (``average``)
                   = theta_hat_{t-1} + tilde_Delta_t / t
 
-Defaults: ``p = 0.3``. ``BASELINES.md`` gives no value; the DARE paper shows drop rates
+Defaults: ``p = 0.3``. No continual-learning value is published; the DARE paper shows drop rates
 up to 0.9 are harmless for large language models fine-tuned with small updates, but
 small models with LoRA updates have far fewer redundant entries, so a moderate rate is
 the documented default; sweep it with ``--set dare.p=...``. The merge rule after DARE
-is ``average``, as ``BASELINES.md`` prescribes ("with `average` rule unless stated").
+is ``average``, so DARE differs from the ``average`` baseline by the drop alone.
 
 Randomness: the masks come from a ``torch.Generator`` seeded per task with
 ``seed * 1_000_003 + t`` (t the 0-based experience index). ``seed = -1`` (default) uses

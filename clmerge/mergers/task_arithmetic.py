@@ -12,8 +12,7 @@ Rule, after task t, with tau_i = theta*_i - theta_0 (w.r.t. the pretrained model
     theta_hat_t = theta_0 + (lam / t) S_t              (scale=mean)
 
 Defaults: ``lam = 0.5``, ``scale = fixed``. The paper gives no value (lam is tuned on
-held-out data, which a continual stream does not have) and neither does
-``BASELINES.md``; 0.5 is the coefficient MagMax uses for its own merged task vector in
+held-out data, which a continual stream does not have); 0.5 is the coefficient MagMax uses for its own merged task vector in
 the same continual setting (Marczak et al., arXiv 2407.06322), so both methods apply
 their merged vector at the same scale. MagMax's released continual-learning script
 evaluates task arithmetic as the *mean* of the task vectors (``sum`` with coefficient

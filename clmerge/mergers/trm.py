@@ -5,7 +5,7 @@ Model Merging in Continual Learning", arXiv 2605.08311. Only the abstract is pub
 the merge is an optimisation inside an "augmented trajectory subspace" with three
 objectives (task alignment, prediction consistency, gradient responsiveness), and it
 needs no stored old models, task vectors, Fisher statistics or data. Everything below
-is our reconstruction (``../shared/spec/TRM.md``); every choice is an option so that the
+is our reconstruction (chapter 3 of the book explains it); every choice is an option so that the
 paper's exact form can be dropped in when it is published.
 
 After task t, with theta_hat_{t-1} the merged model, theta_0 the pretrained one and
@@ -29,8 +29,8 @@ theta_t^(1..K) the K points of task t's trajectory (K-1 recorded by
   differentiated through the inner gradient (create_graph). L is the cross-entropy
   through a *fresh* head (``gr_head=fresh``, default): the next task starts with a new
   head, and g0 was measured with one, so the hinge asks the merged backbone to be as
-  responsive as the start of task t was. Deviation from the specification, which
-  reads L as the current task's loss (``gr_head=current``): with the trained head a
+  responsive as the start of task t was. Deviation from the literal reading, which
+  takes L as the current task's loss (``gr_head=current``): with the trained head a
   gradient as large as g0 can only come from a higher current-task loss, so the hinge
   then works directly against L_TA (seed 0 of ``quick``: L_TA rose from 0.002 to 0.9
   during the merge, and class-incremental accuracy fell to chance).

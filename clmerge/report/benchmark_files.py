@@ -9,15 +9,28 @@ from pathlib import Path
 
 import pandas as pd
 
+from clmerge.report.tables import labelled
+
+# where the timing scripts' JSON files are committed (a chapter's ``benchmarks = None``)
+DEFAULT_FOLDER = Path(__file__).resolve().parents[2] / "data" / "benchmarks"
 COMMAND = ".venv/bin/python perf/throughput.py --device cuda --out data/benchmarks/throughput-<gpu>.json"
 
 
-def throughput_table(folder: str | Path) -> pd.DataFrame:
+def _shown(folder: Path) -> str:
+    """``folder`` relative to the checkout when it is inside it."""
+    try:
+        return str(folder.resolve().relative_to(DEFAULT_FOLDER.parents[1]))
+    except ValueError:
+        return str(folder)
+
+
+def throughput_table(folder: str | Path | None = None) -> pd.DataFrame:
     """One row per method per benchmark file: device, images/s, peak memory, MFU, the
     pm/seq ratio, the merge time and the command that produced it. An empty frame with
     a note when no file has been committed."""
+    folder = Path(folder) if folder else DEFAULT_FOLDER
     rows = []
-    for path in sorted(Path(folder).glob("throughput*.json")):
+    for path in sorted(folder.glob("throughput*.json")):
         r = json.loads(path.read_text())
         for method, m in r["methods"].items():
             peak = m.get("peak_memory_bytes")
@@ -35,16 +48,17 @@ def throughput_table(folder: str | Path) -> pd.DataFrame:
                 "command": " ".join(r["command"]),
             })
     if not rows:
-        return pd.DataFrame({"note": [f"no GPU benchmark committed in {folder}; on a GPU "
-                                      f"machine run: {COMMAND}"]})
-    return pd.DataFrame(rows).set_index(["device", "method"])
+        return pd.DataFrame({"note": [f"not measured: no throughput*.json in {_shown(folder)}; "
+                                      f"on a GPU machine run: {COMMAND}"]})
+    return labelled(pd.DataFrame(rows).set_index(["device", "method"]))
 
 
-def step_time_table(folder: str | Path) -> pd.DataFrame:
+def step_time_table(folder: str | Path | None = None) -> pd.DataFrame:
     """One row per method per ``step_time*.json``: median ms per training iteration and
     the ratio to seq measured in the same process, with the device and command."""
+    folder = Path(folder) if folder else DEFAULT_FOLDER
     rows = []
-    for path in sorted(Path(folder).glob("step_time*.json")):
+    for path in sorted(folder.glob("step_time*.json")):
         r = json.loads(path.read_text())
         for method, ms in r["median_ms"].items():
             rows.append({"device": r["device"], "method": method, "profile": r["profile"],
@@ -52,7 +66,7 @@ def step_time_table(folder: str | Path) -> pd.DataFrame:
                          "ratio to seq": round(r["ratio_to_seq"][method], 3),
                          "iterations": r["iterations"], "command": " ".join(r["command"])})
     if not rows:
-        return pd.DataFrame({"note": [f"no step-time benchmark committed in {folder}; run "
+        return pd.DataFrame({"note": [f"not measured: no step_time*.json in {_shown(folder)}; run "
                                       f".venv/bin/python perf/step_time.py --methods seq pm "
                                       f"ewc lwf trm --out {folder}/step_time-cpu.json"]})
-    return pd.DataFrame(rows).set_index(["device", "method"])
+    return labelled(pd.DataFrame(rows).set_index(["device", "method"]))

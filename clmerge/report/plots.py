@@ -1,4 +1,12 @@
-"""Figures the chapters show: stream examples, accuracy matrices, accuracy curves."""
+"""Figures the chapters show: stream examples, accuracy matrices, accuracy curves.
+
+Conventions of every figure (the chapters' captions rely on them): accuracies in percent;
+tasks numbered from 1; at most six coloured lines per panel (more variants are split
+into facets, or drawn in grey behind the ones under discussion, see
+:mod:`clmerge.report.style`); the legend outside the axes; a variant named by
+:func:`clmerge.report.names.readable`; a band, where drawn, is +-1 standard deviation
+over seeds around the mean over seeds.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +18,9 @@ import pandas as pd
 import seaborn as sns
 
 from clmerge.experiment.results import read_result
-from clmerge.report.style import PROTOCOL_NAMES, color, linestyle, order
+from clmerge.report.names import readable
+from clmerge.report.style import (GREY, MARKERS, MAX_LINES, PROTOCOL_NAMES, base_method,
+                                   linestyle, order, palette, panels)
 
 
 def stream_grid(stream, per_exp: int = 8, seed: int = 0):
@@ -34,16 +44,13 @@ def stream_grid(stream, per_exp: int = 8, seed: int = 0):
             ax.set_yticks([])
             ax.set_title(str(int(y)), fontsize=8, pad=2)
             if k == 0:
-                ax.set_ylabel(f"exp {t}\n{stream.classes_per_exp[t]}", fontsize=8)
-    fig.suptitle(f"{stream.name}: {T} experiences, classes in stream order", y=1.0)
+                ax.set_ylabel(f"task {t + 1}\n{stream.classes_per_exp[t]}", fontsize=8)
+    fig.suptitle(f"{stream.name}: {T} tasks, classes in stream order", y=1.0)
     fig.tight_layout()
     return fig
 
 
-def accuracy_heatmaps(paths, title: str = ""):
-    """Mean over runs of R (class-incremental) and R_til, side by side, in percent."""
-    results = [read_result(p) for p in paths]
-    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.8))
+def _heatmap_row(axes, results, cbar: bool):
     for ax, (key, proto) in zip(axes, (("R", "cil"), ("R_til", "til"))):
         mats = np.array([[[np.nan if v is None else v for v in row] for row in r[key]]
                          for r in results], dtype=float)
@@ -51,171 +58,308 @@ def accuracy_heatmaps(paths, title: str = ""):
             warnings.simplefilter("ignore", RuntimeWarning)
             mean = np.nanmean(mats, axis=0) * 100
         mask = np.isnan(mean)
+        ticks = [str(i + 1) for i in range(mean.shape[0])]
+        last = ax is axes[-1]
         sns.heatmap(mean, mask=mask, annot=True, fmt=".0f", vmin=0, vmax=100, cmap="viridis",
-                    cbar=ax is axes[-1], ax=ax, square=True, annot_kws={"fontsize": 8})
-        ax.set_xlabel("evaluated on experience j")
-        ax.set_ylabel("after training experience i")
+                    cbar=cbar and last, ax=ax, square=True, annot_kws={"fontsize": 8},
+                    xticklabels=ticks, yticklabels=ticks,
+                    cbar_kws={"label": "accuracy (%)"} if cbar and last else None)
+        ax.set_xlabel("evaluated on task j")
+        ax.set_ylabel("after training task i")
         ax.set_title(PROTOCOL_NAMES[proto], fontsize=10)
-    fig.suptitle(title or f"accuracy matrix R[i][j] (%), mean of {len(results)} seeds")
+
+
+def accuracy_heatmaps(paths, title: str = ""):
+    """Mean over runs of R (class-incremental) and R_til, side by side, in percent; tasks
+    numbered from 1."""
+    results = [read_result(p) for p in paths]
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.8))
+    _heatmap_row(axes, results, cbar=True)
+    fig.suptitle(title or f"accuracy matrix R[i][j] (%), mean of {len(results)} seeds",
+                 fontsize=10, fontweight="bold")
     fig.tight_layout()
     return fig
 
 
-def accuracy_curves(long: pd.DataFrame, protocols=("cil", "til"), references=None):
-    """Mean accuracy over the experiences seen so far after each experience; band = +-1 std
-    over seeds. ``references``: variants drawn as horizontal lines (joint, probe)."""
-    references = list(references or [])
-    fig, axes = plt.subplots(1, len(protocols), figsize=(5.2 * len(protocols), 3.8),
+def variant_heatmaps(df: pd.DataFrame, variants):
+    """:func:`accuracy_heatmaps` for several variants in one figure, one row each (the
+    row's title names the variant and its number of seeds)."""
+    variants = [v for v in variants if v in set(df["variant"])]
+    fig, axes = plt.subplots(len(variants), 2, figsize=(9.5, 3.8 * len(variants)),
                              squeeze=False)
+    for row, v in zip(axes, variants):
+        paths = df.loc[df["variant"] == v, "path"]
+        _heatmap_row(row, [read_result(p) for p in paths], cbar=True)
+        row[0].annotate(f"{readable(v)} (mean of {len(paths)} seeds)", (0, 1.18),
+                        xycoords="axes fraction", fontsize=10, fontweight="bold")
+    fig.tight_layout()
+    return fig
+
+
+def _legend(ax, handles=None, labels=None, fig=None):
+    """A legend to the right of ``ax``, outside the data."""
+    if handles is None:
+        handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, labels, loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8,
+                  frameon=False)
+
+
+def accuracy_curves(long: pd.DataFrame, protocols=("cil", "til"), references=None):
+    """Mean accuracy over the tasks seen so far after each task (mean over seeds, band
+    +-1 std over seeds), one column per protocol. ``references`` (joint, probe): their
+    final accuracy as a horizontal line in every panel. More than six lines are split into
+    rows of facets, each with its own legend."""
+    references = list(references or [])
     seen = long[long["on"] <= long["after"]]
     per_seed = (seen.groupby(["variant", "protocol", "seed", "after"])["accuracy"].mean()
                 .reset_index())
-    for ax, proto in zip(axes[0], protocols):
-        sub = per_seed[per_seed["protocol"] == proto]
-        for v in order(sub["variant"]):
-            d = sub[sub["variant"] == v]
-            if v in references:
-                final = d.groupby("seed")["accuracy"].mean()
-                ax.axhline(final.mean() * 100, ls="--", color=color(v), label=f"{v} (final)")
-                continue
-            g = d.groupby("after")["accuracy"]
-            m, s = g.mean() * 100, g.std(ddof=1).fillna(0) * 100
-            ax.plot(m.index + 1, m.values, marker="o", color=color(v), ls=linestyle(v), label=v)
-            ax.fill_between(m.index + 1, m - s, m + s, color=color(v), alpha=0.2)
-        ax.set_xlabel("experiences trained")
-        ax.set_ylabel("mean accuracy on seen experiences (%)")
-        ax.set_title(PROTOCOL_NAMES[proto], fontsize=10)
-        ax.set_ylim(0, 101)
-        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
-    axes[0, -1].legend(loc="lower left", fontsize=8)
+    variants = order(per_seed["variant"])
+    refs = [v for v in references if v in variants]
+    groups = panels(variants, refs)
+    fig, axes = plt.subplots(len(groups), len(protocols),
+                             figsize=(4.6 * len(protocols) + 2.2, 3.3 * len(groups)),
+                             squeeze=False, sharey=True)
+    for row, group in zip(axes, groups):
+        colours = palette(refs + group)
+        for ax, proto in zip(row, protocols):
+            sub = per_seed[per_seed["protocol"] == proto]
+            for v in refs + group:
+                d = sub[sub["variant"] == v]
+                if d.empty:
+                    continue
+                if v in refs:
+                    final = d[d["after"] == d["after"].max()]["accuracy"].mean() * 100
+                    ax.axhline(final, ls=":", lw=1.5, color=colours[v],
+                               label=f"{readable(v)} (final)")
+                    continue
+                g = d.groupby("after")["accuracy"]
+                m, s = g.mean() * 100, g.std(ddof=1).fillna(0) * 100
+                ax.plot(m.index + 1, m.values, marker="o", ms=4, color=colours[v],
+                        ls=linestyle(v), label=readable(v))
+                ax.fill_between(m.index + 1, m - s, m + s, color=colours[v], alpha=0.15, lw=0)
+            ax.set_xlabel("tasks trained")
+            ax.set_title(PROTOCOL_NAMES[proto], fontsize=10)
+            ax.set_ylim(0, 101)
+            ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+        row[0].set_ylabel("mean accuracy on\ntasks seen (%)")
+        _legend(row[-1])
     fig.tight_layout()
     return fig
 
 
 def coefficient_trajectories(df: pd.DataFrame, key: str = "coefficient"):
     """Merge coefficient a_t per task for each variant that records one: every seed as a
-    dot, the mean over seeds as a line."""
+    dot, the mean over seeds as a line, and 1/t (the running average) dotted. More than
+    five variants are split into facets."""
     rows = []
     for _, r in df.iterrows():
         for t in read_result(r["path"])["tasks"]:
             if key in t:
                 rows.append({"variant": r["variant"], "seed": r["seed"],
                              "task": t["experience"] + 1, key: t[key]})
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
     if not rows:
+        fig, ax = plt.subplots(figsize=(5.5, 1.2))
+        ax.axis("off")
         ax.text(0.5, 0.5, "no merge coefficients recorded", ha="center")
         return fig
     data = pd.DataFrame(rows)
-    variants = order(data["variant"])
-    for i, v in enumerate(variants):
-        d = data[data["variant"] == v]
-        shift = (i - (len(variants) - 1) / 2) * 0.06   # side by side, not on top
-        ax.scatter(d["task"] + shift, d[key], color=color(v), alpha=0.55, s=18)
-        m = d.groupby("task")[key].mean()
-        ax.plot(m.index + shift, m.values, color=color(v), ls=linestyle(v), label=f"{v} (mean)")
+    groups = panels(order(data["variant"]), max_lines=MAX_LINES - 1)
+    fig, axes = plt.subplots(len(groups), 1, figsize=(7.5, 3.3 * len(groups)), squeeze=False)
     T = int(data["task"].max())
-    ax.plot(range(1, T + 1), [1 / t for t in range(1, T + 1)], ls=":", color="grey",
-            label="1/t (running average)")
-    ax.set_xlabel("task t")
-    ax.set_ylabel("merge coefficient $a_t$")
-    ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=8)
+    for ax, variants in zip(axes[:, 0], groups):
+        colours = palette(variants)
+        for i, v in enumerate(variants):
+            d = data[data["variant"] == v]
+            shift = (i - (len(variants) - 1) / 2) * 0.06   # side by side, not on top
+            ax.scatter(d["task"] + shift, d[key], color=colours[v], alpha=0.55, s=18,
+                       marker=MARKERS[i % len(MARKERS)])
+            m = d.groupby("task")[key].mean()
+            ax.plot(m.index + shift, m.values, color=colours[v], ls=linestyle(v),
+                    marker=MARKERS[i % len(MARKERS)], ms=4, label=readable(v))
+        ax.plot(range(1, T + 1), [1 / t for t in range(1, T + 1)], ls=":", color=GREY,
+                label="1/t (running average)")
+        ax.set_xlabel("task t")
+        ax.set_ylabel("merge coefficient $a_t$")
+        ax.set_ylim(-0.03, 1.05)
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+        _legend(ax)
     fig.tight_layout()
     return fig
 
 
 def objective_curves(check: dict):
     """J(a) - min J for each task of a closed-form check, the closed form marked."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    pal = sns.color_palette("viridis", len(check["rows"]))
-    for row, c in zip(check["rows"], pal):
+    fig, ax = plt.subplots(figsize=(6.8, 3.6))
+    rows = check["rows"]
+    for i, row in enumerate(rows):
+        c = palette(range(len(rows)))[i] if len(rows) <= 8 else GREY
         cur = check["curves"][str(row["task"])]
         ax.plot(cur["a"], cur["J"], color=c, label=f"task {row['task'] + 1}")
         ax.axvline(row["a_closed_form"], color=c, ls="--", lw=1)
     ax.set_yscale("symlog", linthresh=1e-8)
     ax.set_ylim(bottom=0)
-    ax.set_xlabel("a")
+    ax.set_xlabel("merge coefficient a")
     ax.set_ylabel("J(a) - min J  (symlog)")
     ax.set_title("Fisher-quadratic objective; dashed: closed-form $a_t$", fontsize=10)
-    ax.legend(fontsize=8)
+    _legend(ax)
     fig.tight_layout()
     return fig
 
 
 def loss_along_line(lines: dict):
     """Current- and old-task loss along theta_hat_{k-1} + a Delta_k, one line per variant."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    styles = ["-", "--", ":", "-."]
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.6))
+    colours = palette(lines)
     for i, (v, data) in enumerate(lines.items()):
         line = data["line"]
         for ax, key in zip(axes, ("current", "old")):
-            ax.plot(line["a"], line[key], color=color(v), ls=styles[i % 4], label=v, marker=".")
+            ax.plot(line["a"], line[key], color=colours[v], ls=linestyle(v), label=readable(v),
+                    marker=MARKERS[i % len(MARKERS)], ms=3)
     k = next(iter(lines.values()))["experience"]
     for ax, title in zip(axes, (f"current task ({k + 1})", f"old tasks (1..{k}), mean")):
-        ax.axvline(1.0, color="grey", ls=":", lw=1)
+        ax.axvline(1.0, color=GREY, ls=":", lw=1)
         ax.set_xlabel("a  (0: merged model before the task, 1: fine-tuned)")
         ax.set_ylabel("cross-entropy (task head)")
         ax.set_title(title, fontsize=10)
-    axes[0].legend(fontsize=8)
+    _legend(axes[-1])
     fig.tight_layout()
     return fig
+
+
+def data_MiB(df: pd.DataFrame) -> pd.Series:
+    """Per variant, what it persists across tasks in MiB: the largest ``state_bytes`` a
+    merger reported, and for joint training, which keeps every training example, the
+    training inputs at one byte per input value (8-bit images; 4 bytes for vector
+    inputs), from the stream recorded in the result."""
+    from clmerge.report.storage import training_data_bytes
+
+    out = {}
+    for v in order(df["variant"]):
+        sub = df[df["variant"] == v]
+        if base_method(v) == "joint":
+            out[v] = max(training_data_bytes(p) for p in sub["path"]) / 2**20
+        else:
+            out[v] = sub["state_bytes_max"].max() / 2**20
+    return pd.Series(out)
+
+
+def _place_labels(ax, points: list[tuple[float, float, str, str]]):
+    """Annotate each point with its label where the label's box overlaps no other label
+    and no point: candidates right, left, above, below at growing distances."""
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    to_px = ax.transData.transform
+    dots = [to_px((x, y)) for x, y, _, _ in points]
+    boxes = []
+    offsets = [(6, -4), (-6, -4), (0, 7), (0, -13), (6, 8), (6, -15), (-6, 8), (-6, -15),
+               (12, 14), (12, -22), (-12, 14), (-12, -22), (20, 20), (20, -28)]
+    for (x, y, text, colour) in sorted(points, key=lambda p: -p[1]):
+        best = None
+        for dx, dy in offsets:
+            ha = "left" if dx > 0 else "right" if dx < 0 else "center"
+            ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy),
+                              fontsize=7.5, color=colour, ha=ha)
+            bb = ann.get_window_extent(renderer).expanded(1.05, 1.15)
+            inside = fig.bbox.contains(bb.x0, bb.y0) and fig.bbox.contains(bb.x1, bb.y1)
+            clash = any(bb.overlaps(b) for b in boxes) or any(
+                bb.contains(px, py) for px, py in dots)
+            if not clash and inside:
+                best = (ann, bb)
+                break
+            ann.remove()
+        if best is None:   # nowhere free: the first candidate, with a leader line
+            ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=(24, -24),
+                              fontsize=7.5, color=colour,
+                              arrowprops={"arrowstyle": "-", "color": GREY, "lw": 0.6})
+            best = (ann, ann.get_window_extent(renderer))
+        boxes.append(best[1])
 
 
 def storage_vs_accuracy(df: pd.DataFrame, column: str = "til_A_last"):
-    """Persisted bytes across tasks against final accuracy, one point per variant
-    (mean over seeds, error bar = std); the x axis is linear below 0.1 MiB so methods
-    that keep nothing sit at 0."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    placed: list[tuple[float, float]] = []
-    for v in order(df["variant"]):
+    """Bytes persisted across tasks against final accuracy, one point per variant (mean
+    over seeds, error bar +-1 std over seeds). The x axis is symlog, linear below
+    0.1 MiB, so methods that keep nothing sit at 0; joint training keeps its training
+    data (:func:`data_MiB`)."""
+    from clmerge.report.style import HUES
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    mib = data_MiB(df)
+    points = []
+    for i, v in enumerate(order(df["variant"])):
         sub = df[df["variant"] == v]
-        x = sub["state_bytes_max"].max() / 2**20
+        x = float(mib[v])
         y, s = sub[column].mean() * 100, (sub[column].std(ddof=1) if len(sub) > 1 else 0) * 100
-        ax.errorbar(x, y, yerr=s, fmt="o", color=color(v), capsize=3)
-        # labels of nearby points are stacked instead of drawn over each other
-        near = sum(1 for px, py in placed if abs(px - x) < 1 and abs(py - y) < 3.5)
-        placed.append((x, y))
-        ax.annotate(v, (x, y), textcoords="offset points", xytext=(6, 3 - 9 * near), fontsize=8)
+        c = HUES[i % len(HUES)] if HUES[i % len(HUES)] != "#F0E442" else "#7F7F7F"
+        ax.errorbar(x, y, yerr=s, fmt=MARKERS[i % len(MARKERS)], color=c, capsize=3, ms=5)
+        points.append((x, y, readable(v), c))
     ax.set_xscale("symlog", linthresh=0.1)
-    ax.set_xlim(left=-0.02)
-    ax.set_xlabel("bytes persisted across tasks (MiB; symlog, 0 = keeps nothing)")
-    ax.set_ylabel(f"{column.replace('_', ' ')} (%)")
-    ax.set_title("storage vs accuracy", fontsize=10)
+    ax.set_xlim(left=-0.02, right=max(1.0, mib.max()) * 4)
+    ys = [p[1] for p in points]
+    ax.set_ylim(max(0, min(ys) - 8), min(101, max(ys) + 8))
+    ax.set_xlabel("MiB persisted across tasks (symlog: linear below 0.1; 0 = keeps nothing)")
+    proto = "task-incremental" if column.startswith("til") else "class-incremental"
+    metric = column.split("_", 1)[1].replace("_", " ")
+    ax.set_ylabel(f"{proto} {metric} (%)")
+    _place_labels(ax, points)
     fig.tight_layout()
     return fig
 
 
-MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
+ACCURACY_COLUMNS = {"til_old", "til_current", "cil_old", "cil_current"}
 
 
-def per_task_lines(tasks: pd.DataFrame, columns: dict, title: str = "", log: tuple = ()):
+def _line_groups(variants, highlight, max_lines=MAX_LINES):
+    """Facets of at most ``max_lines`` variants, unless ``highlight`` names the variants in
+    colour (the rest grey, behind them, in one panel)."""
+    if highlight is not None:
+        return [variants]
+    return panels(variants, max_lines=max_lines)
+
+
+def per_task_lines(tasks: pd.DataFrame, columns: dict, title: str = "", log: tuple = (),
+                   highlight=None):
     """One panel per column of a task frame (``report.start_diagnostics.task_frame``):
-    value against task, mean over seeds (with a +-1 std band when at most four variants
-    are drawn), one line and marker per variant.
+    value against task, mean over seeds with a +-1 std band over seeds, one line and
+    marker per variant. Accuracy columns (``*_old``, ``*_current``) are shown in percent.
+    More than six variants are split into rows of facets, or, with ``highlight``, the
+    highlighted ones are drawn in colour and the others in grey without bands.
     ``columns`` maps a column to its axis label; columns in ``log`` get a log axis."""
-    ncols = min(2, len(columns))   # two panels a row: readable in the book's text column
-    nrows = -(-len(columns) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.8 * nrows), squeeze=False)
-    for ax in axes.flat[len(columns):]:
-        ax.remove()
     variants = order(tasks["variant"])
-    bands = len(variants) <= 4   # more overlapping bands hide the lines
-    for ax, (col, label) in zip(axes.flat, columns.items()):
-        for i, v in enumerate(variants):
-            g = tasks[tasks["variant"] == v].groupby("task")[col]
-            m, s = g.mean(), g.std(ddof=1).fillna(0)
-            if m.isna().all():
-                continue
-            ax.plot(m.index, m.values, marker=MARKERS[i % len(MARKERS)], ms=4, color=color(v),
-                    ls=linestyle(v), label=v)
-            if bands:
-                ax.fill_between(m.index, m - s, m + s, color=color(v), alpha=0.15)
-        ax.set_xlabel("task t")
-        ax.set_ylabel(label)
-        if col in log:
-            ax.set_yscale("log")
-        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
-    axes.flat[len(columns) - 1].legend(fontsize=7, loc="best")
+    groups = _line_groups(variants, highlight)
+    ncols = min(2, len(columns))   # two panels a row: readable in the book's text column
+    rows_per_group = -(-len(columns) // ncols)
+    nrows = rows_per_group * len(groups)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols + 2.4, 3.2 * nrows),
+                             squeeze=False)
+    for gi, group in enumerate(groups):
+        colours = palette(group, highlight)
+        block = axes[gi * rows_per_group:(gi + 1) * rows_per_group].flat
+        block = list(block)
+        for ax in block[len(columns):]:
+            ax.remove()
+        for ax, (col, label) in zip(block, columns.items()):
+            scale = 100 if col in ACCURACY_COLUMNS else 1
+            for i, v in enumerate(sorted(group, key=lambda v: colours[v] != GREY)):
+                g = tasks[tasks["variant"] == v].groupby("task")[col]
+                m, s = g.mean() * scale, g.std(ddof=1).fillna(0) * scale
+                if m.isna().all():
+                    continue
+                grey = colours[v] == GREY
+                ax.plot(m.index, m.values, marker=None if grey else MARKERS[i % len(MARKERS)],
+                        ms=4, color=colours[v], ls=linestyle(v), lw=1 if grey else 1.6,
+                        label=None if grey else readable(v), zorder=1 if grey else 3)
+                if not grey:
+                    ax.fill_between(m.index, m - s, m + s, color=colours[v], alpha=0.12, lw=0)
+            if any(c == GREY for c in colours.values()):
+                ax.plot([], [], color=GREY, lw=1, label="other methods")
+            ax.set_xlabel("task t")
+            ax.set_ylabel(label + (" (%)" if scale == 100 and "%" not in label else ""))
+            if col in log:
+                ax.set_yscale("log")
+            ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+        _legend(block[min(len(columns), len(block)) - 1])
     if title:
         fig.suptitle(title, fontsize=10, fontweight="bold")
     fig.tight_layout()
@@ -223,58 +367,73 @@ def per_task_lines(tasks: pd.DataFrame, columns: dict, title: str = "", log: tup
 
 
 def first_steps_curves(steps: pd.DataFrame, metric: str = "dense_grad_norm",
-                       label: str = "gradient norm |dL/dW|"):
+                       label: str = "gradient norm |dL/dW|", highlight=None):
     """``metric`` over the first training steps of each task (one panel per task, mean
     over seeds, log scale): task 1 starts from the pretrained model, later tasks from
-    each method's merged model."""
+    each method's merged model. With more than six variants only ``highlight`` (default:
+    sequential fine-tuning, P&M and TRM as published, when present) is in colour, the
+    others grey."""
     tasks = sorted(steps["task"].unique())
+    variants = order(steps["variant"])
+    if highlight is None and len(variants) > MAX_LINES:
+        highlight = [v for v in variants if v in ("seq", "pm", "trm")] or variants[:MAX_LINES]
+    colours = palette(variants, highlight)
     ncols = min(3, len(tasks))
     nrows = -(-len(tasks) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.0 * nrows), sharey=True,
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols + 2.0, 2.9 * nrows), sharey=True,
                              squeeze=False)
     for ax in axes.flat[len(tasks):]:
         ax.remove()
     for ax, t in zip(axes.flat, tasks):
         sub = steps[steps["task"] == t]
-        for v in order(sub["variant"]):
+        for v in sorted(order(sub["variant"]), key=lambda v: colours[v] != GREY):
             m = sub[sub["variant"] == v].groupby("step")[metric].mean()
-            ax.plot(m.index, m.values, color=color(v), ls=linestyle(v), label=v, lw=1.4)
+            grey = colours[v] == GREY
+            ax.plot(m.index, m.values, color=colours[v], ls=linestyle(v), lw=1 if grey else 1.5,
+                    label=None if grey else readable(v), zorder=1 if grey else 3)
         ax.set_yscale("log")
         ax.set_title(f"task {t}" + (" (from pretrained)" if t == 1 else ""), fontsize=9)
         ax.set_xlabel("training step")
     for row in axes:
         row[0].set_ylabel(label, fontsize=8)
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=8, loc="lower right", bbox_to_anchor=(0.98, 0.08))
+    if any(c == GREY for c in colours.values()):
+        handles.append(plt.Line2D([], [], color=GREY, lw=1))
+        labels.append("other methods")
     fig.tight_layout()
+    fig.legend(handles, labels, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5),
+               frameon=False)
     return fig
 
 
 def metric_points(df: pd.DataFrame, variants: list[str], columns: dict, reference: str | None = None,
                   title: str = ""):
     """One row per variant, one panel per metric column: every seed as a dot, the mean
-    as a bar tick with +-1 std; a dotted line at ``reference``'s mean."""
+    as a tick with +-1 std over seeds; a dotted line at ``reference``'s mean. Rows are
+    named on the axis, so colour only marks the method family."""
     variants = [v for v in variants if v in set(df["variant"])]
+    family = palette(dict.fromkeys(base_method(v) for v in variants))
     ncols = min(2, len(columns))
     nrows = -(-len(columns) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.4 * ncols, (0.32 * len(variants) + 1.2) * nrows),
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.0 * ncols, (0.3 * len(variants) + 1.3) * nrows),
                              squeeze=False)
     for ax in axes.flat[len(columns):]:
         ax.remove()
     ypos = {v: i for i, v in enumerate(variants)}
     for k, (ax, (col, label)) in enumerate(zip(axes.flat, columns.items())):
         for v in variants:
+            c = family[base_method(v)]
             vals = df.loc[df["variant"] == v, col].dropna() * 100
             y = ypos[v]
-            ax.scatter(vals, [y] * len(vals), color=color(v), alpha=0.6, s=16, zorder=3)
+            ax.scatter(vals, [y] * len(vals), color=c, alpha=0.6, s=16, zorder=3)
             if len(vals):
                 s = vals.std(ddof=1) if len(vals) > 1 else 0.0
-                ax.errorbar(vals.mean(), y, xerr=s, fmt="|", ms=14, color=color(v), capsize=3)
+                ax.errorbar(vals.mean(), y, xerr=s, fmt="|", ms=14, color=c, capsize=3)
         if reference in ypos:
-            ax.axvline(df.loc[df["variant"] == reference, col].mean() * 100, ls=":", color="grey")
+            ax.axvline(df.loc[df["variant"] == reference, col].mean() * 100, ls=":", color=GREY)
         ax.set_xlabel(label)
         ax.set_yticks(range(len(variants)))
-        ax.set_yticklabels(variants if k % ncols == 0 else [], fontsize=8)
+        ax.set_yticklabels([readable(v) for v in variants] if k % ncols == 0 else [], fontsize=8)
         ax.set_ylim(len(variants) - 0.5, -0.5)
     if title:
         fig.suptitle(title, fontsize=10, fontweight="bold")

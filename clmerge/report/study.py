@@ -5,6 +5,12 @@ A chapter names *variants*: ``seq``, ``seq_full`` (full fine-tuning), ``pm[eps=0
 read by :mod:`clmerge.experiment.variants`. Each variant x seed
 is one config; :func:`ensure_results` loads every existing result and computes only the
 missing ones, then returns the tidy frame of exactly those runs.
+
+Where results go: a chapter's ``results_dir = None`` reads the committed results
+(``data/results``) and writes anything it computes (missing runs, or every run with
+``force``) to the scratch folder ``_build/results`` (not tracked by git), where later
+reads find it first. A chapter rerun with papermill therefore never changes the
+committed results; ``results_dir=PATH`` reads and writes ``PATH`` only.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from clmerge.experiment.config import ExperimentConfig, load_profile
 from clmerge.experiment.results import accuracy_long, load_results, result_path
 from clmerge.experiment.executors import compute_local
 from clmerge.experiment.grid import plan
-from clmerge.experiment.runner import DEFAULT_RESULTS
+from clmerge.experiment.runner import DEFAULT_RESULTS, SCRATCH_RESULTS
 # variant labels are read and written in clmerge.experiment.variants; chapters reach
 # them through this module
 from clmerge.experiment.variants import parse_variant, variant_config  # noqa: F401
@@ -47,6 +53,14 @@ def configs(variants: Iterable[str], profile: str, benchmark: str | None = None,
             for label in variants for s in seeds]
 
 
+def folders(results_dir: str | Path | None) -> tuple[list[Path], Path]:
+    """(folders read, most preferred first; folder written) for a chapter's
+    ``results_dir``: None reads scratch then committed results and writes scratch."""
+    if results_dir:
+        return [Path(results_dir)], Path(results_dir)
+    return [SCRATCH_RESULTS, DEFAULT_RESULTS], SCRATCH_RESULTS
+
+
 def ensure_results(variants: Iterable[str], profile: str, benchmark: str | None = None,
                    seeds: Iterable[int] | None = None, results_dir: str | Path | None = None,
                    force: bool = False, overrides: dict | None = None,
@@ -57,19 +71,29 @@ def ensure_results(variants: Iterable[str], profile: str, benchmark: str | None 
     Missing runs are computed in ``workers`` processes (default: one per CPU core; each
     run uses one thread, see ``clmerge.experiment.runner``), with a progress bar.
     """
-    results_dir = Path(results_dir) if results_dir else DEFAULT_RESULTS
+    read, write = folders(results_dir)
     variants = as_list(variants)
     seeds = profile_seeds(profile) if seeds is None else as_list(seeds)
     cfgs = configs(variants, profile, benchmark, seeds, overrides)
     labels = [label for label in variants for _ in seeds]
-    _, todo = plan(cfgs, results_dir, force)
+    # each config from the first folder that has it (``force``: recompute into ``write``)
+    found = {}
+    for folder in ([] if force else read):
+        _, missing = plan([c for c in cfgs if id(c) not in found], folder, False)
+        missing_ids = {id(c) for c in missing}
+        found.update({id(c): folder for c in cfgs
+                      if id(c) not in found and id(c) not in missing_ids})
+    todo = [c for c in cfgs if id(c) not in found]
     if todo:
         workers = min(len(todo), workers or os.cpu_count() or 1)
-        print(f"computing {len(todo)} of {len(cfgs)} runs in {workers} process(es)", flush=True)
-        compute_local(todo, results_dir, force=force, workers=workers, keep_going=False)
-    wanted = {str(result_path(c, results_dir)): label for c, label in zip(cfgs, labels)}
-    df = load_results(results_dir)
-    df = df[df["path"].isin(wanted)].reset_index(drop=True)
+        print(f"computing {len(todo)} of {len(cfgs)} runs in {workers} process(es) "
+              f"into {write}", flush=True)
+        compute_local(todo, write, force=force, workers=workers, keep_going=False)
+        found.update({id(c): write for c in todo})
+    wanted = {str(result_path(c, found[id(c)])): label for c, label in zip(cfgs, labels)}
+    frames = [load_results(folder) for folder in dict.fromkeys(found.values())]
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["path"])
+    df = df[df["path"].isin(wanted)].drop_duplicates("path").reset_index(drop=True)
     # the chapter's own spelling of each variant (``trm[trajectory=false]``), whatever
     # label the result file was written with
     df["variant"] = df["path"].map(wanted)

@@ -1,47 +1,71 @@
-"""One look for every chapter: seaborn theme and a fixed colour per method."""
+"""One look for every chapter: theme, a colour-blind-safe palette, panels of at most six lines.
+
+Colours come from the Okabe-Ito palette (Okabe and Ito, "Color Universal Design", 2008),
+eight hues that stay distinct under the common forms of colour blindness. A panel never
+draws more than :data:`MAX_LINES` coloured lines: figures with more variants are split
+into facets (:func:`panels`), or draw the methods under discussion in colour and the
+rest in grey (:func:`palette` with ``highlight``). Within a panel every variant has its
+own hue (ablations of one method included), and sequential fine-tuning, P&M and TRM keep
+the same colour in every figure.
+"""
 
 from __future__ import annotations
-
-import zlib
 
 import matplotlib
 import seaborn as sns
 
 METHOD_ORDER = ["probe", "nmc", "joint", "seq", "seq_full", "average", "coma", "cofima",
                 "task_arithmetic", "ties", "dare", "magmax", "ewc", "lwf", "pm", "trm"]
-# Dark tab20 shades for the methods the book is about, light ones for the rest.
-_TAB20 = sns.color_palette("tab20", 20)
-_DARK = ["probe", "joint", "seq", "pm", "trm", "average", "magmax", "ties", "ewc", "lwf"]
-_COLORS = {m: _TAB20[2 * i] for i, m in enumerate(_DARK)}
-_COLORS.update({m: _TAB20[2 * i + 1] for i, m in
-                enumerate(m for m in METHOD_ORDER if m not in _DARK and m != "nmc")})
-_COLORS["nmc"] = (0.35, 0.35, 0.35)  # a reference, like probe and joint: grey
 PROTOCOL_NAMES = {"cil": "class-incremental (no task id)", "til": "task-incremental (task id given)"}
+
+# Okabe-Ito, in the order hues are handed out (yellow last: faint on white).
+OKABE_ITO = {"black": "#000000", "vermillion": "#D55E00", "blue": "#0072B2",
+             "orange": "#E69F00", "bluish green": "#009E73", "reddish purple": "#CC79A7",
+             "sky blue": "#56B4E9", "yellow": "#F0E442"}
+HUES = list(OKABE_ITO.values())
+FIXED = {"seq": OKABE_ITO["black"], "pm": OKABE_ITO["vermillion"], "trm": OKABE_ITO["blue"]}
+GREY = "#B0B0B0"
+MAX_LINES = 6
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 
 
 def use_style() -> None:
+    """The theme of every chapter; also makes a ConfigError in a chapter one sentence
+    (:func:`clmerge.report.notebook.one_sentence_errors`)."""
     sns.set_theme(context="notebook", style="whitegrid", font_scale=0.95)
     matplotlib.rcParams.update({"figure.dpi": 110, "savefig.bbox": "tight",
-                                "axes.titleweight": "bold", "figure.autolayout": False})
+                                "axes.titleweight": "bold", "figure.autolayout": False,
+                                "axes.prop_cycle": matplotlib.cycler(color=HUES)})
+    from clmerge.report.notebook import one_sentence_errors
+
+    one_sentence_errors()
 
 
-def _stable_index(text: str, n: int) -> int:
-    return zlib.crc32(text.encode()) % n
-
-
-def color(variant: str):
-    """Stable colour of a variant: its base method's colour (``pm[eps=0.3]`` -> pm),
-    lighter or darker for a variant of that method, the same in every chapter."""
+def base_method(variant: str) -> str:
     base = variant.split("[")[0].split("@")[0]
-    if base not in METHOD_ORDER:
-        base = base.replace("_full", "")
-    if base in _COLORS:
-        c = _COLORS[base]
-    else:
-        c = sns.color_palette("husl", 8)[_stable_index(base, 8)]
-    if variant == base:
-        return c
-    return sns.set_hls_values(c, l=0.2 + 0.55 * _stable_index(variant, 1000) / 1000)
+    return base if base in METHOD_ORDER else base.replace("_full", "")
+
+
+def palette(variants, highlight=None) -> dict[str, str]:
+    """A distinct hue for each variant of one panel (up to eight), ``seq``/``pm``/``trm``
+    (as published) in their fixed colours, the others in order. With ``highlight`` (or
+    more than eight variants), only the highlighted ones get hues and the rest grey."""
+    variants = list(dict.fromkeys(variants))
+    coloured = [v for v in variants if highlight is None or v in highlight]
+    if len(coloured) > len(HUES):
+        coloured = coloured[:len(HUES)]
+    out = {v: GREY for v in variants}
+    taken = {FIXED[v] for v in coloured if v in FIXED}
+    free = [h for h in HUES if h not in taken]
+    for v in coloured:
+        out[v] = FIXED[v] if v in FIXED else free.pop(0)
+    return out
+
+
+def color(variant: str) -> str:
+    """Colour of a variant drawn on its own: its method's fixed colour, else the first hue
+    after the fixed ones. Figures with several variants use :func:`palette`."""
+    return palette([variant])[variant]
 
 
 def linestyle(variant: str) -> str:
@@ -55,3 +79,13 @@ def order(variants) -> list[str]:
         base = v.split("[")[0].split("@")[0]
         return (METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER), v)
     return sorted(set(variants), key=key)
+
+
+def panels(variants, references=(), max_lines: int = MAX_LINES) -> list[list[str]]:
+    """Split ``variants`` (in order) into balanced groups so that each panel, with the
+    ``references`` drawn in every panel, holds at most ``max_lines`` lines."""
+    variants = [v for v in variants if v not in set(references)]
+    per = max(1, max_lines - len(references))
+    n = max(1, -(-len(variants) // per))
+    size = -(-len(variants) // n) if variants else 0
+    return [variants[i:i + size] for i in range(0, len(variants), size)] or [[]]

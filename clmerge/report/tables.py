@@ -1,4 +1,9 @@
-"""Summary tables: mean +- std over seeds, one row per variant."""
+"""Summary tables: mean +- std over seeds, one row per variant.
+
+Every table a chapter shows names its rows with :func:`clmerge.report.names.readable`,
+rounds to one decimal, and fits the text column: :func:`summary` is displayed as two
+tables, class-incremental and task-incremental, one under the other.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +11,75 @@ from pathlib import Path
 
 import pandas as pd
 
-from clmerge.report.style import order
+from clmerge.report.names import readable, readable_index
+from clmerge.report.style import PROTOCOL_NAMES, order
 
 METRICS = ["A_last", "A_avg", "forgetting"]
 PM = "\u00a0±\u00a0"  # non-breaking, so a cell never wraps inside a number
 
 
+def number(x) -> str:
+    """One decimal; a nonzero value that would show as 0.0 keeps two significant digits."""
+    if isinstance(x, float) and pd.notna(x) and x != 0 and abs(x) < 0.05:
+        return f"{x:.2g}"
+    return f"{x:.1f}" if isinstance(x, float) else str(x)
+
+
+class Labelled(pd.DataFrame):
+    """A frame that keeps its code labels (``pm[eps=0.3]``) for code and shows readable
+    method names in a notebook."""
+
+    @property
+    def _constructor(self):
+        return pd.DataFrame      # derived frames are plain frames
+
+    def _repr_html_(self):
+        return readable_index(pd.DataFrame(self)).to_html(na_rep="-", escape=True)
+
+
+class Shown(Labelled):
+    """:class:`Labelled`, with numbers shown to one decimal (:func:`number`)."""
+
+    def _repr_html_(self):
+        shown = readable_index(pd.DataFrame(self))
+        return shown.to_html(float_format=number, na_rep="-", escape=True)
+
+
+def shown(frame: pd.DataFrame) -> Shown:
+    return Shown(frame)
+
+
+def labelled(frame: pd.DataFrame) -> Labelled:
+    return Labelled(frame)
+
+
+class Summary(Shown):
+    """The frame of :func:`summary` (index: variant labels; columns: (CIL|TIL, metric)),
+    displayed in a notebook as one table per protocol with readable method names."""
+
+    def tables(self) -> list[tuple[str, pd.DataFrame]]:
+        out = []
+        for proto in dict.fromkeys(c[0] for c in self.columns if c[0]):
+            cols = [c for c in self.columns if c[0] in ("", proto)]
+            t = pd.DataFrame(self[cols].values, index=self.index,
+                             columns=[c[1].replace("_", " ") for c in cols])
+            t.columns = [{"A last": "A_last (%)", "A avg": "A_avg (%)",
+                          "forgetting": "forgetting (%)"}.get(c, c) for c in t.columns]
+            out.append((PROTOCOL_NAMES.get(proto.lower(), proto), readable_index(t)))
+        return out
+
+    def _repr_html_(self):
+        return "".join(f"<p><b>{title}</b></p>" + t.to_html(escape=True)
+                       for title, t in self.tables())
+
+    def _repr_markdown_(self):
+        return "\n\n".join(f"**{title}**\n\n" + t.to_markdown() for title, t in self.tables())
+
+
 def summary(df: pd.DataFrame, protocols=("cil", "til"), metrics=METRICS,
-            percent: bool = True) -> pd.DataFrame:
-    """Mean and std over seeds of each metric, as "mean +- std" strings (percent)."""
+            percent: bool = True) -> Summary:
+    """Mean and std over seeds of each metric, as "mean +- std" strings (percent, one
+    decimal). Displayed as one table per protocol (:class:`Summary`)."""
     rows = []
     for variant in order(df["variant"]):
         sub = df[df["variant"] == variant]
@@ -34,7 +99,7 @@ def summary(df: pd.DataFrame, protocols=("cil", "til"), metrics=METRICS,
     out.columns = pd.MultiIndex.from_tuples(
         [("", c) if c == "seeds" else (c.split("_", 1)[0].upper(), c.split("_", 1)[1])
          for c in out.columns])
-    return out
+    return Summary(out)
 
 
 def mean_metric(df: pd.DataFrame, variant: str, column: str) -> float:
@@ -56,8 +121,8 @@ def cost(df: pd.DataFrame) -> pd.DataFrame:
         "persisted MiB": g["state_bytes_max"].max() / 2**20,
         "train s / run": g["train_seconds"].mean(),
         "merge s / run": g["merge_seconds"].mean(),
-    }).round(2)
-    return out.loc[order(out.index)]
+    })
+    return shown(out.loc[order(out.index)])
 
 
 def side_by_side(df: pd.DataFrame, protocol: str, paper_benchmark: str = "imagenet_r",
@@ -82,7 +147,7 @@ def side_by_side(df: pd.DataFrame, protocol: str, paper_benchmark: str = "imagen
                      f"paper ({paper_benchmark} {paper_tasks} tasks, ViT-B/16)":
                          "-" if p is None else f"{p['value']:.2f}",
                      "paper note": "" if p is None or pd.isna(p["note"]) else p["note"]})
-    return pd.DataFrame(rows).set_index("variant")
+    return shown(pd.DataFrame(rows).set_index("variant"))
 
 
 def cost_per_task(tasks: pd.DataFrame) -> pd.DataFrame:
@@ -97,10 +162,10 @@ def cost_per_task(tasks: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({
         "train ms / step": g["ms_per_step"].mean(),
         "merge s / task": g["merge_seconds"].mean(),
-        "merge / train": g["merge_ratio"].mean(),
+        "merge / train (%)": 100 * g["merge_ratio"].mean(),
         "persisted MiB (last task)": last.groupby("variant")["state_MiB"].max(),
-    }).round(3)
-    return out.loc[order(out.index)]
+    })
+    return shown(out.loc[order(out.index)])
 
 
 CALIBRATION = Path(__file__).resolve().parents[2] / "data" / "calibration" / "glyphs.csv"

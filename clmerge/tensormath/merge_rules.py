@@ -5,7 +5,7 @@ Every rule here takes and returns ``dict[str, Tensor]`` ("tensor dicts", see
 inputs. Nothing here imports Avalanche or peft; the mergers that run inside the
 continual-learning pipeline wrap these functions and own any persisted state.
 
-Notation (as in ``BASELINES.md``)::
+Notation (as on the book's methods page, ``chapters/methods.md``)::
 
     theta_0                pretrained model
     theta*_t               model fine-tuned on experience t (t = 1, 2, ...)
@@ -195,8 +195,8 @@ def cofima(prev: TensorDictLike, finetuned: TensorDictLike,
     With F_p == F_n this is :func:`coma` (up to float rounding). F_{t-1} is the
     Fisher of the previous task's model, which is what the merger persists.
 
-    Defaults: alpha = 0.4 (released configs); fisher_floor = 1e-4 (project spec,
-    ``BASELINES.md``: "Fisher clipped at 1e-4"). The floor keeps the denominator
+    Defaults: alpha = 0.4 (released configs); fisher_floor = 1e-4 (one reading
+    of "Fisher clipped at 1e-4"). The floor keeps the denominator
     positive, so parameters with zero Fisher under both models do not produce 0/0.
 
     Deviation to know about: the authors' released code (IemProg/CoFiMA,

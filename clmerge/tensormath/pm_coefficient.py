@@ -2,7 +2,7 @@
 
 Paper: H. Qiu, M. Zhang, Z. Qiao, L. Nie, "Train with Perturbation, Infer after
 Merging: A Two-Stage Framework for Continual Learning", arXiv 2505.22389
-(NeurIPS 2025). Spec: ``shared/spec/PM.md``.
+(NeurIPS 2025); the rule and its deviations are written out in ``clmerge/mergers/pm.py``.
 
 Notation (all quantities are tensor dicts keyed by parameter name)::
 
