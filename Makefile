@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PROFILE ?= quick
 
-.PHONY: env lock book test smoke-chapters pretrain clean
+.PHONY: env lock book test smoke-chapters smoke-book pretrain clean
 
 env: $(STAMP)
 
@@ -38,9 +38,17 @@ book: env
 test: env
 	$(BIN)/python -m pytest -q
 
-# Every chapter once on the smoke profile (what CI runs besides the tests).
+# Every chapter once on the smoke profile, without the HTML.
 smoke-chapters: env
 	$(BIN)/clmerge book --profile smoke --no-html --results-dir _build/smoke-results
+
+# What CI runs besides the tests: the whole book on the smoke profile, its HTML checked
+# as a reader meets it, then every command the index and rerun pages give, on smoke.
+smoke-book: env
+	$(BIN)/clmerge book --profile smoke --results-dir _build/smoke-results
+	CLMERGE_BOOK_HTML=$(CURDIR)/_build/html $(BIN)/python -m pytest -q tests/test_book_html.py
+	CLMERGE_RUN_COMMANDS=1 CLMERGE_COMMANDS_RESULTS=$(CURDIR)/_build/smoke-results \
+	  $(BIN)/python -m pytest -q tests/test_rerun_commands.py
 
 # Rebuild the committed ViT checkpoint from its recipe.
 pretrain: env

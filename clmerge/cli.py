@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="set a chapter parameter (VALUE is YAML: -p seeds='[0, 1]'); each "
                         "must be a parameter of every selected chapter")
     b.add_argument("--results-dir", default=None,
-                   help="results folder the chapters read and write (default: data/results)")
+                   help="results folder the chapters read and write (default: read "
+                        "data/results, write new runs to _build/results)")
 
     sw = sub.add_parser("sweep", help="run a grid of experiments (skipping finished ones) "
                                       "and collect them into one table")

@@ -94,3 +94,51 @@ def test_tables_and_figures_from_smoke_results(results_dir):
     for fig in (plots.accuracy_heatmaps(df.loc[df["variant"] == "seq", "path"]),
                 plots.coefficient_trajectories(df), plots.storage_vs_accuracy(df)):
         assert fig.axes
+
+
+def test_chapters_read_committed_results_and_write_to_scratch(tmp_path, monkeypatch):
+    """results_dir=None: read data/results, compute into _build/results, never write the
+    committed folder; force recomputes into scratch; an explicit folder is used alone."""
+    committed, scratch = tmp_path / "committed", tmp_path / "scratch"
+    study.ensure_results(["seq"], "smoke", seeds=[0], results_dir=committed, workers=1)
+    before = sorted(p.name for p in committed.iterdir())
+    monkeypatch.setattr(study, "DEFAULT_RESULTS", committed)
+    monkeypatch.setattr(study, "SCRATCH_RESULTS", scratch)
+
+    df = study.ensure_results(["seq", "average"], "smoke", seeds=[0], workers=1)
+    where = {v: str(p).split("/")[-2] for v, p in zip(df["variant"], df["path"])}
+    assert where == {"seq": "committed", "average": "scratch"}
+    assert sorted(p.name for p in committed.iterdir()) == before
+
+    forced = study.ensure_results(["seq"], "smoke", seeds=[0], force=True, workers=1)
+    assert forced["path"].str.contains("/scratch/").all()
+    assert sorted(p.name for p in committed.iterdir()) == before
+    again = study.ensure_results(["seq"], "smoke", seeds=[0], workers=1)   # scratch first
+    assert list(again["path"]) == list(forced["path"])
+    assert study.folders(committed) == ([committed], committed)
+
+
+def test_a_config_error_in_a_chapter_is_one_sentence(capsys):
+    """In a kernel, a ConfigError shows as its message alone; the cell still fails."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from clmerge.report.notebook import one_sentence_errors
+
+    shell = InteractiveShell.instance()
+    try:
+        assert one_sentence_errors()
+        capsys.readouterr()
+        result = shell.run_cell("from clmerge.experiment.config import load_profile\n"
+                                "load_profile('quik')")
+        out = capsys.readouterr()
+        shown = (out.out + out.err).strip()
+        assert result.error_in_exec is not None                 # the cell failed
+        assert shown.startswith("ConfigError: unknown profile 'quik'")
+        assert "\n" not in shown and "Traceback" not in shown
+        result = shell.run_cell("1 / 0")                         # other errors: unchanged
+        out = capsys.readouterr()
+        assert isinstance(result.error_in_exec, ZeroDivisionError)
+        assert "ZeroDivisionError" in out.out and out.out.count("\n") > 3   # a full traceback
+    finally:
+        shell.set_custom_exc((), None)
+        InteractiveShell.clear_instance()
