@@ -67,6 +67,11 @@ def _heatmap_row(axes, results, cbar: bool):
         ax.set_xlabel("evaluated on task j")
         ax.set_ylabel("after training task i")
         ax.set_title(PROTOCOL_NAMES[proto], fontsize=10)
+        ax.grid(False)
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed" + ("" if n == 1 else "s")
 
 
 def accuracy_heatmaps(paths, title: str = ""):
@@ -75,7 +80,7 @@ def accuracy_heatmaps(paths, title: str = ""):
     results = [read_result(p) for p in paths]
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.8))
     _heatmap_row(axes, results, cbar=True)
-    fig.suptitle(title or f"accuracy matrix R[i][j] (%), mean of {len(results)} seeds",
+    fig.suptitle(title or f"accuracy matrix R[i][j] (%), mean of {_seeds(len(results))}",
                  fontsize=10, fontweight="bold")
     fig.tight_layout()
     return fig
@@ -90,14 +95,14 @@ def variant_heatmaps(df: pd.DataFrame, variants):
     for row, v in zip(axes, variants):
         paths = df.loc[df["variant"] == v, "path"]
         _heatmap_row(row, [read_result(p) for p in paths], cbar=True)
-        row[0].annotate(f"{readable(v)} (mean of {len(paths)} seeds)", (0, 1.18),
+        row[0].annotate(f"{readable(v)} (mean of {_seeds(len(paths))})", (0, 1.18),
                         xycoords="axes fraction", fontsize=10, fontweight="bold")
     fig.tight_layout()
     return fig
 
 
 def _legend(ax, handles=None, labels=None, fig=None):
-    """A legend to the right of ``ax``, outside the data."""
+    """A legend to the right of ``ax``, outside the data (single-panel figures)."""
     if handles is None:
         handles, labels = ax.get_legend_handles_labels()
     if handles:
@@ -105,11 +110,34 @@ def _legend(ax, handles=None, labels=None, fig=None):
                   frameon=False)
 
 
+def _legend_below(fig, axes):
+    """One legend for a (sub)figure, below its panels, outside the data (needs the
+    constrained layout); the entries of every axis, each label once."""
+    entries = {}
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, h)
+    if entries:
+        fig.legend(entries.values(), entries.keys(), loc="outside lower center",
+                   ncol=min(3, len(entries)), fontsize=8, frameon=False)
+
+
+def _facet_rows(n_rows: int, n_cols: int, width: float, height: float, **kw):
+    """A constrained-layout figure of ``n_rows`` subfigures (one legend each), each with
+    ``n_cols`` panels; returns (figure, [(subfigure, axes array), ...])."""
+    fig = plt.figure(figsize=(width, height * n_rows), layout="constrained")
+    subfigs = np.atleast_1d(fig.subfigures(n_rows, 1)) if n_rows > 1 else [fig]
+    rows = [(sf, np.atleast_1d(sf.subplots(1, n_cols, **kw))) for sf in subfigs]
+    return fig, rows
+
+
 def accuracy_curves(long: pd.DataFrame, protocols=("cil", "til"), references=None):
     """Mean accuracy over the tasks seen so far after each task (mean over seeds, band
     +-1 std over seeds), one column per protocol. ``references`` (joint, probe): their
-    final accuracy as a horizontal line in every panel. More than six lines are split into
-    rows of facets, each with its own legend."""
+    final accuracy as a grey horizontal line in every panel. More than six lines are split
+    into rows of facets, each with its legend below it."""
+    from clmerge.report.style import REFERENCE_STYLES
+
     references = list(references or [])
     seen = long[long["on"] <= long["after"]]
     per_seed = (seen.groupby(["variant", "protocol", "seed", "after"])["accuracy"].mean()
@@ -117,34 +145,32 @@ def accuracy_curves(long: pd.DataFrame, protocols=("cil", "til"), references=Non
     variants = order(per_seed["variant"])
     refs = [v for v in references if v in variants]
     groups = panels(variants, refs)
-    fig, axes = plt.subplots(len(groups), len(protocols),
-                             figsize=(4.6 * len(protocols) + 2.2, 3.3 * len(groups)),
-                             squeeze=False, sharey=True)
-    for row, group in zip(axes, groups):
-        colours = palette(refs + group)
-        for ax, proto in zip(row, protocols):
+    fig, rows = _facet_rows(len(groups), len(protocols), 8.4, 3.6, sharey=True)
+    for (sf, axes), group in zip(rows, groups):
+        colours = palette(group)
+        for ax, proto in zip(axes, protocols):
             sub = per_seed[per_seed["protocol"] == proto]
-            for v in refs + group:
+            for k, v in enumerate(refs):
+                d = sub[sub["variant"] == v]
+                if not d.empty:
+                    final = d[d["after"] == d["after"].max()]["accuracy"].mean() * 100
+                    c, ls = REFERENCE_STYLES[k % len(REFERENCE_STYLES)]
+                    ax.axhline(final, ls=ls, lw=1.5, color=c, label=f"{readable(v)} (final)")
+            for i, v in enumerate(group):
                 d = sub[sub["variant"] == v]
                 if d.empty:
                     continue
-                if v in refs:
-                    final = d[d["after"] == d["after"].max()]["accuracy"].mean() * 100
-                    ax.axhline(final, ls=":", lw=1.5, color=colours[v],
-                               label=f"{readable(v)} (final)")
-                    continue
                 g = d.groupby("after")["accuracy"]
                 m, s = g.mean() * 100, g.std(ddof=1).fillna(0) * 100
-                ax.plot(m.index + 1, m.values, marker="o", ms=4, color=colours[v],
-                        ls=linestyle(v), label=readable(v))
+                ax.plot(m.index + 1, m.values, marker=MARKERS[i % len(MARKERS)], ms=4,
+                        color=colours[v], ls=linestyle(v), label=readable(v))
                 ax.fill_between(m.index + 1, m - s, m + s, color=colours[v], alpha=0.15, lw=0)
             ax.set_xlabel("tasks trained")
             ax.set_title(PROTOCOL_NAMES[proto], fontsize=10)
             ax.set_ylim(0, 101)
             ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
-        row[0].set_ylabel("mean accuracy on\ntasks seen (%)")
-        _legend(row[-1])
-    fig.tight_layout()
+        axes[0].set_ylabel("mean accuracy on\ntasks seen (%)")
+        _legend_below(sf, axes)
     return fig
 
 
@@ -209,7 +235,7 @@ def objective_curves(check: dict):
 
 def loss_along_line(lines: dict):
     """Current- and old-task loss along theta_hat_{k-1} + a Delta_k, one line per variant."""
-    fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.6))
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.6), layout="constrained")
     colours = palette(lines)
     for i, (v, data) in enumerate(lines.items()):
         line = data["line"]
@@ -222,8 +248,7 @@ def loss_along_line(lines: dict):
         ax.set_xlabel("a  (0: merged model before the task, 1: fine-tuned)")
         ax.set_ylabel("cross-entropy (task head)")
         ax.set_title(title, fontsize=10)
-    _legend(axes[-1])
-    fig.tight_layout()
+    _legend_below(fig, axes)
     return fig
 
 
@@ -282,8 +307,10 @@ def storage_vs_accuracy(df: pd.DataFrame, column: str = "til_A_last"):
     over seeds, error bar +-1 std over seeds). The x axis is symlog, linear below
     0.1 MiB, so methods that keep nothing sit at 0; joint training keeps its training
     data (:func:`data_MiB`)."""
-    from clmerge.report.style import HUES
+    from clmerge.report.style import FIXED, HUES
 
+    # labels name the points; colour only separates neighbours (no yellow: faint on white)
+    others = [h for h in HUES if h not in FIXED.values() and h != "#F0E442"]
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
     mib = data_MiB(df)
     points = []
@@ -291,7 +318,7 @@ def storage_vs_accuracy(df: pd.DataFrame, column: str = "til_A_last"):
         sub = df[df["variant"] == v]
         x = float(mib[v])
         y, s = sub[column].mean() * 100, (sub[column].std(ddof=1) if len(sub) > 1 else 0) * 100
-        c = HUES[i % len(HUES)] if HUES[i % len(HUES)] != "#F0E442" else "#7F7F7F"
+        c = FIXED.get(v) or others[i % len(others)]
         ax.errorbar(x, y, yerr=s, fmt=MARKERS[i % len(MARKERS)], color=c, capsize=3, ms=5)
         points.append((x, y, readable(v), c))
     ax.set_xscale("symlog", linthresh=0.1)
@@ -300,7 +327,8 @@ def storage_vs_accuracy(df: pd.DataFrame, column: str = "til_A_last"):
     ax.set_ylim(max(0, min(ys) - 8), min(101, max(ys) + 8))
     ax.set_xlabel("MiB persisted across tasks (symlog: linear below 0.1; 0 = keeps nothing)")
     proto = "task-incremental" if column.startswith("til") else "class-incremental"
-    metric = column.split("_", 1)[1].replace("_", " ")
+    metric = {"A_last": "final accuracy", "A_avg": "average accuracy",
+              "forgetting": "forgetting"}.get(column.split("_", 1)[1], column)
     ax.set_ylabel(f"{proto} {metric} (%)")
     _place_labels(ax, points)
     fig.tight_layout()
@@ -323,23 +351,17 @@ def per_task_lines(tasks: pd.DataFrame, columns: dict, title: str = "", log: tup
     """One panel per column of a task frame (``report.start_diagnostics.task_frame``):
     value against task, mean over seeds with a +-1 std band over seeds, one line and
     marker per variant. Accuracy columns (``*_old``, ``*_current``) are shown in percent.
-    More than six variants are split into rows of facets, or, with ``highlight``, the
-    highlighted ones are drawn in colour and the others in grey without bands.
-    ``columns`` maps a column to its axis label; columns in ``log`` get a log axis."""
+    More than six variants are split into rows of facets (each with its legend below),
+    or, with ``highlight``, the highlighted ones are drawn in colour and the others in
+    grey without bands. ``columns`` maps a column to its axis label; columns in ``log``
+    get a log axis."""
     variants = order(tasks["variant"])
     groups = _line_groups(variants, highlight)
-    ncols = min(2, len(columns))   # two panels a row: readable in the book's text column
-    rows_per_group = -(-len(columns) // ncols)
-    nrows = rows_per_group * len(groups)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols + 2.4, 3.2 * nrows),
-                             squeeze=False)
-    for gi, group in enumerate(groups):
+    ncols = min(3, len(columns))
+    fig, rows = _facet_rows(len(groups), ncols, 3.0 * ncols + 0.8, 3.4)
+    for (sf, axes), group in zip(rows, groups):
         colours = palette(group, highlight)
-        block = axes[gi * rows_per_group:(gi + 1) * rows_per_group].flat
-        block = list(block)
-        for ax in block[len(columns):]:
-            ax.remove()
-        for ax, (col, label) in zip(block, columns.items()):
+        for ax, (col, label) in zip(axes, columns.items()):
             scale = 100 if col in ACCURACY_COLUMNS else 1
             for i, v in enumerate(sorted(group, key=lambda v: colours[v] != GREY)):
                 g = tasks[tasks["variant"] == v].groupby("task")[col]
@@ -359,10 +381,11 @@ def per_task_lines(tasks: pd.DataFrame, columns: dict, title: str = "", log: tup
             if col in log:
                 ax.set_yscale("log")
             ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
-        _legend(block[min(len(columns), len(block)) - 1])
+        for ax in axes[len(columns):]:
+            ax.remove()
+        _legend_below(sf, axes[:len(columns)])
     if title:
         fig.suptitle(title, fontsize=10, fontweight="bold")
-    fig.tight_layout()
     return fig
 
 
@@ -380,8 +403,8 @@ def first_steps_curves(steps: pd.DataFrame, metric: str = "dense_grad_norm",
     colours = palette(variants, highlight)
     ncols = min(3, len(tasks))
     nrows = -(-len(tasks) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols + 2.0, 2.9 * nrows), sharey=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.9 * ncols, 2.7 * nrows + 0.6),
+                             sharey=True, squeeze=False, layout="constrained")
     for ax in axes.flat[len(tasks):]:
         ax.remove()
     for ax, t in zip(axes.flat, tasks):
@@ -396,13 +419,9 @@ def first_steps_curves(steps: pd.DataFrame, metric: str = "dense_grad_norm",
         ax.set_xlabel("training step")
     for row in axes:
         row[0].set_ylabel(label, fontsize=8)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
     if any(c == GREY for c in colours.values()):
-        handles.append(plt.Line2D([], [], color=GREY, lw=1))
-        labels.append("other methods")
-    fig.tight_layout()
-    fig.legend(handles, labels, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5),
-               frameon=False)
+        axes.flat[0].plot([], [], color=GREY, lw=1, label="other methods")
+    _legend_below(fig, [axes.flat[0]])
     return fig
 
 

@@ -56,7 +56,9 @@ def palette(variants, highlight=None) -> dict[str, str]:
         coloured = coloured[:len(HUES)]
     out = {v: GREY for v in variants}
     taken = {FIXED[v] for v in coloured if v in FIXED}
-    free = [h for h in HUES if h not in taken]
+    # hues of no fixed method first: black, vermillion and blue mean seq, P&M and TRM
+    free = ([h for h in HUES if h not in FIXED.values()]
+            + [h for h in FIXED.values() if h not in taken])
     for v in coloured:
         out[v] = FIXED[v] if v in FIXED else free.pop(0)
     return out
@@ -82,10 +84,20 @@ def order(variants) -> list[str]:
 
 
 def panels(variants, references=(), max_lines: int = MAX_LINES) -> list[list[str]]:
-    """Split ``variants`` (in order) into balanced groups so that each panel, with the
-    ``references`` drawn in every panel, holds at most ``max_lines`` lines."""
+    """Split ``variants`` (in order) into as few groups as keep each panel, with the
+    ``references`` drawn in every panel, at most ``max_lines`` lines; group sizes differ
+    by at most one."""
     variants = [v for v in variants if v not in set(references)]
     per = max(1, max_lines - len(references))
     n = max(1, -(-len(variants) // per))
-    size = -(-len(variants) // n) if variants else 0
-    return [variants[i:i + size] for i in range(0, len(variants), size)] or [[]]
+    sizes = [len(variants) // n + (1 if i < len(variants) % n else 0) for i in range(n)]
+    out, start = [], 0
+    for size in sizes:
+        out.append(variants[start:start + size])
+        start += size
+    return out
+
+
+# reference lines (joint training, linear probe): greys with their own dash patterns, the
+# same in every panel, so that hues stay free for the methods
+REFERENCE_STYLES = [("#555555", ":"), ("#999999", "-.")]

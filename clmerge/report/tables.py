@@ -34,7 +34,7 @@ class Labelled(pd.DataFrame):
         return pd.DataFrame      # derived frames are plain frames
 
     def _repr_html_(self):
-        return readable_index(pd.DataFrame(self)).to_html(na_rep="-", escape=True)
+        return readable_index(pd.DataFrame(self)).reset_index().to_html(na_rep="-", index=False)
 
 
 class Shown(Labelled):
@@ -42,7 +42,7 @@ class Shown(Labelled):
 
     def _repr_html_(self):
         shown = readable_index(pd.DataFrame(self))
-        return shown.to_html(float_format=number, na_rep="-", escape=True)
+        return shown.reset_index().to_html(float_format=number, na_rep="-", index=False)
 
 
 def shown(frame: pd.DataFrame) -> Shown:
@@ -69,11 +69,17 @@ class Summary(Shown):
         return out
 
     def _repr_html_(self):
-        return "".join(f"<p><b>{title}</b></p>" + t.to_html(escape=True)
+        return "".join(f"<p><b>{title}</b></p>" + t.reset_index().to_html(index=False)
                        for title, t in self.tables())
 
     def _repr_markdown_(self):
         return "\n\n".join(f"**{title}**\n\n" + t.to_markdown() for title, t in self.tables())
+
+
+def _one(x: float) -> str:
+    """One decimal, without a negative zero (-0.04 -> "0.0")."""
+    text = f"{x:.1f}"
+    return "0.0" if text == "-0.0" else text
 
 
 def summary(df: pd.DataFrame, protocols=("cil", "til"), metrics=METRICS,
@@ -91,9 +97,9 @@ def summary(df: pd.DataFrame, protocols=("cil", "til"), metrics=METRICS,
                 if len(vals) == 0:
                     row[col] = "-"
                 elif len(vals) == 1:
-                    row[col] = f"{vals.iloc[0]:.1f}"
+                    row[col] = _one(vals.iloc[0])
                 else:
-                    row[col] = f"{vals.mean():.1f}{PM}{vals.std(ddof=1):.1f}"
+                    row[col] = f"{_one(vals.mean())}{PM}{_one(vals.std(ddof=1))}"
         rows.append(row)
     out = pd.DataFrame(rows).set_index("variant")
     out.columns = pd.MultiIndex.from_tuples(
