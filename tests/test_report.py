@@ -89,6 +89,10 @@ def test_tables_and_figures_from_smoke_results(results_dir):
         assert list(table.index) == ["joint training", "sequential", "P&M"]
     cost = tables.cost(df)
     assert cost.loc["seq", "persisted MiB"] == 0 and cost.loc["pm", "persisted MiB"] > 0
+    # joint training keeps its training data: smoke's 32 float32 values per example
+    from clmerge.experiment.results import read_result
+    n_train = sum(read_result(df.loc[df["variant"] == "joint", "path"].iloc[0])["stream"]["n_train"])
+    assert cost.loc["joint", "persisted MiB"] == pytest.approx(n_train * 32 * 4 / 2**20)
     side = tables.side_by_side(df, "smoke")
     assert side.loc["pm"].iloc[1] == "79.95"       # P&M's ImageNet-R 10-task number
     for fig in (plots.accuracy_heatmaps(df.loc[df["variant"] == "seq", "path"]),

@@ -54,11 +54,11 @@ def responsiveness_verdict(table: pd.DataFrame, threshold: float = 0.5) -> str:
         r = row["ratio"]
         if pd.isna(r):
             continue
-        verdict = ("vanishes (< {:.0%} of task 1's)".format(threshold) if r < threshold
-                   else "does not vanish (>= {:.0%} of task 1's)".format(threshold))
+        verdict = (f"vanishes (< {threshold:.0%})" if r < threshold
+                   else f"does not vanish (>= {threshold:.0%})")
         spread = "" if pd.isna(row["ratio std"]) else f" ± {row['ratio std']:.2f}"
-        lines.append(f"{readable(v)}: tasks 2..T start with {r:.2f}{spread} x task 1's gradient norm: "
-                     f"{verdict}")
+        lines.append(f"{readable(v)}: {r:.2f}{spread} x task 1's gradient norm at the start "
+                     f"of tasks 2..T: {verdict}")
     return "\n".join(lines)
 
 

@@ -19,6 +19,7 @@ import seaborn as sns
 
 from clmerge.experiment.results import read_result
 from clmerge.report.names import readable
+from clmerge.report.storage import persisted_MiB
 from clmerge.report.style import (GREY, MARKERS, MAX_LINES, PROTOCOL_NAMES, base_method,
                                    linestyle, order, palette, panels)
 
@@ -110,7 +111,7 @@ def _legend(ax, handles=None, labels=None, fig=None):
                   frameon=False)
 
 
-def _legend_below(fig, axes):
+def _legend_below(fig, axes, ncol: int = 3):
     """One legend for a (sub)figure, below its panels, outside the data (needs the
     constrained layout); the entries of every axis, each label once."""
     entries = {}
@@ -119,7 +120,7 @@ def _legend_below(fig, axes):
             entries.setdefault(label, h)
     if entries:
         fig.legend(entries.values(), entries.keys(), loc="outside lower center",
-                   ncol=min(3, len(entries)), fontsize=8, frameon=False)
+                   ncol=min(ncol, len(entries)), fontsize=8, frameon=False)
 
 
 def _facet_rows(n_rows: int, n_cols: int, width: float, height: float, **kw):
@@ -252,23 +253,6 @@ def loss_along_line(lines: dict):
     return fig
 
 
-def data_MiB(df: pd.DataFrame) -> pd.Series:
-    """Per variant, what it persists across tasks in MiB: the largest ``state_bytes`` a
-    merger reported, and for joint training, which keeps every training example, the
-    training inputs at one byte per input value (8-bit images; 4 bytes for vector
-    inputs), from the stream recorded in the result."""
-    from clmerge.report.storage import training_data_bytes
-
-    out = {}
-    for v in order(df["variant"]):
-        sub = df[df["variant"] == v]
-        if base_method(v) == "joint":
-            out[v] = max(training_data_bytes(p) for p in sub["path"]) / 2**20
-        else:
-            out[v] = sub["state_bytes_max"].max() / 2**20
-    return pd.Series(out)
-
-
 def _place_labels(ax, points: list[tuple[float, float, str, str]]):
     """Annotate each point with its label where the label's box overlaps no other label
     and no point: candidates right, left, above, below at growing distances."""
@@ -306,13 +290,13 @@ def storage_vs_accuracy(df: pd.DataFrame, column: str = "til_A_last"):
     """Bytes persisted across tasks against final accuracy, one point per variant (mean
     over seeds, error bar +-1 std over seeds). The x axis is symlog, linear below
     0.1 MiB, so methods that keep nothing sit at 0; joint training keeps its training
-    data (:func:`data_MiB`)."""
+    data (:func:`clmerge.report.storage.persisted_MiB`)."""
     from clmerge.report.style import FIXED, HUES
 
     # labels name the points; colour only separates neighbours (no yellow: faint on white)
     others = [h for h in HUES if h not in FIXED.values() and h != "#F0E442"]
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
-    mib = data_MiB(df)
+    mib = persisted_MiB(df)
     points = []
     for i, v in enumerate(order(df["variant"])):
         sub = df[df["variant"] == v]
@@ -358,7 +342,12 @@ def per_task_lines(tasks: pd.DataFrame, columns: dict, title: str = "", log: tup
     variants = order(tasks["variant"])
     groups = _line_groups(variants, highlight)
     ncols = min(3, len(columns))
-    fig, rows = _facet_rows(len(groups), ncols, 3.0 * ncols + 0.8, 3.4)
+    if ncols == 1 and len(groups) > 1:   # one panel per group, side by side
+        fig = plt.figure(figsize=(3.1 * len(groups), 4.0), layout="constrained")
+        rows = [(sf, np.atleast_1d(sf.subplots(1, 1)))
+                for sf in np.atleast_1d(fig.subfigures(1, len(groups)))]
+    else:
+        fig, rows = _facet_rows(len(groups), ncols, 3.0 * ncols + 0.8, 3.4)
     for (sf, axes), group in zip(rows, groups):
         colours = palette(group, highlight)
         for ax, (col, label) in zip(axes, columns.items()):
@@ -383,7 +372,7 @@ def per_task_lines(tasks: pd.DataFrame, columns: dict, title: str = "", log: tup
             ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
         for ax in axes[len(columns):]:
             ax.remove()
-        _legend_below(sf, axes[:len(columns)])
+        _legend_below(sf, axes[:len(columns)], ncol=2 if len(rows) > 1 and ncols == 1 else 3)
     if title:
         fig.suptitle(title, fontsize=10, fontweight="bold")
     return fig

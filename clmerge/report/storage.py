@@ -31,3 +31,21 @@ def training_data_bytes(path) -> int:
     cfg = r["config"]
     values, is_image = _input_values(cfg["benchmark"], cfg["n_experiences"])
     return sum(r["stream"]["n_train"]) * values * (1 if is_image else 4)
+
+
+def persisted_MiB(df) -> "pd.Series":
+    """Per variant of a tidy frame, what it persists across tasks in MiB: the largest
+    ``state_bytes`` a merger reported, and for joint training its training data
+    (:func:`training_data_bytes`, the largest over its runs)."""
+    import pandas as pd
+
+    from clmerge.report.style import base_method, order
+
+    out = {}
+    for v in order(df["variant"]):
+        sub = df[df["variant"] == v]
+        if base_method(v) == "joint":
+            out[v] = max(training_data_bytes(p) for p in sub["path"]) / 2**20
+        else:
+            out[v] = sub["state_bytes_max"].max() / 2**20
+    return pd.Series(out, dtype=float)

@@ -7,6 +7,7 @@ tables, class-incremental and task-incremental, one under the other.
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 import pandas as pd
@@ -25,6 +26,17 @@ def number(x) -> str:
     return f"{x:.1f}" if isinstance(x, float) else str(x)
 
 
+def _html(frame: pd.DataFrame, float_format) -> str:
+    """Readable method names in a first column; a ``command`` column that is the same on
+    every row is written once under the table instead of in every row."""
+    shown = readable_index(pd.DataFrame(frame)).reset_index()
+    note = ""
+    if "command" in shown.columns and shown["command"].nunique() == 1:
+        note = f"<p>Measured by: <code>{html.escape(str(shown['command'].iloc[0]))}</code></p>"
+        shown = shown.drop(columns="command")
+    return shown.to_html(float_format=float_format, na_rep="-", index=False) + note
+
+
 class Labelled(pd.DataFrame):
     """A frame that keeps its code labels (``pm[eps=0.3]``) for code and shows readable
     method names in a notebook."""
@@ -34,15 +46,14 @@ class Labelled(pd.DataFrame):
         return pd.DataFrame      # derived frames are plain frames
 
     def _repr_html_(self):
-        return readable_index(pd.DataFrame(self)).reset_index().to_html(na_rep="-", index=False)
+        return _html(self, None)
 
 
 class Shown(Labelled):
     """:class:`Labelled`, with numbers shown to one decimal (:func:`number`)."""
 
     def _repr_html_(self):
-        shown = readable_index(pd.DataFrame(self))
-        return shown.reset_index().to_html(float_format=number, na_rep="-", index=False)
+        return _html(self, number)
 
 
 def shown(frame: pd.DataFrame) -> Shown:
@@ -120,11 +131,14 @@ PAPER_NUMBERS = Path(__file__).resolve().parents[2] / "data" / "paper_numbers.cs
 
 
 def cost(df: pd.DataFrame) -> pd.DataFrame:
-    """Per variant: bytes persisted across tasks (max over tasks), train and merge seconds
-    per run (mean over seeds; wall clock of one CPU thread)."""
+    """Per variant: MiB persisted across tasks (the most over tasks; joint training: its
+    training data), train and merge seconds per run (mean over seeds; wall clock of one
+    CPU thread)."""
+    from clmerge.report.storage import persisted_MiB
+
     g = df.groupby("variant")
     out = pd.DataFrame({
-        "persisted MiB": g["state_bytes_max"].max() / 2**20,
+        "persisted MiB": persisted_MiB(df),
         "train s / run": g["train_seconds"].mean(),
         "merge s / run": g["merge_seconds"].mean(),
     })
