@@ -13,7 +13,8 @@ from __future__ import annotations
 import re
 
 METHOD_NAMES = {
-    "probe": "linear probe", "joint": "joint training", "seq": "sequential",
+    "probe": "linear probe", "nmc": "nearest class mean", "joint": "joint training",
+    "seq": "sequential",
     "average": "averaging", "coma": "CoMA", "cofima": "CoFiMA",
     "task_arithmetic": "task arithmetic", "ties": "TIES", "dare": "DARE", "magmax": "MagMax",
     "ewc": "EWC", "lwf": "LwF", "pm": "P&M", "trm": "TRM",

@@ -1,5 +1,6 @@
-"""references.bib: every entry links its source, lists every author, keeps its capitals,
-and every citation in the pages has an entry."""
+"""Pages of the book checked from their sources: references.bib (every entry links its
+source, lists every author, keeps its capitals; every citation has an entry) and the
+methods page (a section for every registered method)."""
 
 from __future__ import annotations
 
@@ -51,3 +52,16 @@ def test_every_citation_in_the_pages_has_an_entry():
         keys |= set(re.findall(r"\{cite:[pt]\}`([^`]+)`", page.read_text()))
     keys = {k.strip() for ks in keys for k in ks.split(",")}
     assert keys and keys <= set(ENTRIES), f"no entry for {keys - set(ENTRIES)}"
+
+
+def test_the_methods_page_has_a_section_for_every_method():
+    from clmerge.report.methods import method_names, method_section
+
+    page = (ROOT / "chapters" / "methods.md").read_text()
+    sections = re.findall(r'^## .*\(`(\w+)`\)\n\n```\{code-cell\}[^\n]*\n:tags: \[remove-input\]\n\n'
+                          r'Markdown\(method_section\("(\w+)", seen\)\)', page, re.M)
+    assert [a for a, b in sections if a != b] == []
+    assert sorted(a for a, _ in sections) == sorted(method_names())
+    for name in method_names():
+        text = method_section(name)
+        assert text and "arXiv" in text or name in ("seq", "joint", "probe", "average")
