@@ -19,7 +19,7 @@ import pandas as pd
 
 from clmerge.experiment.config import make_config
 from clmerge.report import statistics, study
-from clmerge.report.style import PROTOCOL_NAMES, color, linestyle
+from clmerge.report.style import PROTOCOL_NAMES, linestyle
 
 REGIME_VARIANTS = ["average", "ties", "magmax", "pm", "pm[perturbation=none]", "trm"]
 # A benchmark without its own list of rates: the profile's rate times these factors,
@@ -74,11 +74,31 @@ def gains(df: pd.DataFrame, reference: str = "seq", protocols=("cil", "til"),
 def figure(frame: pd.DataFrame, benchmark: str, protocols=("cil", "til")):
     """Gain over seq (points, 95% paired interval as error bars) against the LoRA rate,
     one panel per protocol; the top axis gives seq's task-incremental forgetting."""
+    fig = plt.figure(figsize=(8.6, 4.4), layout="constrained")
+    _draw(fig, frame, benchmark, protocols)
+    return fig
+
+
+def figures(frame: pd.DataFrame, benchmarks, protocols=("cil", "til")):
+    """:func:`figure` for every benchmark, one row each, in one figure (one caption)."""
+    benchmarks = list(benchmarks)
+    fig = plt.figure(figsize=(8.6, 4.4 * len(benchmarks)), layout="constrained")
+    rows = np.atleast_1d(fig.subfigures(len(benchmarks), 1)) if len(benchmarks) > 1 else [fig]
+    for sf, b in zip(rows, benchmarks):
+        _draw(sf, frame, b, protocols)
+    return fig
+
+
+def _draw(fig, frame: pd.DataFrame, benchmark: str, protocols):
+    """One benchmark's panels into ``fig`` (a figure or a subfigure)."""
+    from clmerge.report.names import readable
+    from clmerge.report.style import palette
+
     sub = frame[frame["benchmark"] == benchmark]
     variants = list(dict.fromkeys(sub["variant"]))
+    colours = palette(variants)
     lrs = sorted(set(sub["lr"]))
-    fig, axes = plt.subplots(1, len(protocols), figsize=(5.4 * len(protocols), 3.9),
-                             squeeze=False, sharex=True)
+    axes = np.atleast_2d(fig.subplots(1, len(protocols), squeeze=False, sharex=True))
     offsets = np.linspace(-0.06, 0.06, max(len(variants), 1))
     for ax, proto in zip(axes[0], protocols):
         d = sub[sub["protocol"] == proto]
@@ -89,31 +109,29 @@ def figure(frame: pd.DataFrame, benchmark: str, protocols=("cil", "til")):
             x = dv["lr"].to_numpy() * 10 ** offsets[k]
             err = np.vstack([dv["mean"] - dv["lo"], dv["hi"] - dv["mean"]])
             err = np.where(np.isnan(err), 0.0, err)
-            ax.errorbar(x, dv["mean"], yerr=err, color=color(v), ls=linestyle(v), marker="o",
-                        ms=4, capsize=2.5, lw=1.3, label=v)
+            ax.errorbar(x, dv["mean"], yerr=err, color=colours[v], ls=linestyle(v), marker="o",
+                        ms=4, capsize=2.5, lw=1.3, label=readable(v))
         ax.axhline(0, color="0.3", lw=0.9, ls=":")
         ax.set_xscale("log")
         ax.set_xticks(lrs)
         ax.set_xticklabels([f"{x:g}" for x in lrs])
         ax.minorticks_off()
         ax.set_xlabel("LoRA learning rate (drift grows to the right)")
-        ax.set_ylabel("gain over seq, A_last (points)")
-        ax.set_title(PROTOCOL_NAMES[proto], fontsize=10, pad=30)
+        ax.set_ylabel("gain over sequential, A_last (points)")
+        ax.set_title(PROTOCOL_NAMES[proto], fontsize=10)
         drift = d.drop_duplicates("lr").set_index("lr")["drift"].reindex(lrs)
         top = ax.secondary_xaxis("top")
         top.set_xticks(lrs)
         top.set_xticklabels([f"{f:.0f}" if np.isfinite(f) else "-" for f in drift])
         top.minorticks_off()
-        top.set_xlabel("seq's task-incremental forgetting (points)", fontsize=8)
+        top.set_xlabel("sequential's task-incremental forgetting (points)", fontsize=8)
     n = int(sub["n"].max()) if len(sub) else 0
     handles, labels = axes[0][0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0),
-                   ncol=min(len(labels), 6), frameon=False)
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 3),
+                   frameon=False, fontsize=8)
     fig.suptitle(f"{benchmark}: gain over sequential LoRA, mean and 95% paired interval "
                  f"over {n} seeds", fontsize=10)
-    fig.tight_layout()
-    return fig
 
 
 def table(frame: pd.DataFrame) -> pd.DataFrame:
