@@ -17,7 +17,8 @@ from clmerge.report.names import readable
 # training-time modules whose docstrings belong with a method's merger
 TRAINING_MODULES = {"pm": ["clmerge.plugins.perturbation"],
                     "trm": ["clmerge.plugins.trajectory"],
-                    "ewc": ["clmerge.plugins.regularization"]}
+                    "ewc": ["clmerge.plugins.regularization"],
+                    "lwf": ["clmerge.plugins.regularization"]}
 _ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")
 
 
@@ -37,16 +38,15 @@ def method_section(name: str, seen: set[str] | None = None) -> str:
     """The body of ``name``'s section: its one-line description, then the docstrings of
     the modules that implement it (merger first), verbatim in a text block. A module in
     ``seen`` (already shown) is named instead of repeated."""
-    from clmerge.mergers.registry import MERGERS, load_builtin_mergers
+    from clmerge.mergers.sequential import Sequential
     from clmerge.strategies.methods import get_method
 
-    load_builtin_mergers()
     spec = get_method(name)
     seen = set() if seen is None else seen
     modules = []
     merger = getattr(spec, "merger", None)
-    if merger in MERGERS:
-        modules.append(MERGERS[merger].__module__)
+    if merger is not None and (merger is not Sequential or name == "seq"):
+        modules.append(merger.__module__)
     modules += TRAINING_MODULES.get(name, [])
     text = [spec.description[0].upper() + spec.description[1:] + "."]
     for module in modules:
