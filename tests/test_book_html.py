@@ -88,6 +88,9 @@ def test_no_page_shows_a_traceback_or_stderr(name):
     assert not blocks, f"{name}: {len(blocks)} stderr/traceback output(s), first: " \
                        f"{blocks[0].get_text()[:200]!r}"
     assert not TRACEBACK.search(page.get_text()), f"{name}: a traceback in the text"
+    # a Markdown table a cell displayed must render as a table, not as its source text
+    assert not re.search(r"\|\s*-{3,}\s*\||\|\s*\u2014+\s*\|", page.get_text()), \
+        f"{name}: a Markdown table shown as text"
 
 
 def _ids(path: Path, cache={}) -> set[str]:
