@@ -86,3 +86,28 @@ def test_the_header_states_the_command_and_an_estimate():
     head = (ROOT / "examples" / "final" / "comparison.yaml").read_text()
     assert 'for g in examples/final/*.yaml; do clmerge sweep "$g"' in head
     assert "perf/sweep_estimate.py" in head and "ESTIMATE" not in head
+
+
+def test_sweep_estimate_falls_back_from_variant_to_calibration_to_default():
+    import importlib.util
+
+    import pandas as pd
+
+    spec = importlib.util.spec_from_file_location("sweep_estimate",
+                                                  ROOT / "perf" / "sweep_estimate.py")
+    est = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(est)
+    rows = [("quick", "split_glyphs", "pm", "pm", 100.0),
+            ("quick", "split_glyphs", "pm", "pm[eps=0.25]", 300.0),
+            ("quick", "split_glyphs", "seq", "seq", 50.0),
+            ("quick", "split_glyphs_calibration", "trm", "trm", 70.0)]
+    table = pd.DataFrame(rows, columns=["profile", "benchmark", "method", "variant", "seconds"])
+    cfg = make_config("pm", "split_glyphs", "quick", 0)
+    assert est.run_seconds(cfg, table, 9.0) == (100.0, "variant")
+    cfg = make_config("pm", "split_glyphs", "quick", 0, {"pm.eps": 1.0})
+    assert est.run_seconds(cfg, table, 9.0) == (200.0, "method")
+    assert est.run_seconds(make_config("ties", "split_glyphs", "quick", 0), table, 9.0) == (
+        pytest.approx(150.0), "benchmark")
+    assert est.run_seconds(make_config("trm", "split_glyphs", "quick", 0),
+                           table[table["method"] == "trm"], 9.0) == (70.0, "variant (calibration)")
+    assert est.run_seconds(cfg, table.iloc[:0], 9.0) == (9.0, "default")
