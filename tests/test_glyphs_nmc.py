@@ -133,3 +133,17 @@ def test_cosine_head_config_is_hash_neutral_at_its_default():
     assert all(isinstance(h, CosineLinear) for h in m.heads)
     r = run_experiment(c, progress=False)
     assert r["metrics"]["til"]["A_last"] > 0.6
+
+
+def test_means_initialised_cosine_heads_without_training_are_the_nmc_classifier():
+    """Oracle: with nothing trained (both learning rates 0), cosine heads initialised at
+    the class means make seq's matrices those of nmc (argmax of s * cos is argmax cos)."""
+    nmc = run_experiment(make_config("nmc", profile="smoke"), progress=False)
+    seq = run_experiment(make_config("seq", profile="smoke", overrides={
+        "head": "cosine", "head_init": "means", "lr": 0.0, "head_lr": 0.0}), progress=False)
+    for a, b in ((nmc["R"], seq["R"]), (nmc["R_til"], seq["R_til"])):
+        for ra, rb in zip(a, b):
+            assert rb == pytest.approx(ra, abs=0.01)   # float32 vs float64 near-ties
+    trained = run_experiment(make_config("seq", profile="smoke", overrides={
+        "head": "cosine", "head_init": "means"}), progress=False)
+    assert trained["R"] != seq["R"]

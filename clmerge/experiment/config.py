@@ -79,6 +79,10 @@ class ExperimentConfig:
                    "CosineLinear with a fixed scale)", choices=("linear", "cosine"))
     head_scale: float = _f(16.0, "fixed scale of the cosine head's logits (unused by linear "
                            "heads)", minimum=0)
+    head_init: str = _f("random", "initial weights of the heads trained on an experience: "
+                        "random (nn.Linear's init) or means (each class's row set to the unit "
+                        "mean of the unit features of its training images under the model "
+                        "the experience starts from; biases 0)", choices=("random", "means"))
     weight_decay: float = _f(0.0, "AdamW weight decay", minimum=0)
     eval_batch_size: int = _f(256, "evaluation minibatch size", minimum=1, maximum=1_000_000)
     start: str = _f("merged", "where task t starts: the merged model (default) or the previous "
@@ -118,7 +122,7 @@ FIELDS = {f.name: f for f in fields(ExperimentConfig)}
 # Settings added later; at these values a run computes what it computed before they
 # existed (amp=auto is off on the CPU; the diagnostics only read gradients).
 HASH_NEUTRAL_DEFAULTS = {"amp": "auto", "num_workers": 0, "diag_steps": 20,
-                         "head": "linear", "head_scale": 16.0}
+                         "head": "linear", "head_scale": 16.0, "head_init": "random"}
 
 
 # ---------------------------------------------------------------------- profiles

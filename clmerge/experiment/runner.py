@@ -142,7 +142,8 @@ class Run:
         cfg = self.cfg
         return MergingTemplate(
             model=self.model, lora=self.lora, finetune=cfg.finetune, lr=cfg.lr,
-            head_lr=cfg.head_lr, weight_decay=cfg.weight_decay, train_mb_size=cfg.batch_size,
+            head_lr=cfg.head_lr, weight_decay=cfg.weight_decay, head_init=cfg.head_init,
+            train_mb_size=cfg.batch_size,
             train_epochs=cfg.epochs, eval_mb_size=cfg.eval_batch_size, device=cfg.device,
             plugins=plugins, evaluator=make_evaluator(),
             amp=resolve_amp(cfg.amp, cfg.device), num_workers=cfg.num_workers,

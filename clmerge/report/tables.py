@@ -195,14 +195,13 @@ def calibration(path: str | Path = CALIBRATION) -> pd.DataFrame:
     """The committed calibration table (``clmerge.experiment.calibration``), one row per
     candidate budget: seq and joint accuracy (percent), the targets and the chosen row."""
     df = pd.read_csv(path)
-    cols = {"head": "head", "lr": "LoRA lr", "epochs": "epochs", "batch_size": "batch",
+    cols = {"head": "head", "head_init": "head init", "lr": "LoRA lr", "epochs": "epochs", "batch_size": "batch",
             "head_lr": "head lr", "seq_cil": "seq CIL", "seq_til": "seq TIL",
             "seq_til_forgetting": "seq TIL forgetting", "joint_cil": "joint CIL",
             "nmc_cil": "nmc CIL", "probe_cil": "probe CIL", "seq_over_nmc": "seq / nmc",
             "joint_minus_nmc": "joint - nmc", "ratio_ok": "ratio in [0.75, 1.2]",
             "joint_ok": "joint >= nmc + 5", "drift_ok": "TIL forgetting >= 1",
-            "seq_seconds": "seq s / run", "chosen": "chosen"}
+            "chosen": "chosen"}
     out = df[[c for c in cols if c in df.columns]].rename(columns=cols)
     return out.round({"seq / nmc": 2, "seq CIL": 1, "seq TIL": 1, "seq TIL forgetting": 1,
-                      "joint CIL": 1, "nmc CIL": 1, "probe CIL": 1, "joint - nmc": 1,
-                      "seq s / run": 0})
+                      "joint CIL": 1, "nmc CIL": 1, "probe CIL": 1, "joint - nmc": 1})

@@ -8,6 +8,13 @@ builds the optimizer):
 - only the LoRA parameters (or every backbone weight, for full fine-tuning) and those
   heads require gradients;
 
+- with ``head_init="means"``, the rows of those heads are set to the unit mean of the
+  unit features of each class's training images, computed by the model the experience
+  starts from (eval mode, no gradient, in dataset order, so no random number is drawn);
+  biases are set to 0. A cosine head then starts as the nearest-class-mean classifier
+  of the current features, so heads learnt one experience at a time start calibrated
+  against each other, and training moves them from there;
+
 and ``make_optimizer`` builds a fresh AdamW with two parameter groups (backbone at
 ``lr``, heads at ``head_lr``), so no optimizer state crosses experiences. Everything
 else, including the plugins (merge driver, P&M perturbation, diagnostics) and the
@@ -63,13 +70,14 @@ def enable_tf32() -> None:
 
 class MergingTemplate(SupervisedTemplate):
     def __init__(self, *, model, lora=None, finetune: str = "lora", lr: float = 1e-3,
-                 head_lr: float = 1e-2, weight_decay: float = 0.0,
+                 head_lr: float = 1e-2, weight_decay: float = 0.0, head_init: str = "random",
                  amp: torch.dtype | None = None, num_workers: int = 0,
                  worker_init_fn=None, **kwargs):
         self.lora = lora
         self.finetune = finetune
         self.lr, self.head_lr, self.weight_decay = lr, head_lr, weight_decay
         self.train_heads: list[int] = [0]
+        self.head_init = head_init
         self.amp = amp
         self.num_workers = int(num_workers)
         self.worker_init_fn = worker_init_fn
@@ -127,10 +135,36 @@ class MergingTemplate(SupervisedTemplate):
                 p.requires_grad_(False)
             for p in self.backbone_trainables():
                 p.requires_grad_(True)
+            model = model.to(self.device)
+            if self.head_init == "means":
+                self.init_heads_at_means(model)
             for h in self.train_heads:
                 for p in model.heads[h].parameters():
                     p.requires_grad_(True)
         return model.to(self.device)
+
+    @torch.no_grad()
+    def init_heads_at_means(self, model) -> None:
+        """Set each training head's class rows to the unit mean of the unit features of
+        that class in the current experience (biases to 0)."""
+        was_training = model.training
+        model.eval()
+        loader = torch.utils.data.DataLoader(self.experience.dataset.eval(),
+                                             batch_size=self.eval_mb_size, shuffle=False)
+        sums: dict[int, torch.Tensor] = {}
+        for x, y, *_ in loader:
+            f = torch.nn.functional.normalize(model.backbone(x.to(self.device)), dim=-1)
+            for c in y.unique().tolist():
+                s = f[y.to(self.device) == c].sum(0)
+                sums[c] = sums[c] + s if c in sums else s
+        for h in self.train_heads:
+            head = model.heads[h]
+            for row, c in enumerate(model.classes_per_exp[h]):
+                if c in sums:
+                    head.weight[row] = torch.nn.functional.normalize(sums[c], dim=0)
+            if getattr(head, "bias", None) is not None:
+                head.bias.zero_()
+        model.train(was_training)
 
     def make_optimizer(self, **kwargs):
         heads = [p for h in self.train_heads for p in self.model.heads[h].parameters()]
