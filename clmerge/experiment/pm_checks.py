@@ -68,6 +68,11 @@ def closed_form_check(cfg: ExperimentConfig, grid: int = 401) -> dict:
     return {"rows": rows, "curves": curves}
 
 
+# perturbation sizes of the finite-difference check: the paper's 0.5 and its neighbours,
+# and small ones that show the limit e -> 0 (float64 keeps them meaningful)
+EPS_LIST = (1e-4, 1e-3, 0.01, 0.03, 0.1, 0.25, 0.5, 0.75, 1.0)
+
+
 @torch.no_grad()
 def _task_loss(run, j: int, batches) -> float:
     run.model.set_active_heads([j])
@@ -81,7 +86,7 @@ def _task_loss(run, j: int, batches) -> float:
 def _directional_curvature(run, batches) -> tuple[float, float]:
     """(L, d^2/da^2 L) at a = 1 along the LoRA branch scale, by double backward."""
     lora = run.lora
-    alpha = torch.ones((), dtype=torch.float32, requires_grad=True)
+    alpha = torch.ones((), dtype=torch.float64, requires_grad=True)
     lora.set_scale_factor(alpha)
     loss, n = 0.0, 0
     for x, y in batches:
@@ -95,7 +100,7 @@ def _directional_curvature(run, batches) -> tuple[float, float]:
 
 
 def line_check(cfg: ExperimentConfig, experience: int = 1, n_samples: int = 512,
-               alphas=None, eps_list=(0.1, 0.25, 0.5, 0.75, 1.0)) -> dict:
+               alphas=None, eps_list=EPS_LIST) -> dict:
     """Losses along theta_hat_{k-1} + a Delta_k after training experience k = ``experience``."""
     if cfg.finetune != "lora":
         raise ValueError("line_check scales the LoRA branch; it needs finetune=lora")
@@ -109,11 +114,12 @@ def line_check(cfg: ExperimentConfig, experience: int = 1, n_samples: int = 512,
         strategy.train_heads = [t]
         strategy.train(exp)
     run.model.eval()
+    run.model.double()     # every loss, difference and derivative below in float64
 
     def data(j):
         out, n = [], 0
         for x, y in run.train_batches(run.stream.train_stream[j]):
-            out.append((x[: n_samples - n], y[: n_samples - n]))
+            out.append((x[: n_samples - n].double(), y[: n_samples - n]))
             n += len(out[-1][1])
             if n >= n_samples:
                 break

@@ -130,9 +130,17 @@ class Run:
             shuffle=shuffle, generator=self.generator,
             pin_memory=self.cfg.device.startswith("cuda"), **parallel)
 
-    def train_batches(self, experience):
-        """(x, y) batches of an experience's training data, fixed order."""
-        for x, y, *_ in self.train_loader(experience, shuffle=False):
+    def train_batches(self, experience, indices=None, batch_size=None):
+        """(x, y) batches of an experience's training data, fixed order; with ``indices``,
+        only those samples, in that order."""
+        if indices is None:
+            loader = self.train_loader(experience, batch_size=batch_size, shuffle=False)
+        else:
+            loader = torch.utils.data.DataLoader(
+                torch.utils.data.Subset(experience.dataset.eval(), list(indices)),
+                batch_size=batch_size or self.cfg.batch_size, shuffle=False,
+                pin_memory=self.cfg.device.startswith("cuda"))
+        for x, y, *_ in loader:
             yield x.to(self.cfg.device), y.to(self.cfg.device)
 
     # ------------------------------------------------------------------ strategies

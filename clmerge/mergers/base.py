@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterable
+from typing import Any, Callable, ClassVar, Iterable, Sequence
 
 from clmerge.tensormath.tensordict import TensorDict
 
@@ -33,11 +33,16 @@ class MergeContext:
             the ``finetuned`` start protocol is used).
         finetuned: theta*_t, the weights at the end of training experience t.
         train_batches: a callable returning an iterable of (x, y) minibatches of
-            experience t's training data (for Fisher-based mergers).
+            experience t's training data (for Fisher-based mergers);
+            ``train_batches(indices=..., batch_size=...)`` yields only the samples at
+            those indices of the experience's training set, in that order.
+        train_targets: a callable returning the class label of every training sample
+            of experience t (by index), e.g. to draw a stratified sample.
         logits_fn: callable (model, x) -> logits restricted to experience t's head.
         model: the model (its mergeable weights currently hold ``finetuned``).
         weights: the mergeable weight parameters of ``model``, by the same keys.
         extras: plugin-provided data (e.g. trajectory snapshots).
+        seed: the run's seed, for mergers that draw samples (combined with ``t``).
     """
 
     t: int
@@ -45,11 +50,13 @@ class MergeContext:
     merged: TensorDict
     start: TensorDict
     finetuned: TensorDict
-    train_batches: Callable[[], Iterable] | None = None
+    train_batches: Callable[..., Iterable] | None = None
+    train_targets: Callable[[], Sequence[int]] | None = None
     logits_fn: Callable | None = None
     model: Any = None
     weights: dict = field(default_factory=dict)
     extras: dict = field(default_factory=dict)
+    seed: int = 0
 
 
 def parameter_names(module, weights: dict) -> dict[str, str]:

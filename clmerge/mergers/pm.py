@@ -24,8 +24,35 @@ Defaults and deviations (each one an option):
   S_Ftheta = sum_{i<t} F_i theta*_i (O(1) in the number of tasks; our rewrite, exactly
   equal to the paper's form, proven in the tests). ``storage=stored`` keeps every
   theta*_i and F_i as the paper does (O(T)).
-- ``fisher=per_sample`` (default; textbook empirical Fisher via torch.func);
-  ``per_batch`` is the cheaper approximation. ``fisher_samples`` caps the samples.
+- The Fisher (:func:`clmerge.mergers.fisher_context.task_fisher`):
+
+  * ``fisher_estimator=empirical`` (default): the paper's empirical Fisher, true
+    labels. ``true``: the expectation over labels drawn from the model's own predictive
+    distribution, exact over the head's classes (the Fisher information; Martens, arXiv
+    1412.1193; Kunstner et al., arXiv 1905.12558), which does not vanish where the model
+    fits its training data; it costs one backward pass per class. Which one the paper's
+    code uses is not stated.
+  * ``fisher_normalize=trace``: each F_t divided by its trace tr(F_t) (sum over every
+    mergeable weight entry) before it enters a_t and the running sums, so every task
+    weighs the same in a_t however saturated its fit is (our option, not the paper's;
+    a task whose trace is 0 keeps F_t = 0). ``none`` (default) is the paper's form.
+  * ``fisher=per_sample`` (default, textbook) or ``per_batch`` (the cheaper
+    approximation).
+  * ``fisher_samples=256`` (default) caps the samples per task: a seeded shuffle of
+    the task's training data, stratified by class and interleaved so that every
+    batch is mixed (``fisher_sampling=stratified``; the stream stores a task class by
+    class, ``sequential`` takes the first samples in that order). The draw is seeded
+    by the run's seed and the task index. The cap keeps the merge under 0.15x of a
+    task's training time in the ``quick`` profile (``perf/merge_time.py``); the paper
+    does not report its sample count.
+  * ``fisher_engine=hooks`` (default): per-sample gradients from one forward and one
+    backward pass per batch (layer inputs and output gradients captured by hooks), with
+    the log-likelihood in float64; ``vmap`` is the earlier torch.func path with a float32
+    log-likelihood, whose gradient vanishes or flips sign for logit margins above
+    about 17 (:mod:`clmerge.tensormath.fisher`).
+  * ``fisher_batch_size``: samples per forward/backward pass (0: the training batch
+    size); it changes only the speed of ``per_sample`` and the estimate of
+    ``per_batch``.
 - Clipping to [0, 1] is inferred from "convex combination" (``clip``).
 - With LoRA the Fisher is over the LoRA target weights, which are the mergeable
   weights (for a timm ViT, the K/V rows of ``qkv`` per the paper; here, whatever the
@@ -37,8 +64,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from clmerge.mergers.base import MergeContext, Merger, check_choice
-from clmerge.mergers.fisher_context import task_fisher
+from clmerge.mergers.fisher_context import SAMPLINGS, task_fisher
 from clmerge.tensormath import tensordict as td
+from clmerge.tensormath.fisher import ENGINES, ESTIMATORS
 from clmerge.tensormath.pm_coefficient import RunningFisherSums, StoredTasks
 
 
@@ -55,8 +83,23 @@ class PMOptions:
     alpha: str = field(default="global", metadata={
         "help": "global: one a_t for the model; per_module: one per mergeable weight"})
     fisher: str = field(default="per_sample", metadata={"help": "per_sample or per_batch"})
-    fisher_samples: int = field(default=1024, metadata={
-        "help": "training samples of the current task used for its Fisher"})
+    fisher_samples: int = field(default=256, metadata={
+        "help": "training samples of the current task used for its Fisher (a seeded, "
+                "class-stratified draw)"})
+    fisher_estimator: str = field(default="empirical", metadata={
+        "help": "empirical (true labels, the paper's) or true (expectation over labels drawn "
+                "from the model's predictive distribution: the Fisher information)"})
+    fisher_normalize: str = field(default="none", metadata={
+        "help": "none (the paper's) or trace: each F_t scaled to unit trace before it enters "
+                "a_t"})
+    fisher_sampling: str = field(default="stratified", metadata={
+        "help": "stratified (seeded, class-stratified, interleaved draw) or sequential (the "
+                "first samples in the stream's stored order)"})
+    fisher_engine: str = field(default="hooks", metadata={
+        "help": "hooks (per-sample gradients from one forward/backward, float64 "
+                "log-likelihood) or vmap (torch.func, float32 log-likelihood)"})
+    fisher_batch_size: int = field(default=0, metadata={
+        "help": "samples per Fisher forward/backward pass; 0: the training batch size"})
     storage: str = field(default="running", metadata={
         "help": "running: O(1) sums S_F, S_Ftheta; stored: every theta*_i and F_i (paper)"})
     clip: bool = field(default=True, metadata={"help": "clip a_t to [0, 1]"})
@@ -71,6 +114,16 @@ class PMOptions:
         check_choice(self.alpha, "alpha", ("global", "per_module"))
         check_choice(self.fisher, "fisher", ("per_sample", "per_batch"))
         check_choice(self.storage, "storage", ("running", "stored"))
+        check_choice(self.fisher_estimator, "fisher_estimator", ESTIMATORS)
+        check_choice(self.fisher_normalize, "fisher_normalize", ("none", "trace"))
+        check_choice(self.fisher_sampling, "fisher_sampling", SAMPLINGS)
+        check_choice(self.fisher_engine, "fisher_engine", ENGINES)
+        if self.fisher_estimator != "empirical" and (self.fisher_engine != "hooks"
+                                                     or self.fisher != "per_sample"):
+            raise ValueError("fisher_estimator=true needs fisher_engine=hooks and "
+                             "fisher=per_sample")
+        if self.fisher_batch_size < 0:
+            raise ValueError(f"fisher_batch_size must be >= 0; got {self.fisher_batch_size}")
         if self.fisher_samples < 1:
             raise ValueError(f"fisher_samples must be >= 1; got {self.fisher_samples}")
 
@@ -83,19 +136,27 @@ class PerturbAndMergeMerger(Merger):
         self.state = RunningFisherSums() if self.options.storage == "running" else StoredTasks()
 
     def fisher(self, ctx: MergeContext) -> td.TensorDict:
-        """F_t at theta*_t (the model holds theta*_t while merging) on task t's data."""
-        return task_fisher(ctx, mode=self.options.fisher, max_samples=self.options.fisher_samples)
+        """F_t at theta*_t (the model holds theta*_t while merging) on task t's data,
+        before any normalisation."""
+        o = self.options
+        return task_fisher(ctx, mode=o.fisher, max_samples=o.fisher_samples,
+                           engine=o.fisher_engine, estimator=o.fisher_estimator,
+                           sampling=o.fisher_sampling, batch_size=o.fisher_batch_size or None)
 
     def merge(self, ctx: MergeContext) -> td.TensorDict:
         o = self.options
         delta = td.sub(ctx.finetuned, ctx.merged)
         fisher_t = self.fisher(ctx)
+        trace = float(sum(f.double().sum() for f in fisher_t.values()))
+        # tr(F_t) and Delta^T F_t Delta of the estimate itself: how strongly the current
+        # task pulls a_t up (recorded before any normalisation)
+        diag = {"fisher_trace": trace,
+                "delta_F_delta": float(td.dot(delta, delta, weight=fisher_t))}
+        if o.fisher_normalize == "trace" and trace > 0:
+            fisher_t = td.scale(fisher_t, 1.0 / trace)
         a = self.state.coefficient(ctx.merged, delta, fisher_t,
                                    per_module=o.alpha == "per_module", clip=o.clip)
         self.state.update(fisher_t, ctx.finetuned)
-        # tr(F_t) and Delta^T F_t Delta: how strongly the current task pulls a_t up
-        diag = {"fisher_trace": float(sum(f.double().sum() for f in fisher_t.values())),
-                "delta_F_delta": float(td.dot(delta, delta, weight=fisher_t))}
         if isinstance(a, dict):
             self.record(coefficient=sum(a.values()) / len(a), coefficients=a, **diag)
         else:

@@ -40,7 +40,8 @@ class MergePlugin(SupervisedPlugin):
     def __init__(self, merger: Merger, weights: dict[str, torch.nn.Parameter],
                  theta0: td.TensorDict, lora=None, start: str = "merged",
                  train_batches: Callable | None = None, logits_fn: Callable | None = None,
-                 extras: dict | None = None, state_sources: Iterable = ()):
+                 extras: dict | None = None, state_sources: Iterable = (),
+                 seed: int = 0):
         super().__init__()
         self.merger = merger
         self.weights = weights
@@ -49,6 +50,7 @@ class MergePlugin(SupervisedPlugin):
         self.start_mode = start
         self.train_batches = train_batches
         self.logits_fn = logits_fn
+        self.seed = seed
         self.merged = td.clone({k: p for k, p in weights.items()})
         self.finetuned_prev: td.TensorDict | None = None
         self.start: td.TensorDict | None = None
@@ -84,9 +86,11 @@ class MergePlugin(SupervisedPlugin):
         ctx = MergeContext(
             t=exp.current_experience, theta0=self.theta0, merged=self.merged,
             start=self.start, finetuned=finetuned,
-            train_batches=(lambda: self.train_batches(exp)) if self.train_batches else None,
+            train_batches=((lambda **kw: self.train_batches(exp, **kw))
+                           if self.train_batches else None),
+            train_targets=lambda: list(exp.dataset.targets),
             logits_fn=self.logits_fn, model=strategy.model, weights=self.weights,
-            extras=self.extras)
+            extras=self.extras, seed=self.seed)
         merged = self.merger.merge(ctx)
         check_tensors(merged, t, "the merge", "the merged weights")
         self._write(merged)

@@ -119,7 +119,7 @@ class MethodSpec:
         plugins = self.plugins(options, run, extras) if self.plugins else []
         merge = MergePlugin(merger, run.weights, run.theta0, lora=run.lora, start=run.cfg.start,
                             train_batches=run.train_batches, logits_fn=active_head_logits,
-                            extras=extras,
+                            extras=extras, seed=run.cfg.seed,
                             state_sources=[p for p in plugins if hasattr(p, "state_bytes")])
         return MethodParts(merger, merge, plugins)
 

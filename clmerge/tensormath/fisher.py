@@ -1,18 +1,33 @@
-"""Diagonal empirical Fisher of a classifier with respect to a subset of its parameters.
+"""Diagonal Fisher of a classifier with respect to a subset of its parameters.
 
 Definition (the empirical Fisher used by P&M, arXiv 2505.22389, and by EWC/CoFiMA)::
 
     F = 1/N sum_{n=1..N} (d log p(y_n | x_n; theta) / d theta)^2      (elementwise)
 
-with y_n the *true* labels of the training samples (empirical, not the model's own
-samples) and p = softmax(logits). Only the parameters named in ``param_names`` are
+with p = softmax(logits). Only the parameters named in ``param_names`` are
 differentiated; every other parameter and buffer is held fixed at its current value.
 
-Two modes:
+Estimators (``estimator``), i.e. which labels y_n enter the definition:
 
-- ``"per_sample"`` (default, the textbook definition above): per-sample gradients with
-  ``torch.func`` (``functional_call`` + ``vmap`` + ``grad``), one forward/backward
-  per batch. Memory is batch size x |selected params|; ``chunk_size`` bounds it.
+- ``"empirical"``: y_n the *true* labels of the samples (the empirical Fisher of
+  Martens, "New insights and perspectives on the natural gradient method", arXiv
+  1412.1193, section 11; what P&M and EWC's released code use). At a well-fitted optimum
+  the per-sample gradients, and with them F, vanish with the loss.
+- ``"true"``: the expectation over labels drawn from the model's own predictive
+  distribution, computed exactly over the classes: F = 1/N sum_n sum_k p(k|x_n)
+  (d log p(k|x_n) / d theta)^2, the Fisher information of the model's conditional
+  distribution (Martens, arXiv 1412.1193, sections 5 and 9; Kunstner, Hennig, Balles,
+  "Limitations of the empirical Fisher approximation", arXiv 1905.12558). It is the
+  Gauss-Newton matrix of the cross-entropy, does not depend on the labels, and at a
+  confident sample scales like 1 - p(y|x) where the empirical one scales like
+  (1 - p(y|x))^2: it does not vanish with the training loss. One forward pass and one
+  backward pass per class with a finite logit (the weight sqrt(p(k|x_n)) is folded into
+  the output gradient); ``per_sample`` mode and ``engine="hooks"`` only. Classes whose
+  logit is -inf for every sample (masked) are skipped.
+
+Modes:
+
+- ``"per_sample"`` (default, the textbook definition above).
 - ``"per_batch"`` (cheap approximation): one gradient of the batch-mean log-likelihood
   g_b = d (1/B_b sum_{n in b} log p_n) / d theta per batch, and::
 
@@ -24,39 +39,78 @@ Two modes:
   equals it exactly for B = 1. Each batch's estimate is weighted by its number of
   samples (so a short last batch counts less); with equal batch sizes this is the
   plain mean over batches of B * g_b^2. Away from an optimum it overestimates F by
-  (B-1) (E g)^2.
+  (B-1) (E g)^2. The batches' composition matters here: draw them mixed across classes
+  (:func:`clmerge.mergers.fisher_context.stratified_order`).
 
-Choices / deviations:
+Engines (``engine``):
+
+- ``"hooks"``: one forward and one backward pass per batch. Forward hooks capture the
+  input of every ``nn.Linear`` and every ``nn.Conv2d`` (groups = 1, zero padding) that
+  owns a selected weight or bias, and the backward pass returns the gradient of the
+  summed log-likelihood with respect to those modules' outputs. Since the output of
+  sample n is its own, that gradient is per sample; the per-sample weight gradient is
+  G_n = sum_p g_{n,p} x_{n,p}^T over the sample's tokens/positions p (summed *before*
+  squaring), bias gradient sum_p g_{n,p}. A Linear sees inputs [N, ..., in]; a
+  convolution's positions come from ``unfold`` (1x1 convolutions use the input
+  directly). This is the per-sample-gradient technique of BackPACK (Dangel, Kunstner,
+  Hennig, arXiv 1912.10985) and Opacus (Yousefpour et al., arXiv 2109.12298). Selected
+  parameters owned by any other module type (normalisation layers, depthwise
+  convolutions, ...) fall back to ``torch.func`` per-sample gradients (``vmap``), with
+  the same labels.
+  The log-likelihood is computed in float64 from the logits in the stable form
+  log p(y|x) = -log(1 + sum_{k != y} exp(z_k - z_y)) (``log_likelihood``), whose
+  gradient d log p / d z = onehot(y) - softmax(z) keeps its relative precision when
+  1 - p(y|x) is far below the float32 (or float64) rounding of 1: a float32
+  ``log_softmax`` returns a zero or wrong-signed gradient for a logit margin above about
+  17, i.e. exactly for the confident samples that dominate a saturated Fisher. The
+  gradient with respect to the logits is cast to the network's dtype and
+  back-propagated through it; per-sample products and squares are accumulated in
+  float64.
+- ``"vmap"``: ``torch.func`` (``functional_call`` + ``vmap`` + ``grad``) for every
+  parameter, with a float32 ``log_softmax`` log-likelihood; kept unchanged so that
+  results computed with it stay reproducible (CoFiMA's default). Empirical only.
+
+Choices / deviations (both engines):
 
 - The model is switched to eval mode for the computation (BatchNorm uses running
   statistics, dropout is off) and every submodule's own training flag is restored
-  afterwards; no parameter, buffer or ``.grad`` of the model is modified.
-- Logits may contain -inf (masked classes); log_softmax keeps the true class finite as
-  long as its logit is finite. A non-finite log-likelihood or gradient raises
-  ``ValueError``.
-- Half-precision logits are promoted to float32 before log_softmax; sums are
-  accumulated in float64 and returned as float32 tensors (on the parameters' device).
+  afterwards; no parameter value, buffer or ``.grad`` of the model is modified (the hooks
+  engine sets ``requires_grad`` on the selected parameters for the duration of the call
+  so that the graph is recorded, and restores it).
+- Logits may contain -inf (masked classes); the true class must have a finite logit.
+  A non-finite log-likelihood or gradient raises ``ValueError``.
+- Sums are accumulated in float64 and returned as float32 tensors (on the parameters'
+  device).
 - Autocast is switched off for the parameters' device while the Fisher is computed, so
   a caller's mixed-precision region (bf16 training forwards) never reaches it: forwards
-  and gradients are float32. (On CUDA with TF32 enabled, as the training template does,
-  float32 matmuls use TF32 tensor cores: 10-bit mantissa products, float32 accumulation.)
+  and gradients are in the model's dtype. (On CUDA with TF32 enabled, as the training
+  template does, float32 matmuls use TF32 tensor cores: 10-bit mantissa products,
+  float32 accumulation.)
 - ``max_samples`` truncates the last batch needed and stops before pulling the next.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
+from torch.nn import functional as nnf
 
 from .tensordict import TensorDict
 
-__all__ = ["diagonal_fisher"]
+__all__ = ["diagonal_fisher", "log_likelihood", "hookable", "ESTIMATORS", "ENGINES"]
 
 LogitsFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+
+ESTIMATORS = ("empirical", "true")
+ENGINES = ("hooks", "vmap")
+
+# elements of one per-sample gradient block [chunk, out, in] formed at once (hooks engine)
+HOOK_BLOCK_ELEMENTS = 2**22
 
 
 def _default_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -75,27 +129,152 @@ class _Call(nn.Module):
         return self.logits_fn(self.model, x)
 
 
-def _log_likelihood(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Sum over the batch of log softmax(logits)[y]."""
+def _log_likelihood_f32(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Sum over the batch of log softmax(logits)[y] (float32; the ``vmap`` engine's)."""
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
     logp = torch.log_softmax(logits, dim=-1)
     return logp.gather(-1, y.reshape(-1, 1).long()).sum()
 
 
+def log_likelihood(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample log p(y | x) = -log(1 + sum_{k != y} exp(z_k - z_y)), in float64.
+
+    Written as ``-logaddexp(0, logsumexp_{k != y}(z_k - z_y))``: value and gradient
+    (onehot(y) - softmax(z), with 1 - p_y computed as sum_{k != y} p_k) keep their
+    relative precision at any logit margin, where ``log_softmax`` rounds p_y to 1.
+    Classes with a -inf logit contribute nothing; a non-finite true-class logit gives a
+    non-finite result.
+    """
+    z = logits.to(torch.float64)
+    y = y.reshape(-1, 1).long()
+    zy = z.gather(-1, y)
+    diff = z - zy
+    drop = (torch.arange(z.shape[-1], device=z.device) == y) | torch.isneginf(z)
+    # -1e4 instead of -inf keeps logsumexp's gradient finite when no other class is left;
+    # exp(-1e4) is 0 in float64, so the value is that of the exact form
+    others = diff.masked_fill(drop, -1e4)
+    u = torch.logsumexp(others, dim=-1)
+    return -torch.logaddexp(torch.zeros_like(u), u)
+
+
 def _autocast_off(device: torch.device):
-    """Autocast disabled for ``device``'s type: the Fisher is taken in float32."""
+    """Autocast disabled for ``device``'s type: the Fisher is taken in the model's dtype."""
     if torch.amp.is_autocast_available(device.type):
         return torch.autocast(device_type=device.type, enabled=False)
     return contextlib.nullcontext()
+
+
+def hookable(module: nn.Module) -> bool:
+    """Whether the hooks engine forms per-sample gradients of ``module``'s own weight and
+    bias: ``nn.Linear``, and ``nn.Conv2d`` with groups = 1 and zero (numeric) padding."""
+    if isinstance(module, nn.Linear):
+        return True
+    return (isinstance(module, nn.Conv2d) and module.groups == 1
+            and module.padding_mode == "zeros" and not isinstance(module.padding, str))
+
+
+def _owners(model: nn.Module, names: Sequence[str]) -> dict[str, tuple[nn.Module, str]]:
+    """Selected parameter name -> (module that owns it, its local name)."""
+    wanted, out = set(names), {}
+    for mname, m in model.named_modules():
+        for pname, _ in m.named_parameters(recurse=False):
+            full = f"{mname}.{pname}" if mname else pname
+            if full in wanted and full not in out:
+                out[full] = (m, pname)
+    return out
+
+
+class _Captures:
+    """Forward hooks that keep the input of each watched module and hand downstream a
+    copy of its output, so that the gradient with respect to the original output is the
+    module's own even when a later operation works in place."""
+
+    def __init__(self, modules: Iterable[nn.Module]):
+        self.calls: dict[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.handles = [m.register_forward_hook(self._hook) for m in modules]
+
+    def _hook(self, module, inputs, output):
+        self.calls.setdefault(module, []).append((inputs[0].detach(), output))
+        return output.clone()
+
+    def clear(self) -> None:
+        self.calls = {}
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _positions(module: nn.Module, x: torch.Tensor, g: torch.Tensor):
+    """(x, g) reshaped to [N, P, in_features] and [N, P, out] (P tokens / positions)."""
+    n = x.shape[0]
+    if isinstance(module, nn.Linear):
+        return x.reshape(n, -1, x.shape[-1]), g.reshape(n, -1, g.shape[-1])
+    # Conv2d, groups = 1: columns of the input that each output position sees
+    gp = g.reshape(n, g.shape[1], -1).transpose(1, 2)                  # [N, L, out]
+    if module.kernel_size == (1, 1) and tuple(module.padding) == (0, 0):
+        sh, sw = module.stride
+        cols = x[:, :, ::sh, ::sw].reshape(n, x.shape[1], -1)
+    else:
+        cols = nnf.unfold(x, module.kernel_size, module.dilation, module.padding,
+                          module.stride)
+    return cols.transpose(1, 2), gp                                   # [N, L, in*kh*kw]
+
+
+def _accumulate_hooked(module: nn.Module, local: dict[str, str], calls, acc: dict,
+                       per_sample: bool, scale: float) -> None:
+    """Add sum_n G_n^2 (per sample) or (sum_n G_n)^2 (per batch) of the module's
+    selected weight/bias to ``acc`` (float64), from its captured (input, output grad).
+
+    The output gradients arrive multiplied by ``scale`` (a power of two that brings the
+    batch's largest logit gradient to about 1): squares and their sums over a block of
+    samples are then formed in the network's dtype without underflow, and the block's
+    sum is divided by ``scale**2`` in float64.
+    """
+    pairs = [_positions(module, x, g) for x, g in calls]
+    n = pairs[0][0].shape[0]
+    inv = 1.0 / (scale * scale)
+    if "weight" in local:
+        w_name = local["weight"]
+        shape = acc[w_name].shape
+        if not per_sample:
+            G = sum(g.reshape(-1, g.shape[-1]).T @ x.reshape(-1, x.shape[-1]) for x, g in pairs)
+            acc[w_name] += G.reshape(shape).double().pow(2) * inv
+        elif len(pairs) == 1 and pairs[0][0].shape[1] == 1:
+            x, g = pairs[0]                                  # one token: G_n = g_n x_n^T
+            acc[w_name] += (g[:, 0].pow(2).T @ x[:, 0].pow(2)).reshape(shape).double() * inv
+        else:
+            out_f, in_f = pairs[0][1].shape[-1], pairs[0][0].shape[-1]
+            chunk = max(1, HOOK_BLOCK_ELEMENTS // (out_f * in_f))
+            for i in range(0, n, chunk):
+                G = sum(torch.bmm(g[i:i + chunk].transpose(1, 2), x[i:i + chunk])
+                        for x, g in pairs)
+                acc[w_name] += G.pow_(2).sum(0).reshape(shape).double() * inv
+    if "bias" in local:
+        b_name = local["bias"]
+        gb = sum(g.sum(1) for _, g in pairs)                     # [N, out]
+        acc[b_name] += (gb.sum(0).pow(2) if not per_sample else gb.pow(2).sum(0)).double() * inv
+
+
+def _check_names(model: nn.Module, param_names: Sequence[str]):
+    names = list(param_names)
+    if len(set(names)) != len(names) or not names:
+        raise ValueError("param_names must be non-empty and without duplicates")
+    all_params = dict(model.named_parameters())
+    missing = [n for n in names if n not in all_params]
+    if missing:
+        raise KeyError(f"not parameters of the model: {missing}")
+    return names, all_params
 
 
 def diagonal_fisher(model: nn.Module, param_names: Sequence[str],
                     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                     logits_fn: LogitsFn | None = None, mode: str = "per_sample",
                     max_samples: int | None = None,
-                    chunk_size: int | None = None) -> TensorDict:
-    """Diagonal empirical Fisher of ``model`` w.r.t. the parameters ``param_names``.
+                    chunk_size: int | None = None, *, engine: str = "vmap",
+                    estimator: str = "empirical") -> TensorDict:
+    """Diagonal Fisher of ``model`` w.r.t. the parameters ``param_names``.
 
     Args:
         model: the classifier; left unchanged (parameters, buffers, grads, modes).
@@ -107,50 +286,86 @@ def diagonal_fisher(model: nn.Module, param_names: Sequence[str],
             ``"per_batch"`` (batch-size-scaled squared batch-mean gradients; see the
             module docstring for the scaling).
         max_samples: stop after this many samples in total (None: all batches).
-        chunk_size: per_sample only; ``vmap`` chunk size, bounds memory to
-            chunk_size x |selected params| (None: the whole batch at once).
+        chunk_size: ``vmap`` chunk size, bounds memory to chunk_size x |parameters
+            differentiated by vmap| (None: the whole batch at once).
+        engine: ``"hooks"`` (one forward/backward per batch, float64 log-likelihood) or
+            ``"vmap"`` (torch.func for everything, float32 log-likelihood); see the
+            module docstring.
+        estimator: ``"empirical"`` (true labels) or ``"true"`` (expectation over the
+            model's predictive distribution; hooks engine and per_sample mode only).
 
     Returns:
         ``{name: float32 tensor}`` for every name in ``param_names``, detached.
     """
     if mode not in ("per_sample", "per_batch"):
         raise ValueError(f"mode must be 'per_sample' or 'per_batch', got {mode!r}")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
+    if estimator != "empirical" and (engine != "hooks" or mode != "per_sample"):
+        raise ValueError(f"estimator {estimator!r} needs engine='hooks' and mode='per_sample'")
     if max_samples is not None and max_samples <= 0:
         raise ValueError("max_samples must be positive")
-    names = list(param_names)
-    if len(set(names)) != len(names) or not names:
-        raise ValueError("param_names must be non-empty and without duplicates")
-    all_params = dict(model.named_parameters())
-    missing = [n for n in names if n not in all_params]
-    if missing:
-        raise KeyError(f"not parameters of the model: {missing}")
+    names, all_params = _check_names(model, param_names)
     logits_fn = logits_fn or _default_logits
-
-    wrapper = _Call(model, logits_fn)
-    selected = {n: all_params[n].detach() for n in names}
-    fixed = {f"model.{n}": p.detach() for n, p in all_params.items() if n not in selected}
-    fixed.update({f"model.{n}": b for n, b in model.named_buffers()})
+    selected = {n: all_params[n] for n in names}
     device = next(iter(selected.values())).device
 
-    def loglik(params: TensorDict, x: torch.Tensor,
-               y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        state = {f"model.{n}": p for n, p in params.items()}
-        state.update(fixed)
-        ll = _log_likelihood(functional_call(wrapper, state, (x,)), y)
-        return ll, ll.detach()
+    hooked: dict[nn.Module, dict[str, str]] = {}
+    if engine == "hooks":
+        for full, (m, local) in _owners(model, names).items():
+            if hookable(m) and local in ("weight", "bias"):
+                hooked.setdefault(m, {})[local] = full
+    in_hooks = {n for loc in hooked.values() for n in loc.values()}
+    rest = [n for n in names if n not in in_hooks]
+    loglik = log_likelihood if engine == "hooks" else _log_likelihood_f32
 
-    grad_fn = grad(loglik, has_aux=True)
+    wrapper = _Call(model, logits_fn)
+    grad_fn = None
+    if rest:
+        vmapped = {n: all_params[n].detach() for n in rest}
+        fixed = {f"model.{n}": p.detach() for n, p in all_params.items() if n not in vmapped}
+        fixed.update({f"model.{n}": b for n, b in model.named_buffers()})
 
-    def per_sample_grads(x: torch.Tensor, y: torch.Tensor):
-        def one(xi: torch.Tensor, yi: torch.Tensor):
-            return grad_fn(selected, xi.unsqueeze(0), yi.unsqueeze(0))
-        return vmap(one, chunk_size=chunk_size)(x, y)
+        def loglik_sum(params: TensorDict, x: torch.Tensor,
+                       y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            state = {f"model.{n}": p for n, p in params.items()}
+            state.update(fixed)
+            ll = loglik(functional_call(wrapper, state, (x,)), y).sum()
+            return ll, ll.detach()
+
+        grad_fn = grad(loglik_sum, has_aux=True)
+
+        def per_sample_grads(x: torch.Tensor, y: torch.Tensor):
+            def one(xi: torch.Tensor, yi: torch.Tensor):
+                return grad_fn(vmapped, xi.unsqueeze(0), yi.unsqueeze(0))
+            return vmap(one, chunk_size=chunk_size)(x, y)
+
+        def add_vmapped(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None):
+            if mode == "per_sample":
+                grads, ll = per_sample_grads(x, y)
+                for n, g in grads.items():
+                    sq = g.detach().double().pow(2)
+                    if weight is not None:
+                        sq = sq * weight.reshape(-1, *[1] * (sq.dim() - 1))
+                    acc[n] += sq.sum(0)
+            else:
+                grads, ll = grad_fn(vmapped, x, y)    # gradient of the batch sum
+                for n, g in grads.items():
+                    # batch mean g/b, squared, times b (estimate), times b (weight)
+                    acc[n] += g.detach().double().pow(2)
+            return ll
 
     acc = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in selected.items()}
     seen = 0
     modes = [(m, m.training) for m in model.modules()]
+    flags = {n: p.requires_grad for n, p in selected.items()}
+    captures = _Captures(hooked) if hooked else None
     model.eval()
     try:
+        for n in in_hooks:
+            selected[n].requires_grad_(True)
         with _autocast_off(device):
             for x, y in batches:
                 if max_samples is not None and seen + len(x) > max_samples:
@@ -159,22 +374,22 @@ def diagonal_fisher(model: nn.Module, param_names: Sequence[str],
                 b = len(x)
                 if b == 0:
                     continue
-                if mode == "per_sample":
-                    grads, ll = per_sample_grads(x, y)
-                    for n, g in grads.items():
-                        acc[n] += g.detach().double().pow(2).sum(0)
-                else:
-                    grads, ll = grad_fn(selected, x, y)    # gradient of the batch sum
-                    for n, g in grads.items():
-                        # batch mean g/b, squared, times b (estimate), times b (weight)
-                        acc[n] += g.detach().double().pow(2)
-                if not bool(torch.isfinite(ll).all()):
-                    raise ValueError("non-finite log-likelihood: a true class has a "
-                                     "-inf/nan logit")
+                labels = [(y, None)]
+                if hooked or estimator == "true":
+                    labels = _hooked_pass(wrapper, captures, hooked, x, y, estimator, acc,
+                                          mode == "per_sample")
+                if rest:
+                    for yk, weight in labels:
+                        ll = add_vmapped(x, yk, weight)
+                        _check_ll(ll if weight is None else ll[weight > 0])
                 seen += b
                 if max_samples is not None and seen >= max_samples:
                     break
     finally:
+        if captures is not None:
+            captures.remove()
+        for n, flag in flags.items():
+            selected[n].requires_grad_(flag)
         for m, was_training in modes:
             m.training = was_training
     if seen == 0:
@@ -186,3 +401,56 @@ def diagonal_fisher(model: nn.Module, param_names: Sequence[str],
             raise ValueError(f"non-finite Fisher for {n}")
         out[n] = f.to(torch.float32)
     return out
+
+
+def _check_ll(ll: torch.Tensor) -> None:
+    if not bool(torch.isfinite(ll).all()):
+        raise ValueError("non-finite log-likelihood: a true class has a -inf/nan logit")
+
+
+def _hooked_pass(wrapper, captures, hooked, x, y, estimator, acc, per_sample):
+    """One forward pass and one backward pass per label set of the hooks engine.
+
+    Returns the label sets used, ``[(labels, per-sample weight or None)]``: the true
+    labels (empirical), or every class k with weight p(k|x) (true).
+    """
+    if captures is not None:
+        captures.clear()
+    grad_ctx = torch.enable_grad() if hooked else torch.no_grad()
+    with grad_ctx:
+        logits = wrapper(x)
+    z = logits.detach().to(torch.float64)
+    if estimator == "true":
+        finite = torch.isfinite(z)
+        if not bool((finite.all(0) | ~finite.any(0)).all()):
+            raise ValueError("non-finite logits of a class for some samples only")
+        p = torch.softmax(z, dim=-1)
+        labels = [(torch.full_like(y, k), p[:, k]) for k in range(z.shape[-1])
+                  if bool(finite[:, k].all())]
+    else:
+        labels = [(y, None)]
+    if not hooked:
+        return labels
+    outputs = [out for calls in captures.calls.values() for _, out in calls]
+    for i, (yk, weight) in enumerate(labels):
+        zk = z.detach().requires_grad_(True)
+        with torch.enable_grad():
+            ll = log_likelihood(zk, yk)
+            (e,) = torch.autograd.grad(ll.sum(), zk)
+        if weight is None:
+            _check_ll(ll)
+        else:
+            e = e * weight.sqrt()[:, None]          # sum_n p_nk G_nk^2 = sum_n (sqrt(p_nk) G_nk)^2
+        top = float(e.abs().max())
+        scale = 2.0 ** -round(math.log2(top)) if top > 0 else 1.0
+        grads = torch.autograd.grad(logits, outputs, grad_outputs=(e * scale).to(logits.dtype),
+                                    allow_unused=True, retain_graph=i + 1 < len(labels))
+        it = iter(grads)
+        for module, calls in captures.calls.items():
+            pairs = []
+            for x_in, out in calls:
+                g = next(it)
+                pairs.append((x_in, torch.zeros_like(out) if g is None else g))
+            _accumulate_hooked(module, hooked[module], pairs, acc, per_sample, scale)
+    captures.clear()
+    return labels
