@@ -310,13 +310,17 @@ def assert_unchanged(model, snap):
 NAME_SETS = [["0.weight", "0.bias", "2.weight", "2.bias"], ["0.weight"], ["2.bias", "0.bias"]]
 
 
+ENGINES = ["vmap", "hooks"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("names", NAME_SETS)
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-6), (torch.float32, 1e-5)])
-def test_fisher_per_sample_equals_brute_force(names, dtype, tol):
+def test_fisher_per_sample_equals_brute_force(names, dtype, tol, engine):
     model = tiny_mlp(dtype=dtype).train()
     batches = make_batches(dtype=dtype)
     snap = snapshot(model)
-    f = diagonal_fisher(model, names, batches)
+    f = diagonal_fisher(model, names, batches, engine=engine)
     ref, _ = brute_fisher(model, names, batches)
     assert list(f) == names
     for n in names:
@@ -328,7 +332,8 @@ def test_fisher_per_sample_equals_brute_force(names, dtype, tol):
     assert model.training and all(m.training for m in model.modules())
 
 
-def test_fisher_with_masked_logits():
+@pytest.mark.parametrize("engine", ENGINES)
+def test_fisher_with_masked_logits(engine):
     model = tiny_mlp()
     mask = torch.tensor([0.0, 0.0, -math.inf], dtype=torch.float64)
 
@@ -337,7 +342,7 @@ def test_fisher_with_masked_logits():
 
     batches = make_batches(n_classes=2)
     names = ["0.weight", "2.weight", "2.bias"]
-    f = diagonal_fisher(model, names, batches, logits_fn=logits_fn)
+    f = diagonal_fisher(model, names, batches, logits_fn=logits_fn, engine=engine)
     ref, _ = brute_fisher(model, names, batches, logits_fn=logits_fn)
     for n in names:
         assert torch.isfinite(f[n]).all()
@@ -346,11 +351,12 @@ def test_fisher_with_masked_logits():
     assert f["2.weight"][2].abs().max() == 0 and f["2.bias"][2] == 0
     bad = [(batches[0][0], torch.full((4,), 2))]       # true class masked
     with pytest.raises(ValueError, match="non-finite"):
-        diagonal_fisher(model, names, bad, logits_fn=logits_fn)
+        diagonal_fisher(model, names, bad, logits_fn=logits_fn, engine=engine)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("max_samples,expect_pulled", [(1, 1), (7, 2), (8, 2), (9, 3), (100, 5)])
-def test_fisher_max_samples(max_samples, expect_pulled):
+def test_fisher_max_samples(max_samples, expect_pulled, engine):
     model = tiny_mlp()
     batches = make_batches(n_batches=5, bs=4, seed=3)
     pulled = []
@@ -361,7 +367,7 @@ def test_fisher_max_samples(max_samples, expect_pulled):
             yield b
 
     names = ["0.weight", "2.bias"]
-    f = diagonal_fisher(model, names, stream(), max_samples=max_samples)
+    f = diagonal_fisher(model, names, stream(), max_samples=max_samples, engine=engine)
     ref, count = brute_fisher(model, names, batches, max_samples=max_samples)
     assert count == min(max_samples, 20)
     assert len(pulled) == expect_pulled           # stops before pulling another batch
@@ -369,8 +375,9 @@ def test_fisher_max_samples(max_samples, expect_pulled):
         torch.testing.assert_close(f[n], ref[n], atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("start_mode", ["eval", "train"])
-def test_fisher_batchnorm(start_mode):
+def test_fisher_batchnorm(start_mode, engine):
     model = tiny_mlp(bn=True)
     with torch.no_grad():                       # give BN non-trivial running statistics
         model.train()
@@ -380,7 +387,7 @@ def test_fisher_batchnorm(start_mode):
     snap = snapshot(model)
     names = ["0.weight", "1.weight", "1.bias", "3.weight"]
     batches = make_batches()
-    f = diagonal_fisher(model, names, batches)
+    f = diagonal_fisher(model, names, batches, engine=engine)
     ref, _ = brute_fisher(model, names, batches)
     for n in names:
         torch.testing.assert_close(f[n], ref[n], atol=1e-6, rtol=1e-6)
@@ -396,18 +403,19 @@ def test_fisher_restores_mixed_submodule_modes():
     assert model.training and model[0].training and not model[1].training
 
 
-def test_fisher_per_batch():
+@pytest.mark.parametrize("engine", ENGINES)
+def test_fisher_per_batch(engine):
     model = tiny_mlp()
     names = ["0.weight", "2.weight", "2.bias"]
     batches = make_batches(n_batches=3, bs=4, seed=4)
     singles = [(x[i:i + 1], y[i:i + 1]) for x, y in batches for i in range(len(x))]
-    per_sample = diagonal_fisher(model, names, batches)
-    per_batch_1 = diagonal_fisher(model, names, singles, mode="per_batch")
+    per_sample = diagonal_fisher(model, names, batches, engine=engine)
+    per_batch_1 = diagonal_fisher(model, names, singles, mode="per_batch", engine=engine)
     for n in names:
         torch.testing.assert_close(per_batch_1[n], per_sample[n], atol=1e-7, rtol=1e-6)
     # batch size > 1: sum_b B_b * (B_b * mean_grad_b^2) / sum_b B_b (unequal batches)
     uneven = [batches[0], (batches[1][0][:1], batches[1][1][:1]), batches[2]]
-    got = diagonal_fisher(model, names, uneven, mode="per_batch")
+    got = diagonal_fisher(model, names, uneven, mode="per_batch", engine=engine)
     params = dict(model.named_parameters())
     acc = {n: torch.zeros_like(params[n]) for n in names}
     total = 0

@@ -8,7 +8,13 @@
   current and old tasks' losses, the exact second directional derivative
   Delta^T H Delta of the current task's loss (double backward through a), and the
   finite-difference identity behind stage 1: for each e, the expected sampled loss
-  E_s L(theta + s e Delta) against L(theta) + (p+ + p-)/2 * e^2 * Delta^T H Delta.
+  E_s L(theta + s e Delta) against L(theta) + (p+ + p-)/2 * e^2 * Delta^T H Delta, and
+  the finite-difference curvature [L(+e) + L(-e) - 2 L] / e^2. The model and data are
+  converted to float64 after training, so loss differences at small e are exact to
+  ~1e-16. With piecewise-linear activations (ReLU, ReLU6) the loss along Delta has
+  kinks: the double backward is the curvature between kinks, so the two curvatures
+  agree to O(e^2) only for e below the distance to the nearest kink
+  (:func:`finite_difference_summary` says where they part).
 
 Both return plain dicts (lists of floats), cached by ``clmerge.experiment.analyses``.
 """
@@ -153,3 +159,25 @@ def line_check(cfg: ExperimentConfig, experience: int = 1, n_samples: int = 512,
                    "finite-difference Delta'H Delta": (losses[1] + losses[-1] - 2 * loss0) / e ** 2})
     return {"line": line, "curvature": curvature, "loss": loss0, "finite_difference": fd,
             "experience": experience}
+
+
+def finite_difference_summary(line: dict, rel: float = 0.01) -> str:
+    """One sentence: the largest e up to which the finite-difference curvature is within
+    ``rel`` of the double-backward value, and their relative gap at each larger e."""
+    exact = line["curvature"]
+    rows = sorted(line["finite_difference"], key=lambda r: r["eps"])
+    gaps = [(r["eps"], (r["finite-difference Delta'H Delta"] - exact) / abs(exact)
+             if exact else math.inf) for r in rows]
+    agree = [e for e, g in gaps if abs(g) <= rel]
+    first_off = next((e for e, g in gaps if abs(g) > rel), None)
+    if first_off is None:
+        return (f"The finite difference is within {rel:.0%} of the double-backward curvature "
+                f"at every e tested (up to {gaps[-1][0]:g}): the loss is smooth along Delta "
+                f"at this scale.")
+    below = [e for e in agree if e < first_off]
+    head = (f"The finite difference is within {rel:.0%} of the double-backward curvature "
+            f"for e <= {max(below):g}" if below else
+            f"The finite difference is never within {rel:.0%} of the double-backward "
+            f"curvature")
+    tail = ", ".join(f"{g:+.0%} at e = {e:g}" for e, g in gaps if e >= first_off)
+    return f"{head}; beyond, it differs by {tail}."
