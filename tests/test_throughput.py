@@ -166,6 +166,10 @@ def test_throughput_script_tiny_cpu(tmp_path):
     assert r["ratio_pm_over_seq"] > 0
     assert r["merge"]["seconds"] > r["merge"]["fisher_seconds"] > 0
     assert r["merge"]["fisher_samples"] == 8 and r["merge"]["coefficient"] == 1.0
+    g = r["merge"]
+    assert g["fisher_engine"] == "hooks" and g["task_epochs"] == 10
+    assert g["task_train_seconds"] == pytest.approx(10 * 8 / r["methods"]["pm"]["images_per_s"])
+    assert g["merge_over_train"] == pytest.approx(g["seconds"] / g["task_train_seconds"])
     assert r["setting"]["autocast"] is None and r["torch"] == torch.__version__
     assert "--fisher-batches" in r["command"]
     assert tp.BENCHMARK not in BENCHMARKS and tp.BACKBONE not in BACKBONES   # cleaned up

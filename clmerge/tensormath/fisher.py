@@ -109,8 +109,9 @@ LogitsFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 ESTIMATORS = ("empirical", "true")
 ENGINES = ("hooks", "vmap")
 
-# elements of one per-sample gradient block [chunk, out, in] formed at once (hooks engine)
-HOOK_BLOCK_ELEMENTS = 2**22
+# elements of one per-sample gradient block [chunk, out, in] formed at once by the hooks
+# engine: small enough for a CPU's cache, large enough to keep a GPU busy
+HOOK_BLOCK_ELEMENTS = {"cpu": 2**22, "cuda": 2**26}
 
 
 def _default_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -246,7 +247,8 @@ def _accumulate_hooked(module: nn.Module, local: dict[str, str], calls, acc: dic
             acc[w_name] += (g[:, 0].pow(2).T @ x[:, 0].pow(2)).reshape(shape).double() * inv
         else:
             out_f, in_f = pairs[0][1].shape[-1], pairs[0][0].shape[-1]
-            chunk = max(1, HOOK_BLOCK_ELEMENTS // (out_f * in_f))
+            block = HOOK_BLOCK_ELEMENTS.get(pairs[0][0].device.type, HOOK_BLOCK_ELEMENTS["cpu"])
+            chunk = max(1, block // (out_f * in_f))
             for i in range(0, n, chunk):
                 G = sum(torch.bmm(g[i:i + chunk].transpose(1, 2), x[i:i + chunk])
                         for x, g in pairs)
