@@ -193,9 +193,12 @@ class _Captures:
 
     def __init__(self, modules: Iterable[nn.Module]):
         self.calls: dict[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.active = True
         self.handles = [m.register_forward_hook(self._hook) for m in modules]
 
     def _hook(self, module, inputs, output):
+        if not self.active:      # e.g. the torch.func pass of the other parameters
+            return None
         self.calls.setdefault(module, []).append((inputs[0].detach(), output))
         return output.clone()
 
@@ -381,9 +384,13 @@ def diagonal_fisher(model: nn.Module, param_names: Sequence[str],
                     labels = _hooked_pass(wrapper, captures, hooked, x, y, estimator, acc,
                                           mode == "per_sample")
                 if rest:
+                    if captures is not None:
+                        captures.active = False
                     for yk, weight in labels:
                         ll = add_vmapped(x, yk, weight)
                         _check_ll(ll if weight is None else ll[weight > 0])
+                    if captures is not None:
+                        captures.active = True
                 seen += b
                 if max_samples is not None and seen >= max_samples:
                     break
