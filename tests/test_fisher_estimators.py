@@ -308,3 +308,27 @@ def test_true_fisher_is_label_free_and_matches_its_expectation():
     for n in names:
         torch.testing.assert_close(one[n].double(), ref[n], rtol=1e-6, atol=0)
     assert np.isfinite(float(a["head.bias"].sum()))
+
+
+def test_hooks_engine_refuses_a_weight_used_outside_its_module():
+    """nn.MultiheadAttention reads out_proj.weight without calling out_proj."""
+    torch.manual_seed(0)
+
+    class Attn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mha = nn.MultiheadAttention(4, 1, batch_first=True)
+            self.head = nn.Linear(4, 2)
+            self.unused = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(self.mha(x, x, x, need_weights=False)[0].mean(1))
+
+    model = Attn().eval()
+    data = [(torch.randn(3, 5, 4), torch.tensor([0, 1, 0]))]
+    f = diagonal_fisher(model, ["head.weight", "unused.weight"], data, engine="hooks")
+    assert float(f["head.weight"].sum()) > 0 and float(f["unused.weight"].abs().sum()) == 0
+    with pytest.raises(ValueError, match="out_proj.weight"):
+        diagonal_fisher(model, ["mha.out_proj.weight"], data, engine="hooks")
+    ref = diagonal_fisher(model, ["mha.out_proj.weight"], data, engine="vmap")
+    assert float(ref["mha.out_proj.weight"].sum()) > 0

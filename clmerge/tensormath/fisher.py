@@ -440,6 +440,15 @@ def _hooked_pass(wrapper, captures, hooked, x, y, estimator, acc, per_sample):
         labels = [(y, None)]
     if not hooked:
         return labels
+    silent = [m for m in hooked if m not in captures.calls]
+    if silent:   # a weight used without calling its module (nn.MultiheadAttention's out_proj)
+        params = [getattr(m, loc) for m in silent for loc in hooked[m]]
+        used = torch.autograd.grad(logits.sum(), params, allow_unused=True, retain_graph=True)
+        names = [full for m in silent for full in hooked[m].values()]
+        bad = [n for n, g in zip(names, used) if g is not None]
+        if bad:
+            raise ValueError(f"{bad[0]} reaches the logits without its module's forward being "
+                             f"called; the hooks engine cannot see it (use engine='vmap')")
     outputs = [out for calls in captures.calls.values() for _, out in calls]
     for i, (yk, weight) in enumerate(labels):
         zk = z.detach().requires_grad_(True)
