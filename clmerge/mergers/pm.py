@@ -38,13 +38,15 @@ Defaults and deviations (each one an option):
     a task whose trace is 0 keeps F_t = 0). ``none`` (default) is the paper's form.
   * ``fisher=per_sample`` (default, textbook) or ``per_batch`` (the cheaper
     approximation).
-  * ``fisher_samples=256`` (default) caps the samples per task: a seeded shuffle of
+  * ``fisher_samples=128`` (default) caps the samples per task: a seeded shuffle of
     the task's training data, stratified by class and interleaved so that every
     batch is mixed (``fisher_sampling=stratified``; the stream stores a task class by
     class, ``sequential`` takes the first samples in that order). The draw is seeded
-    by the run's seed and the task index. The cap keeps the merge under 0.15x of a
-    task's training time in the ``quick`` profile (``perf/merge_time.py``); the paper
-    does not report its sample count.
+    by the run's seed and the task index. The cap is set by cost: a per-sample Fisher
+    costs about one training step per sample, and a ``quick`` task trains on as few as
+    2 epochs x 600 samples, so 128 samples keep the merge under 0.15x of the task's
+    training time (``perf/merge_time.py`` prints the ratio). The paper does not report
+    its sample count.
   * ``fisher_engine=hooks`` (default): per-sample gradients from one forward and one
     backward pass per batch (layer inputs and output gradients captured by hooks), with
     the log-likelihood in float64; ``vmap`` is the earlier torch.func path with a float32
@@ -83,7 +85,7 @@ class PMOptions:
     alpha: str = field(default="global", metadata={
         "help": "global: one a_t for the model; per_module: one per mergeable weight"})
     fisher: str = field(default="per_sample", metadata={"help": "per_sample or per_batch"})
-    fisher_samples: int = field(default=256, metadata={
+    fisher_samples: int = field(default=128, metadata={
         "help": "training samples of the current task used for its Fisher (a seeded, "
                 "class-stratified draw)"})
     fisher_estimator: str = field(default="empirical", metadata={
