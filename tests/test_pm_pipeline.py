@@ -129,10 +129,10 @@ def test_finite_difference_meets_double_backward_in_float64():
     rows = {r["eps"]: r for r in res["finite_difference"]}
     c = res["curvature"]
     assert c != 0
-    for e in (1e-3, 3e-3):
-        assert abs(rows[e]["finite-difference Delta'H Delta"] - c) <= 1e-4 * abs(c)
-        gap = rows[e]["expected sampled loss"] - rows[e]["L + (p+ + p-)/2 e^2 Delta'H Delta"]
-        assert abs(gap) <= 1e-6 * e ** 2 * abs(c) + 1e-15
+    e = min(rows)          # 1e-3: below the nearest ReLU kink of this small MLP
+    assert abs(rows[e]["finite-difference Delta'H Delta"] - c) <= 1e-4 * abs(c)
+    gap = rows[e]["expected sampled loss"] - rows[e]["L + (p+ + p-)/2 e^2 Delta'H Delta"]
+    assert abs(gap) <= 1e-6 * e ** 2 * abs(c) + 1e-15
     text = finite_difference_summary(res)
     assert "double-backward" in text and text.endswith(".")
     assert len(res["line"]["current"]) == len(res["line"]["a"])
