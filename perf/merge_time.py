@@ -1,7 +1,7 @@
 """P&M's merge time against each task's training time, side by side, in one run.
 
 Trains a P&M run of a profile (default: ``quick``, the book's default) through the real
-pipeline (``Run``, ``merge_parts``, the ``MergingTemplate``) and prints, per task, the
+pipeline (``Run`` and its strategy) and prints, per task, the
 training seconds (all epochs, P&M's perturbation included), the merge seconds (theta*_t,
 the Fisher, the coefficient and the write-back, as the merge driver records them) and
 their ratio; the target is merge / train <= 0.15. With ``--compare-vmap`` the same merge
@@ -27,10 +27,8 @@ import torch
 
 from clmerge.experiment.config import make_config, parse_assignments
 from clmerge.experiment.provenance import device_name
-from clmerge.experiment.runner import Run, _evaluator, _strategy, cpu_threads, merge_parts
+from clmerge.experiment.runner import Run, cpu_threads
 from clmerge.mergers.fisher_context import task_fisher
-from clmerge.plugins.diagnostics import DiagnosticsPlugin
-from clmerge.strategies.methods import get_method
 
 TARGET = 0.15
 
@@ -73,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def measure(cfg, experiences: int | None, compare_vmap: bool, vmap_samples: int) -> list[dict]:
     run = Run(cfg)
-    merger, merge, extra = merge_parts(run, get_method("pm"))
+    merger, merge, diag, strategy = run.merger, run.merge, run.diagnostics, run.strategy
     vmap_seconds: list[float] = []
     if compare_vmap:
         own = merger.fisher
@@ -85,8 +83,6 @@ def measure(cfg, experiences: int | None, compare_vmap: bool, vmap_samples: int)
             vmap_seconds.append(time.perf_counter() - t0)
             return own(ctx)
         merger.fisher = fisher
-    diag = DiagnosticsPlugin(run.weights, run.lora, cfg.diag_steps, extras=merge.extras)
-    strategy = _strategy(run, [diag, *extra, merge], _evaluator())
     stream = run.stream.train_stream
     n = len(stream) if experiences is None else min(experiences, len(stream))
     rows = []
