@@ -314,6 +314,8 @@ def stage_source(dest: Path | None = None) -> Path:
     for name in BOOK_FILES:
         if (ROOT / name).exists():
             shutil.copy2(ROOT / name, src / name)
+    if (ROOT / "_static").is_dir():   # the book's CSS (jupyter-book includes _static/*.css)
+        shutil.copytree(ROOT / "_static", src / "_static")
     for md in ROOT.glob("*.md"):
         if md.name != "README.md":
             shutil.copy(md, src / md.name)

@@ -171,6 +171,7 @@ def test_staged_chapters_carry_the_injected_parameters(tmp_path, monkeypatch):
 def test_stage_source_copies_pages_not_chapters(tmp_path):
     src = book.stage_source(tmp_path / "src")
     assert (src / "_config.yml").exists() and (src / "_toc.yml").exists()
+    assert (src / "_static" / "tables.css").exists()
     assert (src / "chapters" / "rerun.md").exists()
     assert (src / "chapters" / "appendix_execution.md").exists()
     assert not list((src / "chapters").glob("*.ipynb"))
