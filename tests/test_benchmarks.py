@@ -47,4 +47,5 @@ def test_uneven_split_is_refused():
 
 def test_registry_lists_all():
     assert {"synthetic", "split_digits", "split_mnist5k", "split_glyphs",
-            "split_glyphs_calibration", "split_cifar100", "imagenet_r", "cub200"} == set(BENCHMARKS)
+            "split_glyphs_calibration", "split_cifar100", "imagenet_r", "imagenet_a",
+            "domainnet", "cub200", "stanford_cars"} == set(BENCHMARKS)

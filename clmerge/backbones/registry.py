@@ -1,30 +1,34 @@
-"""Backbone registry: name -> builder(input_shape, image_size, pretrained)."""
+"""Backbone registry: name -> builder(input_shape, image_size, pretrained, **options).
+
+Options a builder does not take are not passed (``vit_weights``: the ViT-B/16 weights tag).
+"""
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 from clmerge.backbones.base import Backbone
 from clmerge.backbones.mlp import MLPBackbone
 from clmerge.backbones.mobilenet import MobileNetV2Backbone
 from clmerge.backbones.vit import build_small_vit, default_checkpoint_dir
-from clmerge.backbones.vit_b16 import build_vit_b16
+from clmerge.backbones.vit_b16 import DEFAULT_TAG, build_vit_b16
 
 
-def _mlp(input_shape, image_size, pretrained):
+def _mlp(input_shape, image_size, pretrained, **options):
     return MLPBackbone(input_shape)
 
 
-def _mobilenet(input_shape, image_size, pretrained):
+def _mobilenet(input_shape, image_size, pretrained, **options):
     return MobileNetV2Backbone(image_size=image_size, pretrained=pretrained)
 
 
-def _vit_letters(input_shape, image_size, pretrained):
+def _vit_letters(input_shape, image_size, pretrained, **options):
     return build_small_vit(pretrained=pretrained, checkpoint_dir=default_checkpoint_dir())
 
 
-def _vit_b16(input_shape, image_size, pretrained):
-    return build_vit_b16(pretrained=pretrained)
+def _vit_b16(input_shape, image_size, pretrained, vit_weights=None, **options):
+    return build_vit_b16(pretrained=pretrained, tag=vit_weights or DEFAULT_TAG)
 
 
 BACKBONES: dict[str, tuple[Callable[..., Backbone], str]] = {
@@ -38,7 +42,12 @@ BACKBONES: dict[str, tuple[Callable[..., Backbone], str]] = {
 }
 
 
-def build_backbone(name: str, input_shape, image_size: int, pretrained: bool = True) -> Backbone:
+def build_backbone(name: str, input_shape, image_size: int, pretrained: bool = True,
+                   **options) -> Backbone:
     if name not in BACKBONES:
         raise KeyError(name)
-    return BACKBONES[name][0](input_shape, image_size, pretrained)
+    builder = BACKBONES[name][0]
+    params = inspect.signature(builder).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        options = {k: v for k, v in options.items() if k in params}
+    return builder(input_shape, image_size, pretrained, **options)

@@ -15,7 +15,10 @@ BENCHMARKS: dict[str, Callable[..., Stream]] = {
     "split_glyphs_calibration": glyphs.split_glyphs_calibration,
     "split_cifar100": paper.split_cifar100,
     "imagenet_r": paper.imagenet_r,
+    "imagenet_a": paper.imagenet_a,
+    "domainnet": paper.domainnet,
     "cub200": paper.cub200,
+    "stanford_cars": paper.stanford_cars,
 }
 
 # classes of each benchmark, so that a number of experiences that does not divide them
@@ -23,7 +26,8 @@ BENCHMARKS: dict[str, Callable[..., Stream]] = {
 CLASS_COUNTS: dict[str, int] = {
     "synthetic": 10, "split_digits": 10, "split_mnist5k": 10,
     "split_glyphs": 100, "split_glyphs_calibration": 100,
-    "split_cifar100": 100, "imagenet_r": 200, "cub200": 200,
+    "split_cifar100": 100, "imagenet_r": 200, "imagenet_a": 200, "domainnet": 345,
+    "cub200": 200, "stanford_cars": 196,
 }
 
 
@@ -32,7 +36,12 @@ def describe(name: str) -> str:
     return (BENCHMARKS[name].__doc__ or "").strip().splitlines()[0]
 
 
-def build_stream(name: str, n_experiences: int, seed: int) -> Stream:
+def build_stream(name: str, n_experiences: int, seed: int,
+                 protocol: paper.Protocol | None = None) -> Stream:
+    """The stream ``name``; ``protocol`` (the paper benchmarks' choices) goes to the paper
+    benchmarks only."""
     if name not in BENCHMARKS:
         raise KeyError(name)
+    if protocol is not None and name in paper.BUILDERS:
+        return BENCHMARKS[name](n_experiences=n_experiences, seed=seed, protocol=protocol)
     return BENCHMARKS[name](n_experiences=n_experiences, seed=seed)

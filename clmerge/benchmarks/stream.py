@@ -95,18 +95,22 @@ def stratified_split(y: np.ndarray, test_per_class: int, seed: int):
 def class_incremental_stream_from_datasets(name: str, train, test, *, n_classes: int,
                                            n_experiences: int, seed: int,
                                            input_shape: tuple[int, ...], is_image: bool = True,
-                                           info: dict | None = None) -> Stream:
+                                           info: dict | None = None,
+                                           order: list[int] | None = None) -> Stream:
     """Like :func:`class_incremental_stream`, for (lazy) torch ``Dataset``s.
 
     ``train`` and ``test`` return ``(x, y)`` and expose ``targets`` (a list of int class
     ids in ``0..n_classes-1``); items are read only when iterated, so file-backed datasets
-    stay on disk. Every class must occur in ``train``.
+    stay on disk. Every class must occur in ``train``. ``order`` is the class order
+    (a permutation of ``0..n_classes-1``); default: :func:`seeded_class_order` of ``seed``.
     """
     if n_experiences < 1 or n_classes % n_experiences:
         raise ValueError(
             f"benchmark {name!r} has {n_classes} classes, which cannot be split into "
             f"{n_experiences} experiences of equal size; choose a divisor of {n_classes}")
-    order = seeded_class_order(n_classes, seed)
+    order = seeded_class_order(n_classes, seed) if order is None else [int(c) for c in order]
+    if sorted(order) != list(range(n_classes)):
+        raise ValueError(f"class order of {name!r} is not a permutation of its {n_classes} classes")
     per = n_classes // n_experiences
     classes_per_exp = [order[i * per:(i + 1) * per] for i in range(n_experiences)]
     scenario = class_incremental_benchmark({"train": train, "test": test},

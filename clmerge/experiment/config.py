@@ -30,12 +30,15 @@ from typing import Any
 import yaml
 
 from clmerge.backbones.registry import BACKBONES
+from clmerge.benchmarks.paper import BUILDERS as PAPER_BENCHMARKS
 from clmerge.benchmarks.registry import BENCHMARKS, CLASS_COUNTS
 from clmerge.errors import ConfigError  # also imported from here
 from clmerge.strategies.methods import get_method
 # value checks shared with the method registry, also imported from here
 from clmerge.values import (BOOL_WORDS, OPTION_INT_LIMIT, _article,  # noqa: F401
                             coerce_option, parse_bool, short)
+
+VIT_WEIGHTS = ("augreg_in21k_ft_in1k", "augreg2_in21k_ft_in1k", "augreg_in21k", "orig_in21k")
 
 
 def _f(default, help: str, choices: tuple | None = None, minimum: float | None = None,
@@ -92,6 +95,32 @@ class ExperimentConfig:
                   "off on the CPU), bf16, or off", choices=("auto", "bf16", "off"))
     num_workers: int = _f(0, "DataLoader worker processes for training data (pinned memory on "
                           "CUDA)", minimum=0, maximum=256)
+    lr_schedule: str = _f("constant", "learning-rate schedule of both parameter groups within each "
+                          "experience: constant, or cosine per epoch (InfLoRA / CODA-Prompt: "
+                          "lr * cos(99 pi e / (200 (epochs - 1))) in epoch e)",
+                          choices=("constant", "cosine"))
+    vit_weights: str = _f("augreg_in21k_ft_in1k", "timm tag of the ViT-B/16 pretrained weights "
+                          "(vit_base_patch16_224.<tag>; vit_b16_in21k backbone only)",
+                          choices=VIT_WEIGHTS)
+    input_norm: str = _f("imagenet", "normalisation of the paper benchmarks' [0, 1] pixels: none "
+                         "(the papers' codebases), half (mean = std = 0.5, timm's config for the "
+                         "ViT-B/16 weights) or imagenet (ImageNet mean/std)",
+                         choices=("none", "half", "imagenet"))
+    class_order: str = _f("seeded", "class order of the paper benchmarks: seeded (permutation by "
+                          "the run seed), pilot (LAMDA-PILOT / SD-LoRA's np.random.seed(1993) "
+                          "permutation, 1995 for ImageNet-R; the same for every seed) or natural "
+                          "(label order, InfLoRA's)", choices=("seeded", "pilot", "natural"))
+    imagenet_r_split: str = _f("seeded", "ImageNet-R train/test split: coda (the 24,000 / 6,000 "
+                               "list shipped by CODA-Prompt and InfLoRA), sdlora (SD-LoRA's seeded "
+                               "80/20 split script), seeded (80/20 per class, fixed seed) or the "
+                               "path of a split file of the same format")
+    cub_split: str = _f("official", "CUB-200 split: official (CUB_200_2011, 5,994 / 5,794) or pilot "
+                        "(the pre-split cub/train, cub/test copy the PILOT-family codebases read)",
+                        choices=("official", "pilot"))
+    test_interpolation: str = _f("bilinear", "interpolation of the paper benchmarks' test "
+                                 "Resize(256)", choices=("bilinear", "bicubic"))
+    crop_scale_min: float = _f(0.08, "smallest image-area fraction of the paper benchmarks' "
+                               "training RandomResizedCrop", minimum=0, maximum=1)
     diag_steps: int = _f(20, "training steps at the start of each experience whose loss and "
                          "gradient norms are recorded (the 'beginning of the task' diagnostics)",
                          minimum=1, maximum=1_000_000)
@@ -120,9 +149,17 @@ class ExperimentConfig:
 FIELDS = {f.name: f for f in fields(ExperimentConfig)}
 
 # Settings added later; at these values a run computes what it computed before they
-# existed (amp=auto is off on the CPU; the diagnostics only read gradients).
+# existed (amp=auto is off on the CPU; the diagnostics only read gradients; the protocol
+# settings at these values are what the pipeline did before they were options).
 HASH_NEUTRAL_DEFAULTS = {"amp": "auto", "num_workers": 0, "diag_steps": 20,
-                         "head": "linear", "head_scale": 16.0, "head_init": "random"}
+                         "head": "linear", "head_scale": 16.0, "head_init": "random",
+                         "lr_schedule": "constant", "vit_weights": "augreg_in21k_ft_in1k",
+                         "input_norm": "imagenet", "class_order": "seeded",
+                         "imagenet_r_split": "seeded", "cub_split": "official",
+                         "test_interpolation": "bilinear", "crop_scale_min": 0.08}
+# Settings only the paper benchmarks implement; the others always use the default (an
+# explicit other value for them is an error; a profile's value is ignored).
+PAPER_ONLY = {"class_order": "seeded"}
 
 
 # ---------------------------------------------------------------------- profiles
@@ -319,4 +356,9 @@ def make_config(method: str, benchmark: str | None = None, profile: str = "quick
                           f"{', '.join(BACKBONES)}")
     clean["method_args"] = spec.validate_args(method_args)
     check_class_split(benchmark, clean.get("n_experiences", ExperimentConfig.n_experiences))
+    for key, default in PAPER_ONLY.items():   # other benchmarks ignore a profile's value
+        if benchmark not in PAPER_BENCHMARKS and key in explicit and clean[key] != default:
+            raise ConfigError(f"setting {key!r}={clean[key]!r} applies to the paper benchmarks "
+                              f"only ({', '.join(PAPER_BENCHMARKS)}); benchmark {benchmark!r} "
+                              f"takes {key}={default}")
     return ExperimentConfig(**clean)

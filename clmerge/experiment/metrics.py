@@ -8,6 +8,15 @@ with j > i are None). With T rows:
 - forgetting                = (1/(T-1)) sum_{j<T-1} max_{j<=i<T-1} R[i][j] - R[T-1][j]
 - BWT                       = (1/(T-1)) sum_{j<T-1} R[T-1][j] - R[j][j]
 
+Pooled variants, with n_j the number of test samples of experience j (what the
+codebases behind the papers' tables report: accuracy over every seen test sample):
+
+- A_last_pooled = sum_j n_j R[T-1][j] / sum_j n_j
+- A_avg_pooled  = (1/T) sum_i [sum_{j<=i} n_j R[i][j] / sum_{j<=i} n_j]
+
+They equal A_last / A_avg when all experiences have the same test size (Split
+CIFAR-100) and differ otherwise (ImageNet-R, CUB-200).
+
 A one-row matrix (joint training, linear probe) has A_last only; the others are None.
 """
 
@@ -43,5 +52,30 @@ def bwt(R: Matrix) -> float | None:
     return sum(R[T - 1][j] - R[j][j] for j in range(T - 1)) / (T - 1)
 
 
-def summarize(R: Matrix) -> dict[str, float | None]:
-    return {"A_last": a_last(R), "A_avg": a_avg(R), "forgetting": forgetting(R), "bwt": bwt(R)}
+def pooled_accuracy(row: Sequence[float | None], sizes: Sequence[int]) -> float:
+    """Accuracy over the pooled test samples of the experiences with an entry in ``row``."""
+    pairs = [(v, n) for v, n in zip(row, sizes) if v is not None]
+    total = sum(n for _, n in pairs)
+    return sum(v * n for v, n in pairs) / total
+
+
+def a_last_pooled(R: Matrix, sizes: Sequence[int]) -> float:
+    return pooled_accuracy(R[-1], sizes)
+
+
+def a_avg_pooled(R: Matrix, sizes: Sequence[int]) -> float | None:
+    if len(R) < 2:
+        return None
+    return sum(pooled_accuracy(R[i][: i + 1], sizes) for i in range(len(R))) / len(R)
+
+
+def summarize(R: Matrix, sizes: Sequence[int] | None = None) -> dict[str, float | None]:
+    """The metrics of ``R``; with the experiences' test ``sizes``, the pooled ones too."""
+    out = {"A_last": a_last(R), "A_avg": a_avg(R), "forgetting": forgetting(R), "bwt": bwt(R)}
+    if sizes is not None:
+        out.update(pooled(R, sizes))
+    return out
+
+
+def pooled(R: Matrix, sizes: Sequence[int]) -> dict[str, float | None]:
+    return {"A_last_pooled": a_last_pooled(R, sizes), "A_avg_pooled": a_avg_pooled(R, sizes)}

@@ -27,6 +27,7 @@ import pandas as pd
 
 from clmerge.experiment.atomic import atomic_write
 from clmerge.experiment.config import ExperimentConfig
+from clmerge.experiment.metrics import pooled
 
 SCHEMA = 1
 
@@ -144,7 +145,9 @@ def iter_results(out_dir: str | os.PathLike) -> Iterable[tuple[Path, dict]]:
 
 def load_results(out_dir: str | os.PathLike, **where) -> pd.DataFrame:
     """A tidy frame, one row per run: config columns, then each metric for the
-    class-incremental (``cil_*``) and task-incremental (``til_*``) matrices.
+    class-incremental (``cil_*``) and task-incremental (``til_*``) matrices, the pooled
+    ones (``*_A_last_pooled``, ``*_A_avg_pooled``) computed from the stored test sizes
+    for results written before they were recorded.
 
     ``where`` filters on config columns, e.g. ``load_results(d, profile="quick")``.
     """
@@ -156,8 +159,12 @@ def load_results(out_dir: str | os.PathLike, **where) -> pd.DataFrame:
         row = {k: v for k, v in cfg.items() if k != "method_args"}
         row["method_args"] = json.dumps(cfg.get("method_args", {}), sort_keys=True)
         row["variant"] = r.get("variant", cfg["method"])
-        for proto in ("cil", "til"):
-            for m, v in r["metrics"][proto].items():
+        sizes = r.get("stream", {}).get("n_test")
+        for proto, key in (("cil", "R"), ("til", "R_til")):
+            metrics = dict(r["metrics"][proto])
+            if sizes and "A_last_pooled" not in metrics:   # results written before pooling
+                metrics.update(pooled(r[key], sizes))
+            for m, v in metrics.items():
                 row[f"{proto}_{m}"] = v
         tasks = r.get("tasks", [])
         row["train_seconds"] = sum(t.get("train_seconds", 0.0) for t in tasks)

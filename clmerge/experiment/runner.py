@@ -31,6 +31,7 @@ from clmerge.avalanche_api import EvaluationPlugin, accuracy_metrics, benchmark_
 from clmerge.backbones.heads import HeadedModel
 from clmerge.backbones.lora import LoRAAdapter
 from clmerge.backbones.registry import build_backbone
+from clmerge.benchmarks.paper import Protocol
 from clmerge.benchmarks.registry import build_stream
 from clmerge.errors import ConfigError
 from clmerge.experiment import checkpoint
@@ -45,6 +46,7 @@ from clmerge.plugins.diagnostics import DiagnosticsPlugin
 from clmerge.plugins.guard import check_tensors
 from clmerge.plugins.metrics import CIL_KEY, TIL_KEY, TaskIncrementalAccuracy, accuracy_row
 from clmerge.plugins.progress import ProgressPlugin
+from clmerge.plugins.schedule import CosineEpochSchedule
 from clmerge.strategies.methods import MethodSpec, get_method
 from clmerge.strategies.template import MergingTemplate, resolve_amp
 
@@ -81,12 +83,13 @@ class Run:
         self.method: MethodSpec = get_method(cfg.method)
         self.options = self.method.make_options(cfg.method_args)
         self.generator = seed_everything(cfg.seed)
-        self.stream = build_stream(cfg.benchmark, cfg.n_experiences, cfg.seed)
+        self.stream = build_stream(cfg.benchmark, cfg.n_experiences, cfg.seed,
+                                   protocol=Protocol.from_config(cfg))
         if cfg.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError("device cuda requested but no GPU is available; "
                               "use --set device=cpu")
         backbone = build_backbone(cfg.backbone, self.stream.input_shape, cfg.image_size,
-                                  pretrained=cfg.pretrained)
+                                  pretrained=cfg.pretrained, vit_weights=cfg.vit_weights)
         torch.manual_seed(cfg.seed)  # heads and LoRA init do not depend on backbone loading
         self.model = HeadedModel(backbone, self.stream.classes_per_exp, self.stream.n_classes,
                                  head=cfg.head, scale=cfg.head_scale)
@@ -146,8 +149,10 @@ class Run:
     # ------------------------------------------------------------------ strategies
     def make_strategy(self, plugins: list) -> MergingTemplate:
         """A strategy on this run's model and settings with exactly ``plugins`` (and a
-        fresh evaluator): what the run's own strategy is made with."""
+        fresh evaluator, and the lr_schedule plugin): what the run's own strategy is made with."""
         cfg = self.cfg
+        if cfg.lr_schedule == "cosine":
+            plugins = [*plugins, CosineEpochSchedule(cfg.epochs)]
         return MergingTemplate(
             model=self.model, lora=self.lora, finetune=cfg.finetune, lr=cfg.lr,
             head_lr=cfg.head_lr, weight_decay=cfg.weight_decay, head_init=cfg.head_init,
@@ -236,6 +241,7 @@ def _run_experiment(cfg: ExperimentConfig, progress: bool, checkpoint_dir=None) 
     run = Run(cfg, progress=progress, checkpoint_dir=checkpoint_dir)
     T = run.stream.n_experiences
     R, R_til, tasks = run.execute()
+    n_test = [len(e.dataset) for e in run.stream.test_stream]
     return {
         "name": cfg.run_name(),
         "variant": run.label,
@@ -243,10 +249,10 @@ def _run_experiment(cfg: ExperimentConfig, progress: bool, checkpoint_dir=None) 
         "config_hash": cfg.config_hash(),
         "stream": {"classes_per_exp": run.stream.classes_per_exp,
                    "n_train": [len(e.dataset) for e in run.stream.train_stream],
-                   "n_test": [len(e.dataset) for e in run.stream.test_stream]},
+                   "n_test": n_test},
         "R": _pad(R, T),
         "R_til": _pad(R_til, T),
-        "metrics": {"cil": M.summarize(R), "til": M.summarize(R_til)},
+        "metrics": {"cil": M.summarize(R, n_test), "til": M.summarize(R_til, n_test)},
         "tasks": tasks,
         "provenance": {"versions": versions(), "git_commit": git_commit(),
                        "device": device_name(cfg.device), "started": started,

@@ -16,6 +16,8 @@ from clmerge.report.names import readable, readable_index
 from clmerge.report.style import PROTOCOL_NAMES, order
 
 METRICS = ["A_last", "A_avg", "forgetting"]
+# per-task means beside their pooled versions (accuracy over every seen test sample)
+POOLED_METRICS = ["A_last", "A_last_pooled", "A_avg", "A_avg_pooled", "forgetting"]
 PM = "\u00a0±\u00a0"  # non-breaking, so a cell never wraps inside a number
 
 
@@ -94,9 +96,14 @@ def _one(x: float) -> str:
 
 
 def summary(df: pd.DataFrame, protocols=("cil", "til"), metrics=METRICS,
-            percent: bool = True) -> Summary:
+            percent: bool = True, pooled: bool = False) -> Summary:
     """Mean and std over seeds of each metric, as "mean +- std" strings (percent, one
-    decimal). Displayed as one table per protocol (:class:`Summary`)."""
+    decimal). Displayed as one table per protocol (:class:`Summary`).
+
+    ``pooled`` shows ``POOLED_METRICS``: A_last and AAA as per-task means and pooled over
+    every seen test sample (they differ when tasks have different test sizes)."""
+    if pooled:
+        metrics = POOLED_METRICS
     rows = []
     for variant in order(df["variant"]):
         sub = df[df["variant"] == variant]
@@ -151,11 +158,12 @@ def side_by_side(df: pd.DataFrame, protocol: str, paper_benchmark: str = "imagen
     """This study's class-incremental ``metric`` next to the paper's for the same method.
 
     The two columns come from different protocols (named in the column headers); the
-    comparison is of orderings and gaps, never of absolute values.
+    comparison is of orderings and gaps, never of absolute values. A pooled ``metric``
+    (``A_last_pooled``) is set beside the paper's number of the same metric (``A_last``).
     """
     paper = pd.read_csv(paper_csv)
     paper = paper[(paper["benchmark"] == paper_benchmark) & (paper["tasks"] == paper_tasks)
-                  & (paper["metric"] == metric)]
+                  & (paper["metric"] == metric.removesuffix("_pooled"))]
     paper = paper.drop_duplicates("method", keep="first").set_index("method")
     rows = []
     for variant in order(df["variant"]):
