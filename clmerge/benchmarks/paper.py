@@ -107,7 +107,9 @@ CARS_URL = ("Stanford Cars (https://ai.stanford.edu/~jkrause/cars/car_dataset.ht
 @dataclass(frozen=True)
 class Protocol:
     """The protocol choices of the paper benchmarks (``ExperimentConfig`` fields of the
-    same names; the defaults reproduce this module's earlier behaviour)."""
+    same names, with the same defaults: ImageNet normalisation, seeded class order,
+    seeded ImageNet-R split, official CUB split, bilinear test resize, crop scale 0.08;
+    the ``paper`` profile sets the codebases' values)."""
 
     input_norm: str = "imagenet"
     class_order: str = "seeded"
