@@ -184,8 +184,8 @@ def coerce(key: str, value: Any) -> Any:
     """
     if key not in FIELDS:
         valid = ", ".join(k for k in FIELDS if k != "method_args")
-        raise ConfigError(f"unknown setting {key!r}; valid settings: {valid} "
-                          f"(method options as METHOD.KEY)")
+        raise ConfigError(f"unknown setting {key!r}; valid settings (method options as "
+                          f"METHOD.KEY): {valid}")
     f = FIELDS[key]
     typ = type(f.default) if f.default is not dataclasses.MISSING else dict
     wrong = ConfigError(f"setting {key!r} expects {_article(typ.__name__)}, got {short(value)}")
