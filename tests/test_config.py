@@ -24,7 +24,7 @@ def test_hash_changes_with_any_setting_and_is_stable():
     (dict(method="nonsense"), "valid methods: seq"),
     (dict(method="seq", benchmark="cifar"), "valid benchmarks: synthetic"),
     (dict(method="seq", profile="nope"), "valid profiles:"),
-    (dict(method="seq", overrides={"epoch": 1}), "valid settings (method options as METHOD.KEY):"),
+    (dict(method="seq", overrides={"epoch": 1}), "valid settings .method options as METHOD.KEY.: method"),
     (dict(method="seq", overrides={"epochs": "two"}), "expects an int"),
     (dict(method="seq", overrides={"lora_rank": 0}), "must be >= 1"),
     (dict(method="seq", overrides={"finetune": "half"}), "must be one of lora, full"),
