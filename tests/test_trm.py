@@ -228,3 +228,124 @@ def test_min_accuracy_trm():
     # smoke stream: chance is 1/2 task-incremental; seq reaches 0.875 at seed 0
     r = run_experiment(smoke(), progress=False)
     assert r["metrics"]["til"]["A_last"] >= 0.70
+
+
+# ------------------------------------------------------------------ defects
+class _WeightsAtSnapshots(SupervisedPlugin):
+    """The mergeable weights right after each step the trajectory snapshots."""
+
+    def __init__(self, run):
+        super().__init__()
+        self.run = run
+        self.per_task = []
+
+    def before_training_exp(self, strategy, **kwargs):
+        self.per_task.append([])
+
+    @torch.no_grad()
+    def after_training_iteration(self, strategy, **kwargs):
+        traj = next(p for p in strategy.plugins if type(p).__name__ == "TrajectoryPlugin")
+        if traj._step in traj._at:
+            self.per_task[-1].append({k: v.detach().clone() for k, v in self.run.weights.items()})
+
+
+def _spy_merge(monkeypatch, seen):
+    from clmerge.mergers.trm import TrajectoryRegularizedMerger
+
+    merge = TrajectoryRegularizedMerger.merge
+
+    def spy(self, ctx):
+        extras = {"trajectory": list(ctx.extras.get("trajectory", [])),
+                  "batches": list(ctx.extras.get("batches", []))}
+        dirs = self.directions(ctx)
+        head = self.responsiveness_head(ctx) if self.options.gr > 0 else None
+        out = merge(self, ctx)
+        seen.append({"ctx": ctx, "extras": extras, "out": out, "record": self.records[-1],
+                     "directions": dirs, "head": head})
+        return out
+
+    monkeypatch.setattr(TrajectoryRegularizedMerger, "merge", spy)
+
+
+@pytest.mark.parametrize("finetune,start", [("full", "finetuned"), ("full", "merged"),
+                                            ("lora", "finetuned")])
+def test_trajectory_directions_point_at_the_recorded_weights(monkeypatch, finetune, start):
+    """start + snapshot_k is the weights at snapshot k, whatever the start protocol (under
+    full fine-tuning from the fine-tuned start, the recorder once stored its start before
+    the merge plugin wrote theta*_{t-1} back, offsetting every direction)."""
+    run = Run(smoke(finetune=finetune, start=start, **{"trm.steps": 0}))
+    watch = _WeightsAtSnapshots(run)
+    seen = []
+    _spy_merge(monkeypatch, seen)
+    _run_stream(run, get_method("trm"), progress=False, extra_plugins=[watch])
+    assert len(seen) == run.stream.n_experiences
+    for t, s in enumerate(seen):
+        snaps = s["extras"]["trajectory"]
+        assert len(snaps) == len(watch.per_task[t]) == 3
+        for snap, truth in zip(snaps, watch.per_task[t]):
+            for k in truth:
+                expected = truth[k]
+                if finetune == "lora":  # LoRA snapshots are deltas on top of the start
+                    continue
+                torch.testing.assert_close(s["ctx"].start[k] + snap[k], expected,
+                                           rtol=1e-5, atol=1e-6)
+
+
+def _ta_at(model, weights, theta, batches, t):
+    """L_TA of ``theta`` on the concatenated minibatches (the merge's fitting set)."""
+    saved = {k: v.detach().clone() for k, v in weights.items()}
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for k, v in theta.items():
+                weights[k].copy_(v)
+            x = torch.cat([b[0] for b in batches])
+            y = torch.cat([b[1] for b in batches])
+            cls = torch.tensor(model.classes_per_exp[t])
+            local = (y[:, None] == cls[None, :]).float().argmax(1)
+            return float(F.cross_entropy(model.heads[t](model.backbone(x)), local))
+    finally:
+        with torch.no_grad():
+            for k, v in saved.items():
+                weights[k].copy_(v)
+        model.train(was)
+
+
+@pytest.mark.parametrize("steps", [1, 5])
+def test_objectives_end_is_measured_at_the_returned_model(monkeypatch, steps):
+    """The recorded end of the objective is the objective of the model the merge
+    returns (it was once the value before the last update)."""
+    cfg = smoke(**{"trm.pc": 0.0, "trm.gr": 0.0, "trm.steps": steps, "trm.batches": 2})
+    run = Run(cfg)
+    seen = []
+    _spy_merge(monkeypatch, seen)
+    _run_stream(run, get_method("trm"), progress=False)
+    for t, s in enumerate(seen):
+        fit = s["extras"]["batches"][:-1][-2:]
+        expected = _ta_at(run.model, run.weights, s["out"], fit, t)
+        assert s["record"]["objectives_end"]["ta"] == pytest.approx(expected, rel=1e-4)
+
+
+def _cosine(a, b):
+    va = torch.cat([v.flatten() for v in a.values()])
+    vb = torch.cat([b[k].flatten() for k in a])
+    return float(va @ vb / (va.norm() * vb.norm()))
+
+
+def test_random_directions_and_fresh_head_follow_the_run_seed(monkeypatch):
+    """Two runs with different seeds draw different random directions and different fresh
+    heads for L_GR (they once shared them: both were seeded by the option seed)."""
+    draws = {}
+    for seed in (0, 1):
+        seen = []
+        _spy_merge(monkeypatch, seen)
+        cfg = make_config("trm", profile="smoke", seed=seed,
+                          overrides={"trm.random_directions": 1, "trm.steps": 0})
+        _run_stream(Run(cfg), get_method("trm"), progress=False)
+        s = seen[0]
+        dirs, names, _ = s["directions"]
+        draws[seed] = {"r1": dirs[names.index("r1")], "head": s["head"].weight.detach().clone()}
+    # the random draws of the two runs are unrelated: no more aligned than chance
+    assert abs(_cosine(draws[0]["r1"], draws[1]["r1"])) < 0.5
+    assert not torch.allclose(draws[0]["head"], draws[1]["head"])
