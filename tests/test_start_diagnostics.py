@@ -115,3 +115,33 @@ def test_step_time_table_reads_benchmark_files(tmp_path):
         "ratio_to_seq": {"seq": 1.0, "pm": 1.015}}))
     table = benchmark_files.step_time_table(tmp_path)
     assert table.loc[("cpu", "pm"), "ratio to seq"] == 1.015
+
+
+@pytest.mark.parametrize("losses,threshold,window,expected", [
+    ([1.0, 0.8, 0.6, 0.4, 0.2], 0.5, 1, 4.0),
+    ([1.0, 0.8, 0.6, 0.4, 0.2], 0.5, 2, 5.0),          # (0.4 + 0.2) / 2 = 0.3; (0.6+0.4)/2 = 0.5
+    ([1.0, 0.8, 0.6, 0.4, 0.2], 0.1, 1, float("nan")),  # never reached
+    ([0.3, 2.0, 2.0], 0.5, 3, 1.0),                    # the first step alone already counts
+    ([1.0, 0.0, 1.0, 0.0], 0.5, 2, 2.0),
+])
+def test_steps_to_loss_against_a_brute_force_window(losses, threshold, window, expected):
+    got = start_diagnostics.steps_to_loss(losses, threshold, window)
+    brute = next((s for s in range(1, len(losses) + 1)
+                  if np.mean(losses[max(0, s - window):s]) <= threshold), float("nan"))
+    assert (np.isnan(got) and np.isnan(expected)) or got == expected
+    assert (np.isnan(got) and np.isnan(brute)) or got == brute
+
+
+def test_every_training_step_loss_is_recorded_and_the_summary_pairs_seeds(frame):
+    for p in frame["path"]:
+        for rec in read_result(p)["tasks"]:
+            assert len(rec["losses"]) == rec["train_steps"]
+            assert rec["losses"][:len(rec["losses_first"])] == rec["losses_first"]
+    sl = start_diagnostics.steps_to_loss_frame(frame, threshold=0.6, window=3, k=10)
+    assert len(sl) == sum(len(read_result(p)["tasks"]) for p in frame["path"])
+    summary = start_diagnostics.steps_to_loss_summary(sl)
+    assert summary.loc["seq", "ratio to seq"] == pytest.approx(1.0)
+    later = sl[sl.task > 1].assign(s=lambda d: d.steps_to_loss.fillna(d.train_steps))
+    per_seed = later.groupby(["variant", "seed"])["s"].mean()
+    ratio = np.mean([per_seed["trm", s] / per_seed["seq", s] for s in (0, 1)])
+    assert summary.loc["trm", "ratio to seq"] == pytest.approx(ratio, abs=1e-3)

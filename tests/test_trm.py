@@ -321,8 +321,10 @@ def test_objectives_end_is_measured_at_the_returned_model(monkeypatch, steps):
     seen = []
     _spy_merge(monkeypatch, seen)
     _run_stream(run, get_method("trm"), progress=False)
+    from clmerge.mergers.trm import TrajectoryRegularizedMerger
+
     for t, s in enumerate(seen):
-        fit = s["extras"]["batches"][:-1][-2:]
+        fit, _ = TrajectoryRegularizedMerger.split_batches(s["extras"]["batches"], 2)
         expected = _ta_at(run.model, run.weights, s["out"], fit, t)
         assert s["record"]["objectives_end"]["ta"] == pytest.approx(expected, rel=1e-4)
 
@@ -349,3 +351,126 @@ def test_random_directions_and_fresh_head_follow_the_run_seed(monkeypatch):
     # the random draws of the two runs are unrelated: no more aligned than chance
     assert abs(_cosine(draws[0]["r1"], draws[1]["r1"])) < 0.5
     assert not torch.allclose(draws[0]["head"], draws[1]["head"])
+
+
+# ------------------------------------------------------------------ the optimiser
+@pytest.mark.parametrize("mode", ["norm", "orthonormal"])
+def test_rescaled_directions_have_the_reference_norm_and_keep_the_span(mode):
+    from clmerge.tensormath.trajectory_subspace import rescale_directions
+
+    dirs = [_tensors(s, SHAPES) for s in (1, 2, 3)]
+    dirs.append({k: 2.0 * dirs[0][k] - dirs[2][k] for k in SHAPES})   # in the span of 0 and 2
+    dirs.append({k: torch.zeros(s, dtype=torch.float64) for k, s in SHAPES.items()})
+    out = rescale_directions(dirs, reference=2, mode=mode)
+    for k in SHAPES:
+        ref = dirs[2][k].norm()
+        torch.testing.assert_close(out[2][k], dirs[2][k])           # the reference is kept
+        assert out[4][k].abs().max() == 0                           # zero stays zero
+        for j in (0, 1):
+            assert out[j][k].norm().item() == pytest.approx(ref.item(), rel=1e-10)
+        if mode == "norm":
+            for j in (0, 1, 3):  # same direction, new length
+                a, b = out[j][k].reshape(-1), dirs[j][k].reshape(-1)
+                assert float(a @ b / (a.norm() * b.norm())) == pytest.approx(1.0, abs=1e-10)
+        else:
+            live = [out[j][k].reshape(-1) for j in (2, 0, 1)]
+            gram = torch.stack(live) @ torch.stack(live).T / ref ** 2
+            torch.testing.assert_close(gram, torch.eye(3, dtype=gram.dtype), atol=1e-10, rtol=0)
+            assert out[3][k].abs().max() == 0    # already in the span of earlier directions
+            # same span as the originals: each original is a combination of the basis
+            basis = torch.stack(live).T
+            for j in (0, 1, 2):
+                sol = torch.linalg.lstsq(basis, dirs[j][k].reshape(-1, 1)).solution
+                torch.testing.assert_close(basis @ sol, dirs[j][k].reshape(-1, 1), atol=1e-9,
+                                           rtol=0)
+
+
+def test_rescale_none_is_the_identity():
+    from clmerge.tensormath.trajectory_subspace import rescale_directions
+
+    dirs = [_tensors(s, SHAPES) for s in (1, 2)]
+    out = rescale_directions(dirs, 1, "none")
+    assert all(torch.equal(out[j][k], dirs[j][k]) for j in (0, 1) for k in SHAPES)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        rescale_directions(dirs, 0, "unit")
+
+
+@pytest.mark.parametrize("sizes,held,fit", [
+    ([32, 32, 32, 32, 8], 3, [0, 1, 2, 4]),     # an epoch's short last minibatch is not held out
+    ([32, 32, 32, 32, 32], 4, [0, 1, 2, 3]),
+    ([32, 8, 32], 2, [0, 1]),
+])
+def test_the_held_out_minibatch_has_the_training_batch_size(sizes, held, fit):
+    from clmerge.mergers.trm import TrajectoryRegularizedMerger
+
+    batches = [(torch.full((n, 1), float(i)), torch.zeros(n)) for i, n in enumerate(sizes)]
+    got_fit, got_held = TrajectoryRegularizedMerger.split_batches(batches, 4)
+    assert int(got_held[0][0]) == held
+    assert [int(b[0][0]) for b in got_fit] == fit
+
+
+@pytest.mark.parametrize("stat,series,expected", [
+    ("median", [1.8e-8, 1.0, 2.0, 3.0, 246.0], 2.0),
+    ("mean", [1.0, 2.0, 6.0], 3.0),
+    ("median", [4.0, 1.0], 2.5),
+])
+def test_g0_is_the_chosen_statistic_of_the_first_steps(stat, series, expected):
+    from clmerge.mergers.base import MergeContext
+    from clmerge.mergers.trm import TRMOptions, TrajectoryRegularizedMerger
+
+    m = TrajectoryRegularizedMerger(TRMOptions(g0_stat=stat, g0_scale=2.0))
+    ctx = MergeContext(t=0, theta0={}, merged={}, start={}, finetuned={},
+                       extras={"g0_series": series, "g0": -1.0})
+    assert m.g0(ctx) == pytest.approx(2.0 * expected)
+
+
+def test_inverted_inputs_move_towards_their_targets_within_the_input_range():
+    from clmerge.tensormath.trajectory_subspace import invert_inputs, mix_inputs
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(6, 4, generator=g)
+    x = torch.rand(16, 6, generator=g)
+    targets = torch.randint(0, 4, (16,), generator=g)
+    out = invert_inputs(x, lambda z: z @ w, targets, steps=10, step_size=0.1)
+    assert F.cross_entropy(out @ w, targets) < F.cross_entropy(x @ w, targets)
+    assert out.min() >= x.min() and out.max() <= x.max()
+    assert torch.equal(invert_inputs(x, lambda z: z @ w, targets, steps=0), x)
+    mixed = mix_inputs(x, torch.Generator().manual_seed(1), noise=0.0)
+    assert mixed.shape == x.shape and mixed.min() >= x.min() and mixed.max() <= x.max()
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"trm.normalise": "orthonormal", "trm.pc_inputs": "augmented"},
+    {"trm.pc_inputs": "current", "trm.lr": 0.5, "trm.steps": 20, "trm.eval_every": 5},
+    {"finetune": "full", "start": "finetuned", "trm.steps": 20},
+])
+def test_the_merge_never_ends_worse_on_its_own_objective(overrides):
+    """On every merge of a smoke run: the objective at the returned coefficients is at
+    most the objective at the start, the curve is recorded from the start to the end,
+    and every coefficient stays within its bound."""
+    cfg = smoke(**overrides)
+    o = cfg.method_args
+    r = run_experiment(cfg, progress=False)
+    assert r["metrics"]["til"]["A_last"] > 0.5   # the run learns (chance: 0.5)
+    for t, rec in enumerate(r["tasks"]):
+        start, end, curve = rec["objectives_start"], rec["objectives_end"], rec["objective_curve"]
+        assert end["total"] <= start["total"]
+        assert curve["step"][0] == 0 and curve["step"][-1] == o["steps"]
+        assert len(curve["step"]) == o["steps"] // o["eval_every"] + 1
+        assert curve["total"][0] == start["total"] and min(curve["total"]) == end["total"]
+        assert curve["step"][curve["total"].index(end["total"])] == rec["best_step"]
+        assert set(curve) >= {"ta", "total"} | ({"pc"} if t > 0 else set()) | {"gr", "grad_norm"}
+        assert all(abs(c) <= o["bound"] + 1e-6 for c in rec["coefficients"].values())
+
+
+@pytest.mark.parametrize("method,start", [("trm", "merged"), ("magmax", "finetuned"),
+                                          ("magmax", "merged")])
+def test_full_fine_tuning_runs_for_trm_and_magmax(method, start):
+    from clmerge.experiment.runner import variant_label
+
+    cfg = make_config(method, profile="smoke", overrides={"finetune": "full", "start": start})
+    r = run_experiment(cfg, progress=False)
+    assert r["variant"] == variant_label(cfg) and r["variant"].startswith(f"{method}_full")
+    assert r["metrics"]["til"]["A_last"] > 0.5
+    assert all(t["distance_from_pretrained"] > 0 for t in r["tasks"])

@@ -14,10 +14,16 @@ model the task starts from (the merged model, or theta*_{t-1} under the fine-tun
   only; the optimiser never sees them). This is the quantity a merger can reason
   about, in the same units as TRM's gradient-responsiveness term.
 
-``grad_norm_start`` / ``loss_start`` are the first step's values. The means over the
-steps are published to the merge plugin's ``extras`` (``g0``: mean dense gradient norm)
-so a merger may use them (TRM's hinge reference). A loss that is not finite, or that
-explodes, stops the run with the experience and step named (:mod:`clmerge.plugins.guard`).
+``grad_norm_start`` / ``loss_start`` are the first step's values. ``losses`` is the
+training loss of *every* step of the task (as the loss the strategy minimises: with LwF
+or EWC it includes their penalty), from which the report derives how many steps the
+task needs to reach a fixed training loss from the model it started from
+(:func:`clmerge.report.start_diagnostics.steps_to_loss`); recording it reads the loss
+only and changes no number of the run. The dense gradient norms of the first steps are
+published to the merge plugin's ``extras`` (``g0``: their mean, ``g0_series``: all of
+them) so a merger may use them (TRM's hinge reference). A loss that is not finite, or
+that explodes, stops the run with the experience and step named
+(:mod:`clmerge.plugins.guard`).
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ class DiagnosticsPlugin(SupervisedPlugin):
         self._t0 = time.perf_counter()
         self.records.append({"experience": strategy.experience.current_experience,
                              "losses_first": [], "grad_norms_first": [],
-                             "dense_grad_norms_first": []})
+                             "dense_grad_norms_first": [], "losses": []})
 
     def before_forward(self, strategy, **kwargs):
         if strategy.is_training and self._watch_dense():
@@ -63,8 +69,9 @@ class DiagnosticsPlugin(SupervisedPlugin):
         check_loss(loss, self._first_loss, strategy.experience.current_experience, self._step)
         if self._first_loss is None:
             self._first_loss = loss
+        rec = self.records[-1]
+        rec["losses"].append(loss)
         if self._step < self.steps:
-            rec = self.records[-1]
             rec["losses_first"].append(loss)
             rec["grad_norms_first"].append(_norm(
                 p for g in strategy.optimizer.param_groups if g.get("name") != "head"
@@ -86,6 +93,7 @@ class DiagnosticsPlugin(SupervisedPlugin):
             if self.extras is not None and rec["dense_grad_norms_first"]:
                 dense = rec["dense_grad_norms_first"]
                 self.extras["g0"] = sum(dense) / len(dense)
+                self.extras["g0_series"] = list(dense)
 
 
 def _norm(params) -> float:

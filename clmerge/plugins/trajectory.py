@@ -11,8 +11,14 @@ While task t trains, keeps in memory
   loader served them): the current-task data the merge optimises on, with no extra
   pass over the data.
 
+Under full fine-tuning the task's start is read at its first training iteration, after
+every ``before_training_exp`` callback has run: under the ``finetuned`` start protocol the
+merge plugin writes theta*_{t-1} back into the weights there, and that, not the merged
+model, is where the task's trajectory begins.
+
 At the end of the task it hands both to the merge plugin (``extras["trajectory"]``,
-``extras["batches"]``) and drops its own references; the merge plugin clears its extras
+``extras["batches"]``), with the run's seed (``extras["seed"]``, for the merge's random
+draws) and drops its own references; the merge plugin clears its extras
 after the merge, so nothing from task t survives into task t+1 but the merged weights.
 """
 
@@ -28,7 +34,7 @@ from clmerge.tensormath import tensordict as td
 
 class TrajectoryPlugin(SupervisedPlugin):
     def __init__(self, weights: dict, extras: dict, lora=None, snapshots: int = 4,
-                 keep_batches: int = 5):
+                 keep_batches: int = 5, seed: int = 0):
         super().__init__()
         if snapshots < 1:
             raise ValueError(f"snapshots must be >= 1; got {snapshots}")
@@ -36,6 +42,7 @@ class TrajectoryPlugin(SupervisedPlugin):
         self.extras = extras
         self.lora = lora
         self.n_snapshots = snapshots
+        self.seed = seed
         self.snapshots: list[td.TensorDict] = []
         self.batches: deque = deque(maxlen=max(keep_batches, 0))
         self._at: set[int] = set()
@@ -49,7 +56,12 @@ class TrajectoryPlugin(SupervisedPlugin):
         self._step = 0
         self.snapshots = []
         self.batches.clear()
-        self._start = None if self.lora is not None else td.clone(self.weights)
+        self._start = None
+
+    @torch.no_grad()
+    def before_training_iteration(self, strategy, **kwargs):
+        if self._step == 0 and self.lora is None:
+            self._start = td.clone(self.weights)  # where training really starts
 
     @torch.no_grad()
     def after_training_iteration(self, strategy, **kwargs):
@@ -68,6 +80,7 @@ class TrajectoryPlugin(SupervisedPlugin):
     def after_training_exp(self, strategy, **kwargs):
         self.extras["trajectory"] = self.snapshots
         self.extras["batches"] = list(self.batches)
+        self.extras["seed"] = self.seed
         self.snapshots = []
         self.batches.clear()
         self._start = None

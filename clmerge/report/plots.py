@@ -447,3 +447,30 @@ def metric_points(df: pd.DataFrame, variants: list[str], columns: dict, referenc
         fig.suptitle(title, fontsize=10, fontweight="bold")
     fig.tight_layout()
     return fig
+
+
+def merge_objective_curves(paths, title: str = ""):
+    """TRM's objective during each merge (``objective_curve`` of every task), relative to
+    its value at the start of the merge (1 = the start theta_hat + 0.5 d_K), one line per
+    task, mean over the runs in ``paths``; the best evaluated iterate is what the merge
+    returns, so a curve's minimum is where the merge ended."""
+    per_task: dict[int, list] = {}
+    for p in paths:
+        for t, rec in enumerate(read_result(p)["tasks"]):
+            curve = rec.get("objective_curve") or {}
+            if curve.get("total") and curve["total"][0] > 0:
+                rel = np.asarray(curve["total"]) / curve["total"][0]
+                per_task.setdefault(t, []).append((np.asarray(curve["step"]), rel))
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    pal = sns.color_palette("viridis", max(len(per_task), 1))
+    for (t, curves), c in zip(sorted(per_task.items()), pal):
+        n = min(len(r) for _, r in curves)
+        ax.plot(curves[0][0][:n], np.mean([r[:n] for _, r in curves], axis=0), color=c,
+                marker=".", label=f"merge after task {t + 1}")
+    ax.axhline(1.0, color="grey", ls=":", lw=1)
+    ax.set_xlabel("coefficient optimiser step")
+    ax.set_ylabel("objective / objective at the start")
+    ax.set_title(title or "TRM's merge objective", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -86,3 +86,69 @@ def responsiveness(tasks: pd.DataFrame, column: str = "dense_grad_norm_first_mea
                     "ratio std": ratio.std(ddof=1) if len(ratio) > 1 else np.nan,
                     "seeds": len(ratio)})
     return labelled(pd.DataFrame(out).set_index("variant").round(3))
+
+
+# ---------------------------------------------------------------- steps to a fixed loss
+def steps_to_loss(losses, threshold: float, window: int = 5) -> float:
+    """The first training step s (1-based) at which the mean training loss of steps
+    s-window+1..s is at most ``threshold``; NaN when the task never gets there. The
+    window smooths the minibatch noise; the first ``window - 1`` steps use what exists."""
+    losses = np.asarray(losses, dtype=float)
+    if window < 1:
+        raise ValueError(f"window must be >= 1; got {window}")
+    csum = np.concatenate([[0.0], np.cumsum(losses)])
+    for s in range(1, len(losses) + 1):
+        lo = max(0, s - window)
+        if (csum[s] - csum[lo]) / (s - lo) <= threshold:
+            return float(s)
+    return float("nan")
+
+
+def steps_to_loss_frame(df: pd.DataFrame, threshold: float, window: int = 5,
+                        k: int = 20) -> pd.DataFrame:
+    """One row per run and task (1-based ``task``): ``steps_to_loss`` (see
+    :func:`steps_to_loss`; NaN: not reached), ``reached``, ``train_steps`` and
+    ``loss_after_k`` (mean training loss of steps k-window+1..k). This is what "merging
+    re-activates optimisation" means when measured: how fast the next task trains from
+    the model a method hands it. Task 1 starts from the pretrained model for every
+    method. Results recorded before the per-step losses existed give no rows."""
+    rows = []
+    for _, run in df.iterrows():
+        for t, rec in enumerate(read_result(run["path"])["tasks"]):
+            losses = rec.get("losses")
+            if not losses:
+                continue
+            s = steps_to_loss(losses, threshold, window)
+            rows.append({"variant": run["variant"], "seed": run["seed"], "task": t + 1,
+                         "steps_to_loss": s, "reached": not np.isnan(s),
+                         "train_steps": len(losses),
+                         "loss_after_k": float(np.mean(losses[max(0, k - window):k]))})
+    return pd.DataFrame(rows, columns=["variant", "seed", "task", "steps_to_loss", "reached",
+                                       "train_steps", "loss_after_k"])
+
+
+def steps_to_loss_summary(frame: pd.DataFrame, reference: str = "seq") -> pd.DataFrame:
+    """Per variant, over tasks 2..T (those that start from the method's own model): mean
+    steps to the loss (a task that never reaches it counts as its number of steps, a
+    lower bound; ``not reached`` counts them), the mean loss after k steps, and the
+    per-seed ratio of the mean steps to ``reference``'s on the same seed (mean +- std;
+    below 1: the method's model trains faster than ``reference``'s)."""
+    later = frame[frame["task"] > 1].copy()
+    later["steps"] = later["steps_to_loss"].fillna(later["train_steps"])
+    per_seed = later.groupby(["variant", "seed"]).agg(steps=("steps", "mean"),
+                                                      loss_k=("loss_after_k", "mean"),
+                                                      missed=("reached", lambda r: int((~r).sum())))
+    ref = per_seed.loc[reference]["steps"] if reference in per_seed.index.get_level_values(0) else None
+    out = []
+    for v in order(later["variant"]):
+        sub = per_seed.loc[v]
+        row = {"variant": v, "steps to loss": sub["steps"].mean(),
+               "steps std": sub["steps"].std(ddof=1) if len(sub) > 1 else np.nan,
+               "loss after k": sub["loss_k"].mean(), "not reached": int(sub["missed"].sum()),
+               "seeds": len(sub)}
+        if ref is not None:
+            ratio = (sub["steps"] / ref).dropna()
+            row[f"ratio to {reference}"] = ratio.mean()
+            row["ratio std"] = ratio.std(ddof=1) if len(ratio) > 1 else np.nan
+        out.append(row)
+    return pd.DataFrame(out).set_index("variant").round(3)

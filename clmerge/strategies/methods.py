@@ -166,7 +166,8 @@ def _pm_plugins(o, run, extras) -> list:
 def _trm_plugins(o, run, extras) -> list:
     return [TrajectoryPlugin(run.weights, extras, lora=run.lora,
                              snapshots=o.snapshots if o.trajectory else 1,
-                             keep_batches=o.batches + 1 if o.steps > 0 else 0)]
+                             keep_batches=o.batches + 1 if o.steps > 0 else 0,
+                             seed=run.cfg.seed)]
 
 
 def _ewc_plugins(o, run, extras) -> list:
