@@ -119,7 +119,8 @@ def test_step_time_table_reads_benchmark_files(tmp_path):
 
 @pytest.mark.parametrize("losses,threshold,window,expected", [
     ([1.0, 0.8, 0.6, 0.4, 0.2], 0.5, 1, 4.0),
-    ([1.0, 0.8, 0.6, 0.4, 0.2], 0.5, 2, 5.0),          # (0.4 + 0.2) / 2 = 0.3; (0.6+0.4)/2 = 0.5
+    ([1.0, 0.8, 0.6, 0.4, 0.2], 0.5, 2, 4.0),          # (0.6 + 0.4) / 2 = 0.5: reached
+    ([1.0, 0.8, 0.6, 0.4, 0.2], 0.45, 2, 5.0),         # ... 0.5 is not; (0.4 + 0.2) / 2 is
     ([1.0, 0.8, 0.6, 0.4, 0.2], 0.1, 1, float("nan")),  # never reached
     ([0.3, 2.0, 2.0], 0.5, 3, 1.0),                    # the first step alone already counts
     ([1.0, 0.0, 1.0, 0.0], 0.5, 2, 2.0),
