@@ -84,7 +84,7 @@ def test_unknown_parameter_exits_2_and_writes_nothing(tmp_path, monkeypatch, cap
 
 def test_chapter_parameters_read_multiline_defaults():
     params = book.chapter_parameters(book.CHAPTERS / "03_trajectory_regularized_merging.ipynb")
-    assert params["trm_ablations"]["default"].startswith('["trm[pc=0.0]", "trm[gr=0.0]"')
+    assert params["trm_ablations"]["default"].startswith('["trm[steps=0]", "trm[pc=0.0]"')
     assert params["seeds"] == {"default": "None", "help": "None: the profile's seeds"}
     assert "**`03_trajectory_regularized_merging`**" in book.parameters_markdown()
 

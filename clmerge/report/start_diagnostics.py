@@ -108,7 +108,8 @@ def steps_to_loss_frame(df: pd.DataFrame, threshold: float, window: int = 5,
                         k: int = 20) -> pd.DataFrame:
     """One row per run and task (1-based ``task``): ``steps_to_loss`` (see
     :func:`steps_to_loss`; NaN: not reached), ``reached``, ``train_steps`` and
-    ``loss_after_k`` (mean training loss of steps k-window+1..k). This is what "merging
+    ``loss_after_k`` (mean training loss of steps k-window+1..k; of the last ``window``
+    steps when the task is shorter than k). This is what "merging
     re-activates optimisation" means when measured: how fast the next task trains from
     the model a method hands it. Task 1 starts from the pretrained model for every
     method. Results recorded before the per-step losses existed give no rows."""
@@ -119,10 +120,11 @@ def steps_to_loss_frame(df: pd.DataFrame, threshold: float, window: int = 5,
             if not losses:
                 continue
             s = steps_to_loss(losses, threshold, window)
+            kk = min(k, len(losses))  # a task shorter than k steps: its last steps
             rows.append({"variant": run["variant"], "seed": run["seed"], "task": t + 1,
                          "steps_to_loss": s, "reached": not np.isnan(s),
                          "train_steps": len(losses),
-                         "loss_after_k": float(np.mean(losses[max(0, k - window):k]))})
+                         "loss_after_k": float(np.mean(losses[max(0, kk - window):kk]))})
     return pd.DataFrame(rows, columns=["variant", "seed", "task", "steps_to_loss", "reached",
                                        "train_steps", "loss_after_k"])
 
