@@ -474,3 +474,14 @@ def test_full_fine_tuning_runs_for_trm_and_magmax(method, start):
     assert r["variant"] == variant_label(cfg) and r["variant"].startswith(f"{method}_full")
     assert r["metrics"]["til"]["A_last"] > 0.5
     assert all(t["distance_from_pretrained"] > 0 for t in r["tasks"])
+
+
+def test_trm_merges_an_attention_backbone():
+    """L_GR's second derivative goes through attention (the fused CPU attention kernels
+    have none; the merge runs attention in its plain kernel)."""
+    cfg = make_config("trm", "split_digits", profile="smoke", overrides={
+        "backbone": "vit_letters", "image_size": 28, "n_experiences": 2,
+        "trm.steps": 2, "trm.eval_every": 1, "trm.gr_every": 1})
+    r = run_experiment(cfg, progress=False)
+    assert all(t["objectives_end"]["total"] <= t["objectives_start"]["total"] for t in r["tasks"])
+    assert all(t["objectives_start"]["grad_norm"] > 0 for t in r["tasks"])

@@ -94,11 +94,13 @@ are chosen on a calibration stream, never on the streams results are reported on
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from clmerge.mergers.base import MergeContext, Merger, check_choice, parameter_names
 from clmerge.tensormath import tensordict as td
@@ -281,7 +283,10 @@ class TrajectoryRegularizedMerger(Merger):
         first = best = {}
         c_best, best_step = c0, 0
         c = c0.clone()
-        try:
+        # L_GR differentiates a gradient: attention must run in its plain (math) kernel,
+        # the fused CPU kernels have no second derivative
+        with sdpa_kernel([SDPBackend.MATH]), contextlib.ExitStack() as stack:
+            stack.callback(model.train, was_training)
             pc_x, teacher = self.consistency_inputs(ctx, fit, features, head_logits, old)
 
             def terms_at(c, step=None, train=False):
@@ -350,8 +355,6 @@ class TrajectoryRegularizedMerger(Merger):
                         values = evaluate(c, step + 1)
                         if not o.keep_best or values["total"] < best["total"]:
                             best, c_best, best_step = values, c.detach().clone(), step + 1
-        finally:
-            model.train(was_training)
         c = c_best.detach()
         merged = {k: v.detach() for k, v in space.combine(c).items()}
         per_dir = c.mean(1) if c.dim() == 2 else c
