@@ -277,7 +277,8 @@ def test_trajectory_directions_point_at_the_recorded_weights(monkeypatch, finetu
     watch = _WeightsAtSnapshots(run)
     seen = []
     _spy_merge(monkeypatch, seen)
-    _run_stream(run, get_method("trm"), progress=False, extra_plugins=[watch])
+    run.add_plugin(watch)
+    run.execute()
     assert len(seen) == run.stream.n_experiences
     for t, s in enumerate(seen):
         snaps = s["extras"]["trajectory"]
@@ -320,7 +321,7 @@ def test_objectives_end_is_measured_at_the_returned_model(monkeypatch, steps):
     run = Run(cfg)
     seen = []
     _spy_merge(monkeypatch, seen)
-    _run_stream(run, get_method("trm"), progress=False)
+    run.execute()
     from clmerge.mergers.trm import TrajectoryRegularizedMerger
 
     for t, s in enumerate(seen):
@@ -344,7 +345,7 @@ def test_random_directions_and_fresh_head_follow_the_run_seed(monkeypatch):
         _spy_merge(monkeypatch, seen)
         cfg = make_config("trm", profile="smoke", seed=seed,
                           overrides={"trm.random_directions": 1, "trm.steps": 0})
-        _run_stream(Run(cfg), get_method("trm"), progress=False)
+        Run(cfg).execute()
         s = seen[0]
         dirs, names, _ = s["directions"]
         draws[seed] = {"r1": dirs[names.index("r1")], "head": s["head"].weight.detach().clone()}
