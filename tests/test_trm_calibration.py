@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clmerge.experiment import trm_calibration as cal
+from clmerge.report import trm_calibration as cal
 
 
 def _frame(rows):

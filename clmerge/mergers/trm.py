@@ -89,7 +89,7 @@ per-module vs global coefficients (``coefficients``), the initial point and the 
 the loss weights (0 switches a term off), tau, the consistency inputs, the reference
 g0, the head and the hinge form, the optimiser budget. The constants no source gives
 are chosen on a calibration stream, never on the streams results are reported on
-(:mod:`clmerge.experiment.trm_calibration`).
+(:mod:`clmerge.report.trm_calibration`).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ profile's budget and a few seeds, and keep the variant with the best mean of
 earlier row of the grid, the defaults first). The table is written as CSV and
 markdown, so the choice and every alternative are on record.
 
-    python -m clmerge.experiment.trm_calibration --benchmark CALIBRATION_STREAM \\
+    python -m clmerge.report.trm_calibration --benchmark CALIBRATION_STREAM \\
         --profile quick --seeds 0 --out data/results/calibration
 
 The evaluation streams' results are never read here: the calibration benchmark must be
@@ -92,7 +92,7 @@ def calibrate(benchmark: str, profile: str = "quick", seeds=(0,), grid=None,
 def main(argv: list[str] | None = None) -> int:
     from clmerge.experiment.config import ConfigError
 
-    p = argparse.ArgumentParser(prog="python -m clmerge.experiment.trm_calibration",
+    p = argparse.ArgumentParser(prog="python -m clmerge.report.trm_calibration",
                                 description=__doc__.splitlines()[0])
     p.add_argument("--benchmark", required=True, help="the calibration stream (never a "
                    "reported one)")
