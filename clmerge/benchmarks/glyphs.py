@@ -51,6 +51,7 @@ from matplotlib.ft2font import FT2Font
 from PIL import Image, ImageFilter
 
 from clmerge.benchmarks.stream import Stream, class_incremental_stream
+from clmerge.pretrain.letters import FONT_FILES as LETTER_FONT_FILES
 from clmerge.pretrain.letters import LETTERS, _cap_height, _glyph, font_dir, render_char
 
 SPLIT_SEED = 0           # class split and rendering; independent of the run seed
@@ -60,14 +61,7 @@ N_TEST = 50              # test images per class
 LOOKALIKE_THRESHOLD = 0.93  # template similarity at which two glyphs count as alike
 TEMPLATE_SIZE = 28
 
-FONT_FILES = (
-    "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf",
-    "DejaVuSans-BoldOblique.ttf",
-    "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSerif-Italic.ttf",
-    "DejaVuSerif-BoldItalic.ttf",
-    "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf", "DejaVuSansMono-Oblique.ttf",
-    "DejaVuSansMono-BoldOblique.ttf",
-)
+FONT_FILES = tuple(f for f in LETTER_FONT_FILES if f.startswith("DejaVu"))  # the 12 DejaVu faces
 
 BLOCKS = {  # name -> inclusive code-point ranges
     "greek": ((0x0391, 0x03A9), (0x03B1, 0x03C9)),
