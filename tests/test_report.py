@@ -74,6 +74,29 @@ def test_readable_names(label, name):
     assert readable(label) == name
 
 
+@pytest.mark.parametrize("index_name,renamed", [
+    (None, True), ("variant", True), ("method", True), ("eps", False), ("task", False)])
+def test_readable_index_renames_only_variant_labels(index_name, renamed):
+    import pandas as pd
+    from clmerge.report.names import readable_index
+
+    frame = pd.DataFrame({"x": [1.0]}, index=pd.Index(["pm[eps=0.25]"], name=index_name))
+    out = readable_index(frame)
+    assert list(out.index) == (["P&M, \u03b5=0.25"] if renamed else ["pm[eps=0.25]"])
+    assert out.index.name == ("method" if renamed else index_name)
+
+
+@pytest.mark.parametrize("x,text", [(0.000123456, "0.000123"), (1234.5678, "1.23e+03"),
+                                    (0.149, "0.149"), (3, "3")])
+def test_significant_numbers(x, text):
+    from clmerge.report.tables import significant, significant_number
+
+    assert significant_number(x) == text
+    import pandas as pd
+    html = significant(pd.DataFrame({"v": [float(x)]}, index=pd.Index([1e-3], name="eps")))._repr_html_()
+    assert significant_number(float(x)) in html and "eps" in html
+
+
 def test_tables_and_figures_from_smoke_results(results_dir):
     df = study.ensure_results(["seq", "pm", "joint"], "smoke", results_dir=results_dir,
                               workers=1)

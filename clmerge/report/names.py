@@ -71,8 +71,9 @@ def readable(label: str) -> str:
 
 def readable_index(frame):
     """``frame`` with its variant labels renamed by :func:`readable`: the index, or the
-    levels named ``variant`` or ``method`` of a MultiIndex; a plain index is then named
-    ``method``."""
+    levels named ``variant`` or ``method`` of a MultiIndex; a plain index (unnamed or
+    named ``variant``) is then named ``method``. An index named otherwise (``eps``,
+    ``task``) holds no variant labels and is kept."""
     import pandas as pd
 
     out = frame.copy()
@@ -81,7 +82,7 @@ def readable_index(frame):
         levels = [lvl.map(rename) if name in ("variant", "method") else lvl
                   for lvl, name in zip(out.index.levels, out.index.names)]
         out.index = out.index.set_levels(levels)
-    else:
+    elif out.index.name in (None, "variant", "method"):
         out.index = out.index.map(rename)
         out.index.name = "method"
     return out

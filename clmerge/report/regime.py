@@ -20,6 +20,7 @@ import pandas as pd
 from clmerge.experiment.config import make_config
 from clmerge.report import statistics, study
 from clmerge.report.style import PROTOCOL_NAMES, linestyle
+from clmerge.report.tables import labelled
 
 REGIME_VARIANTS = ["average", "ties", "magmax", "pm", "pm[perturbation=none]", "trm"]
 # A benchmark without its own list of rates: the profile's rate times these factors,
@@ -145,4 +146,4 @@ def table(frame: pd.DataFrame) -> pd.DataFrame:
     out = cells.pivot_table(index=["benchmark", "protocol", "variant"], columns="lr",
                             values="cell", aggfunc="first", sort=False)
     out.columns = [f"lr {x:g}" for x in out.columns]
-    return out
+    return labelled(out)

@@ -15,7 +15,7 @@ import pandas as pd
 
 from clmerge.experiment.results import read_result
 from clmerge.report.style import order
-from clmerge.report.tables import labelled
+from clmerge.report.tables import significant
 
 TASK_FIELDS = ("merge_seconds", "train_seconds", "train_steps", "state_bytes",
                "distance_from_pretrained", "task_vector_norm", "grad_norm_start",
@@ -85,7 +85,7 @@ def responsiveness(tasks: pd.DataFrame, column: str = "dense_grad_norm_first_mea
                     "ratio": ratio.mean(),
                     "ratio std": ratio.std(ddof=1) if len(ratio) > 1 else np.nan,
                     "seeds": len(ratio)})
-    return labelled(pd.DataFrame(out).set_index("variant").round(3))
+    return significant(pd.DataFrame(out).set_index("variant"))
 
 
 # ---------------------------------------------------------------- steps to a fixed loss

@@ -62,6 +62,24 @@ def shown(frame: pd.DataFrame) -> Shown:
     return Shown(frame)
 
 
+def significant_number(x, digits: int = 3) -> str:
+    """``digits`` significant digits: for quantities whose scale varies by orders of
+    magnitude (gradient norms, curvatures, finite-difference errors), where a fixed
+    number of decimals shows either 0.0 or a dozen digits."""
+    return f"{x:.{digits}g}" if isinstance(x, float) else str(x)
+
+
+class Significant(Labelled):
+    """:class:`Labelled`, with numbers shown to three significant digits."""
+
+    def _repr_html_(self):
+        return _html(self, significant_number)
+
+
+def significant(frame: pd.DataFrame) -> Significant:
+    return Significant(frame)
+
+
 def labelled(frame: pd.DataFrame) -> Labelled:
     return Labelled(frame)
 
