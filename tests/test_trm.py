@@ -477,11 +477,42 @@ def test_full_fine_tuning_runs_for_trm_and_magmax(method, start):
     assert all(t["distance_from_pretrained"] > 0 for t in r["tasks"])
 
 
-def test_trm_merges_an_attention_backbone():
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_the_fresh_responsiveness_head_is_a_new_head_of_the_same_kind(kind):
+    """L_GR's fresh head: the class and shape of the trained head t, the random draw of a
+    new head from the run's seed (for linear heads, exactly ``nn.Linear(in, out)``),
+    fixed, and the trained head untouched."""
+    from clmerge.backbones.heads import make_head
+    from clmerge.mergers.base import MergeContext
+    from clmerge.mergers.trm import TRMOptions, TrajectoryRegularizedMerger, _generator
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.heads = torch.nn.ModuleList([make_head(kind, 12, 5), make_head(kind, 12, 5)])
+
+    model = Model()
+    trained = {k: v.clone() for k, v in model.heads[1].state_dict().items()}
+    ctx = MergeContext(t=1, theta0={}, merged={}, start={}, finetuned={}, model=model,
+                       extras={"seed": 3})
+    m = TrajectoryRegularizedMerger(TRMOptions())
+    head = m.responsiveness_head(ctx)
+    torch.manual_seed(_generator(ctx, m.options.seed, 1).initial_seed())
+    expected = make_head(kind, 12, 5)
+    assert type(head) is type(model.heads[1]) and head is not model.heads[1]
+    assert torch.equal(head.weight, expected.weight)
+    assert not any(p.requires_grad for p in head.parameters())
+    assert all(torch.equal(v, model.heads[1].state_dict()[k]) for k, v in trained.items())
+    if kind == "linear":
+        assert torch.equal(head.bias, expected.bias)
+
+
+@pytest.mark.parametrize("head", ["linear", "cosine"])
+def test_trm_merges_an_attention_backbone(head):
     """L_GR's second derivative goes through attention (the fused CPU attention kernels
-    have none; the merge runs attention in its plain kernel)."""
+    have none; the merge runs attention in its plain kernel), with either head protocol."""
     cfg = make_config("trm", "split_digits", profile="smoke", overrides={
-        "backbone": "vit_letters", "image_size": 28, "n_experiences": 2,
+        "backbone": "vit_letters", "image_size": 28, "n_experiences": 2, "head": head,
         "trm.steps": 2, "trm.eval_every": 1, "trm.gr_every": 1})
     r = run_experiment(cfg, progress=False)
     assert all(t["objectives_end"]["total"] <= t["objectives_start"]["total"] for t in r["tasks"])

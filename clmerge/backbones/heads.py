@@ -28,9 +28,16 @@ class CosineLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, scale: float = 16.0):
         super().__init__()
+        self.in_features, self.out_features = in_features, out_features
         init = nn.Linear(in_features, out_features)
         self.weight = nn.Parameter(init.weight.detach().clone())
         self.scale = float(scale)
+
+    def reset_parameters(self) -> None:
+        """A fresh draw, with the random numbers of construction (as ``nn.Linear``'s)."""
+        init = nn.Linear(self.in_features, self.out_features)
+        with torch.no_grad():
+            self.weight.copy_(init.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.scale * nn.functional.linear(nn.functional.normalize(x, dim=-1),

@@ -95,6 +95,7 @@ are chosen on a calibration stream, never on the streams results are reported on
 from __future__ import annotations
 
 import contextlib
+import copy
 import statistics
 from dataclasses import dataclass, field
 
@@ -393,16 +394,15 @@ class TrajectoryRegularizedMerger(Merger):
         return xs, teacher
 
     def responsiveness_head(self, ctx: MergeContext):
-        """The head L_GR's loss goes through: the trained head t, or a fresh one drawn
-        like every new head (``nn.Linear`` init, from the run's seed), fixed during the
-        merge."""
+        """The head L_GR's loss goes through: the trained head t, or a fresh one of the
+        same kind (linear or cosine) drawn like every new head (from the run's seed),
+        fixed during the merge."""
         model = ctx.model
         if self.options.gr_head == "current":
             return model.heads[ctx.t]
-        current = model.heads[ctx.t]
+        head = copy.deepcopy(model.heads[ctx.t])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_generator(ctx, self.options.seed, 1).initial_seed())
-            head = torch.nn.Linear(current.in_features, current.out_features)
-        head = head.to(current.weight.device)
+            head.reset_parameters()
         head.requires_grad_(False)
         return head

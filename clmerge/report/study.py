@@ -64,12 +64,14 @@ def folders(results_dir: str | Path | None) -> tuple[list[Path], Path]:
 def ensure_results(variants: Iterable[str], profile: str, benchmark: str | None = None,
                    seeds: Iterable[int] | None = None, results_dir: str | Path | None = None,
                    force: bool = False, overrides: dict | None = None,
-                   workers: int | None = None) -> pd.DataFrame:
+                   workers: int | None = None, compute: bool = True) -> pd.DataFrame:
     """Load or compute every variant x seed; return their rows of the tidy frame, with
     ``variant`` as spelled in ``variants``.
 
     Missing runs are computed in ``workers`` processes (default: one per CPU core; each
     run uses one thread, see ``clmerge.experiment.runner``), with a progress bar.
+    ``compute=False`` computes nothing: the frame holds the runs that exist, and a line
+    says how many are missing.
     """
     read, write = folders(results_dir)
     variants = as_list(variants)
@@ -84,6 +86,12 @@ def ensure_results(variants: Iterable[str], profile: str, benchmark: str | None 
         found.update({id(c): folder for c in cfgs
                       if id(c) not in found and id(c) not in missing_ids})
     todo = [c for c in cfgs if id(c) not in found]
+    if todo and not compute:
+        print(f"{len(todo)} of {len(cfgs)} runs have no result in "
+              f"{', '.join(map(str, read))}; not computed (compute=False)", flush=True)
+        cfgs, labels = zip(*[(c, lab) for c, lab in zip(cfgs, labels) if id(c) in found]) \
+            if found else ((), ())
+        todo = []
     if todo:
         workers = min(len(todo), workers or os.cpu_count() or 1)
         print(f"computing {len(todo)} of {len(cfgs)} runs in {workers} process(es) "
