@@ -138,6 +138,23 @@ def test_finite_difference_meets_double_backward_in_float64():
     assert len(res["line"]["current"]) == len(res["line"]["a"])
 
 
+def test_finite_difference_meets_double_backward_through_attention():
+    """The same identity on the letters ViT with K/V LoRAs (the quick profile's glyph
+    backbone): GELU is smooth, so the finite difference converges to the double-backward
+    value at every e, with the error shrinking like e^2; the double backward goes through
+    attention (the fused CPU kernels have no second derivative)."""
+    from clmerge.experiment.pm_checks import line_check
+    cfg = make_config("pm", "split_digits", profile="smoke", overrides={
+        "backbone": "vit_letters", "image_size": 28, "n_experiences": 2, "lora_rank": 4})
+    res = line_check(cfg, experience=1, n_samples=64, alphas=[0.0, 1.0],
+                     eps_list=[1e-1, 1e-2, 1e-3])
+    c = res["curvature"]
+    err = {r["eps"]: abs(r["finite-difference Delta'H Delta"] - c)
+           for r in res["finite_difference"]}
+    assert c != 0 and err[1e-3] <= 1e-5 * abs(c)
+    assert err[1e-2] <= 2e-2 * err[1e-1] + 1e-9 * abs(c)     # O(e^2): 100x per decade
+
+
 @pytest.mark.parametrize("overrides", [
     {"pm.fisher_estimator": "true"},
     {"pm.fisher_normalize": "trace"},

@@ -26,6 +26,7 @@ from dataclasses import replace
 
 import numpy as np
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from clmerge.experiment.config import ExperimentConfig
 from clmerge.experiment.runner import Run
@@ -122,6 +123,16 @@ def line_check(cfg: ExperimentConfig, experience: int = 1, n_samples: int = 512,
         strategy.train(exp)
     run.model.eval()
     run.model.double()     # every loss, difference and derivative below in float64
+    # attention in its plain (math) kernel for every loss below: the fused CPU kernels
+    # have no second derivative, and the line, the finite differences and the double
+    # backward must all come from the same arithmetic
+    with sdpa_kernel([SDPBackend.MATH]):
+        return _line_in_float64(run, cfg, experience, n_samples, alphas, eps_list)
+
+
+def _line_in_float64(run, cfg: ExperimentConfig, experience: int, n_samples: int, alphas,
+                     eps_list) -> dict:
+    """:func:`line_check`'s measurements on the trained model (already in float64)."""
 
     def data(j):
         out, n = [], 0
