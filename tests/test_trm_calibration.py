@@ -49,6 +49,13 @@ def test_calibrate_runs_the_grid_and_writes_the_table(tmp_path):
     csv = pd.read_csv(tmp_path / "trm-calibration-synthetic.csv", index_col=0)
     assert list(csv.index) == grid and set(csv["benchmark"]) == {"synthetic"}
     assert "chosen by mean cil_A_last" in (tmp_path / "trm-calibration-synthetic.md").read_text()
+    # what a chapter reads back by the stream's name: the same rows, without the
+    # constant bookkeeping columns; nothing for a stream without a table, or no stream
+    back = cal.committed_table("synthetic", tmp_path)
+    assert list(back.index) == grid and "benchmark" not in back.columns
+    assert back["chosen"].tolist() == table["chosen"].tolist()
+    assert cal.committed_table("split_digits", tmp_path) is None
+    assert cal.committed_table(None, tmp_path) is None
 
 
 def test_the_command_fails_in_one_sentence_on_a_bad_benchmark(capsys):

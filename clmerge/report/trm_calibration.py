@@ -59,6 +59,24 @@ def calibration_table(df: pd.DataFrame, grid: list[str], metric: str = "cil_A_la
     return table.set_index("variant")
 
 
+COMMITTED = Path(__file__).resolve().parents[2] / "data" / "calibration" / "results"
+
+
+def committed_table(benchmark: str | None, folder: str | Path = COMMITTED
+                    ) -> pd.DataFrame | None:
+    """The table :func:`calibrate` wrote for ``benchmark`` into ``folder`` (default: the
+    committed calibration results), or None when there is none (or ``benchmark`` is
+    None). Chapters name the calibration stream, never a path."""
+    if not benchmark:
+        return None
+    path = Path(folder) / f"trm-calibration-{benchmark}.csv"
+    if not path.exists():
+        return None
+    table = pd.read_csv(path, index_col=0)
+    keep = [c for c in table.columns if c not in ("benchmark", "profile", "metric")]
+    return table[keep]
+
+
 def chosen_options(table: pd.DataFrame) -> dict[str, str]:
     """The TRM options of the chosen row (empty: the defaults stay)."""
     from clmerge.report.study import parse_variant
