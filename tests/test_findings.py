@@ -170,6 +170,10 @@ def test_regime_gains_are_paired_by_seed_and_lr():
 
 
 def test_regime_learning_rates():
-    assert regime.learning_rates("quick", lrs={"split_mnist5k": [3e-3, 3e-4, 1e-3]}) == [3e-4, 1e-3, 3e-3]
+    lrs = {"split_mnist5k": [3e-3, 3e-4, 1e-3], "split_glyphs": [1e-2, 1e-3, 3e-3]}
+    assert regime.learning_rates("quick", "split_mnist5k", lrs=lrs) == [3e-4, 1e-3, 3e-3]
+    # the profile's benchmark (split_glyphs) when none is named
+    assert regime.learning_rates("quick", lrs=lrs) == [1e-3, 3e-3, 1e-2]
+    assert regime.learning_rates("quick", "split_digits", lrs=lrs) == [3e-4, 9e-4, 3e-3, 9e-3]
     lrs = regime.learning_rates("smoke")
     assert len(lrs) >= 3 and lrs == sorted(lrs)
