@@ -62,3 +62,14 @@ def test_the_command_fails_in_one_sentence_on_a_bad_benchmark(capsys):
     assert cal.main(["--benchmark", "nope", "--profile", "smoke", "--grid", "trm"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: unknown benchmark 'nope'") and err.count("\n") == 1
+
+
+def test_a_grid_row_equal_to_the_defaults_is_refused_before_anything_runs(tmp_path):
+    from clmerge.mergers.trm import TRMOptions
+
+    same = f"trm[steps={TRMOptions().steps}]"
+    with pytest.raises(Exception, match=r"grid rows 'trm' and .* are the same configuration"):
+        cal.calibrate("synthetic", "smoke", [0], ["trm", same], tmp_path)
+    assert not list(tmp_path.iterdir())
+    # the default grid has no such pair
+    cal._check_distinct(cal.DEFAULT_GRID, "quick", "split_glyphs_calibration", None)

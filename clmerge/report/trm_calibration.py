@@ -28,9 +28,9 @@ import pandas as pd
 # One option changed at a time from the defaults: the learning rate and budget of the
 # coefficient optimiser, the two term weights, the consistency inputs, the bound and the
 # rescaling. ``steps=0`` is the merge's starting point (theta_hat + 0.5 d_K).
-DEFAULT_GRID = ["trm", "trm[steps=0]", "trm[lr=0.003]", "trm[lr=0.03]", "trm[steps=50]",
+DEFAULT_GRID = ["trm", "trm[steps=0]", "trm[lr=0.003]", "trm[lr=0.03]", "trm[steps=100]",
                 "trm[pc=0.3]", "trm[pc=3.0]", "trm[gr=0.0]", "trm[gr=0.1]",
-                "trm[pc_inputs=current]", "trm[pc_inputs=augmented]", "trm[bound=0.5]",
+                "trm[pc_inputs=current]", "trm[pc_inputs=inverted]", "trm[bound=0.5]",
                 "trm[normalise=orthonormal]"]
 
 COLUMNS = ["cil_A_last", "til_A_last", "cil_A_avg", "til_A_avg", "merge_seconds"]
@@ -86,6 +86,23 @@ def chosen_options(table: pd.DataFrame) -> dict[str, str]:
     return {k.split(".", 1)[1]: v for k, v in overrides.items()}
 
 
+def _check_distinct(grid: list[str], profile: str, benchmark: str,
+                    overrides: dict | None) -> None:
+    """Two grid rows that are the same configuration (``trm[steps=50]`` when 50 is the
+    default) would share one result file and one of them would vanish from the table."""
+    from clmerge.experiment.config import ConfigError
+    from clmerge.experiment.results import result_path
+    from clmerge.report.study import configs
+
+    seen: dict[str, str] = {}
+    for label in grid:
+        name = result_path(configs([label], profile, benchmark, [0], overrides)[0], ".").name
+        if name in seen:
+            raise ConfigError(f"grid rows {seen[name]!r} and {label!r} are the same "
+                              f"configuration; drop one")
+        seen[name] = label
+
+
 def calibrate(benchmark: str, profile: str = "quick", seeds=(0,), grid=None,
               results_dir: str | Path = "data/results/calibration", metric: str = "cil_A_last",
               workers: int | None = 1, overrides: dict | None = None) -> pd.DataFrame:
@@ -94,6 +111,7 @@ def calibrate(benchmark: str, profile: str = "quick", seeds=(0,), grid=None,
     from clmerge.report.study import ensure_results
 
     grid = list(grid or DEFAULT_GRID)
+    _check_distinct(grid, profile, benchmark, overrides)
     results_dir = Path(results_dir)
     df = ensure_results(grid, profile, benchmark, list(seeds), results_dir,
                         overrides=overrides, workers=workers)
