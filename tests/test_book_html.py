@@ -7,6 +7,7 @@ a stale local build must not decide a test run.
 - every chapter of ``_toc.yml`` is linked from the index page's text;
 - every figure in a page's outputs has a numbered caption;
 - no page shows a traceback, an error output or a stderr stream;
+- a cell's printed lines are one output block, not one block per line;
 - every internal link resolves to a file of the build, and its #fragment to an id there.
 """
 
@@ -91,6 +92,14 @@ def test_no_page_shows_a_traceback_or_stderr(name):
     # a Markdown table a cell displayed must render as a table, not as its source text
     assert not re.search(r"\|\s*-{3,}\s*\||\|\s*\u2014+\s*\|", page.get_text()), \
         f"{name}: a Markdown table shown as text"
+
+
+@pytest.mark.parametrize("name", [str(p.relative_to(HTML)) for p in pages()] if HTML else [])
+def test_a_cell_prints_into_one_block(name):
+    page = article(soup(HTML / name))
+    split = [out for out in page.select(".cell_output")
+             if len(out.find_all("div", class_="stream", recursive=False)) > 1]
+    assert not split, f"{name}: {len(split)} cell(s) with their printed lines in separate blocks"
 
 
 def _ids(path: Path, cache={}) -> set[str]:
