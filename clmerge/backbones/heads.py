@@ -29,9 +29,9 @@ class CosineLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, scale: float = 16.0):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        init = nn.Linear(in_features, out_features)
-        self.weight = nn.Parameter(init.weight.detach().clone())
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.scale = float(scale)
+        self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """A fresh draw, with the random numbers of construction (as ``nn.Linear``'s)."""

@@ -404,9 +404,12 @@ class TrajectoryRegularizedMerger(Merger):
         model = ctx.model
         if self.options.gr_head == "current":
             return model.heads[ctx.t]
-        head = copy.deepcopy(model.heads[ctx.t])
+        current = model.heads[ctx.t]
+        # drawn on the CPU (its generator is the one forked and seeded here), then moved
+        head = copy.deepcopy(current).cpu()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_generator(ctx, self.options.seed, 1).initial_seed())
             head.reset_parameters()
+        head = head.to(current.weight.device)
         head.requires_grad_(False)
         return head

@@ -89,8 +89,6 @@ def ensure_results(variants: Iterable[str], profile: str, benchmark: str | None 
     if todo and not compute:
         print(f"{len(todo)} of {len(cfgs)} runs have no result in "
               f"{', '.join(map(str, read))}; not computed (compute=False)", flush=True)
-        cfgs, labels = zip(*[(c, lab) for c, lab in zip(cfgs, labels) if id(c) in found]) \
-            if found else ((), ())
         todo = []
     if todo:
         workers = min(len(todo), workers or os.cpu_count() or 1)
@@ -98,7 +96,8 @@ def ensure_results(variants: Iterable[str], profile: str, benchmark: str | None 
               f"into {write}", flush=True)
         compute_local(todo, write, force=force, workers=workers, keep_going=False)
         found.update({id(c): write for c in todo})
-    wanted = {str(result_path(c, found[id(c)])): label for c, label in zip(cfgs, labels)}
+    wanted = {str(result_path(c, found[id(c)])): label for c, label in zip(cfgs, labels)
+              if id(c) in found}
     frames = [load_results(folder) for folder in dict.fromkeys(found.values())]
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["path"])
     df = df[df["path"].isin(wanted)].drop_duplicates("path").reset_index(drop=True)

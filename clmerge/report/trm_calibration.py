@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from clmerge.experiment.calibration import RESULTS as COMMITTED
+
 # One option changed at a time from the defaults: the learning rate and budget of the
 # coefficient optimiser, the two term weights, the consistency inputs, the bound and the
 # rescaling. ``steps=0`` is the merge's starting point (theta_hat + 0.5 d_K).
@@ -59,7 +61,10 @@ def calibration_table(df: pd.DataFrame, grid: list[str], metric: str = "cil_A_la
     return table.set_index("variant")
 
 
-COMMITTED = Path(__file__).resolve().parents[2] / "data" / "calibration" / "results"
+def table_stem(folder: str | Path, benchmark: str) -> Path:
+    """``folder/trm-calibration-<benchmark>``: the table's path without its suffix
+    (``.csv``, ``.md``)."""
+    return Path(folder) / f"trm-calibration-{benchmark}"
 
 
 def committed_table(benchmark: str | None, folder: str | Path = COMMITTED
@@ -69,7 +74,7 @@ def committed_table(benchmark: str | None, folder: str | Path = COMMITTED
     None). Chapters name the calibration stream, never a path."""
     if not benchmark:
         return None
-    path = Path(folder) / f"trm-calibration-{benchmark}.csv"
+    path = table_stem(folder, benchmark).with_suffix(".csv")
     if not path.exists():
         return None
     table = pd.read_csv(path, index_col=0)
@@ -91,12 +96,11 @@ def _check_distinct(grid: list[str], profile: str, benchmark: str,
     """Two grid rows that are the same configuration (``trm[steps=50]`` when 50 is the
     default) would share one result file and one of them would vanish from the table."""
     from clmerge.experiment.config import ConfigError
-    from clmerge.experiment.results import result_path
     from clmerge.report.study import configs
 
     seen: dict[str, str] = {}
-    for label in grid:
-        name = result_path(configs([label], profile, benchmark, [0], overrides)[0], ".").name
+    for label, cfg in zip(grid, configs(grid, profile, benchmark, [0], overrides)):
+        name = cfg.run_name()
         if name in seen:
             raise ConfigError(f"grid rows {seen[name]!r} and {label!r} are the same "
                               f"configuration; drop one")
@@ -117,7 +121,7 @@ def calibrate(benchmark: str, profile: str = "quick", seeds=(0,), grid=None,
                         overrides=overrides, workers=workers)
     table = calibration_table(df, grid, metric)
     results_dir.mkdir(parents=True, exist_ok=True)
-    stem = results_dir / f"trm-calibration-{benchmark}"
+    stem = table_stem(results_dir, benchmark)
     table.assign(benchmark=benchmark, profile=profile, metric=metric).to_csv(f"{stem}.csv")
     stem.with_suffix(".md").write_text(
         f"TRM calibration on {benchmark} ({profile}, seeds {list(seeds)}), chosen by mean "
