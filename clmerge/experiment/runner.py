@@ -36,6 +36,7 @@ from clmerge.benchmarks.registry import build_stream
 from clmerge.errors import ConfigError
 from clmerge.experiment import checkpoint
 from clmerge.experiment import metrics as M
+from clmerge.experiment.allocator import keep_freed_memory
 from clmerge.experiment.atomic import check_output_folder, file_lock, remove_stale_tmp
 from clmerge.experiment.config import ExperimentConfig
 from clmerge.experiment.provenance import device_name, git_commit, versions
@@ -215,8 +216,10 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True,
     On the CPU a run uses ``CPU_THREADS`` (1) intra-op threads, whatever the machine:
     float reductions then happen in the same order everywhere, so a config gives the
     same numbers bit for bit on any CPU count, and independent runs parallelise across
-    processes instead (``clmerge.report.study.ensure_results``).
+    processes instead (``clmerge.report.study.ensure_results``). Freed memory stays in
+    the process (:mod:`clmerge.experiment.allocator`: the same numbers, less system time).
     """
+    keep_freed_memory()
     with cpu_threads(cfg):
         return _run_experiment(cfg, progress, checkpoint_dir)
 
@@ -258,7 +261,8 @@ def _run_experiment(cfg: ExperimentConfig, progress: bool, checkpoint_dir=None) 
                        "device": device_name(cfg.device), "started": started,
                        "wall_seconds": time.perf_counter() - t_start,
                        "resumed_after_experience": run.resumed_from,
-                       "torch_threads": torch.get_num_threads()},
+                       "torch_threads": torch.get_num_threads(),
+                       "malloc_keeps_freed_memory": keep_freed_memory()},
     }
 
 

@@ -1,0 +1,52 @@
+"""Keep freed memory in the process instead of returning it to the kernel (glibc only).
+
+A run allocates and frees the same large activation buffers thousands of times (an
+evaluation batch of 500 images through the ViT needs tens of MiB per layer). glibc serves
+every allocation above its mmap threshold (at most 32 MiB) with a fresh ``mmap`` and gives
+it back with ``munmap`` on free, so the kernel zeroes those pages again on the next
+allocation. Measured on one ``seq`` run of ``split_glyphs`` (seed 0, one thread, idle
+2-core machine): 18.7 s of system time out of 102 s; with mmap disabled and the heap kept,
+0.8 s of 86 s, and the same accuracy matrix bit for bit (allocation does not change
+arithmetic).
+
+:func:`keep_freed_memory` sets, through ``mallopt``: ``M_MMAP_MAX = 0`` (large blocks come
+from the heap), ``M_TRIM_THRESHOLD = 1 GiB`` (freed memory stays in the heap) and
+``M_TOP_PAD = 256 MiB`` (the heap grows in large steps). A process then keeps its peak
+memory until it exits (1.75 GB instead of 1.64 GB for that run). Set
+``CLMERGE_SYSTEM_MALLOC=1`` to leave the allocator as it is.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+
+M_TRIM_THRESHOLD = -1
+M_TOP_PAD = -2
+M_MMAP_MAX = -4
+
+SETTINGS = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 1 << 30), (M_TOP_PAD, 256 << 20))
+
+_applied: bool | None = None
+
+
+def keep_freed_memory() -> bool:
+    """Apply :data:`SETTINGS` once per process; True where they are in effect (Linux with
+    glibc and ``CLMERGE_SYSTEM_MALLOC`` unset), False elsewhere. Idempotent."""
+    global _applied
+    if _applied is not None:
+        return _applied
+    _applied = False
+    if not sys.platform.startswith("linux") or os.environ.get("CLMERGE_SYSTEM_MALLOC"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):   # musl and other C libraries have no mallopt
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    _applied = all(mallopt(option, value) == 1 for option, value in SETTINGS)
+    return _applied
