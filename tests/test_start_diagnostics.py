@@ -146,3 +146,37 @@ def test_every_training_step_loss_is_recorded_and_the_summary_pairs_seeds(frame)
     per_seed = later.groupby(["variant", "seed"])["s"].mean()
     ratio = np.mean([per_seed["trm", s] / per_seed["seq", s] for s in (0, 1)])
     assert summary.loc["trm", "ratio to seq"] == pytest.approx(ratio, abs=1e-3)
+
+
+@pytest.fixture(scope="module")
+def pm_frame(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pm_results")
+    return study.ensure_results(["pm", "pm[fisher_normalize=trace]"], "smoke", seeds=[0, 1, 2],
+                                results_dir=d, workers=1)
+
+
+def test_fisher_estimator_tables_against_brute_force(pm_frame):
+    from scipy import stats
+
+    from clmerge.report import fisher_estimators as fe
+
+    variants = ["pm", "pm[fisher_normalize=trace]"]
+    summary = fe.summary_table(pm_frame, variants)
+    assert list(summary.index) == variants and (summary["seeds"] == 3).all()
+    by = {v: pm_frame[pm_frame["variant"] == v].set_index("seed")["cil_A_last"] * 100
+          for v in variants}
+    diff = (by[variants[1]] - by[variants[0]]).sort_index()
+    half = stats.t.ppf(0.975, 2) * diff.std(ddof=1) / np.sqrt(3)
+    expected = f"{diff.mean():+.1f} [{diff.mean() - half:+.1f}, {diff.mean() + half:+.1f}]"
+    assert summary.loc[variants[1], "class-inc. minus pm (paired)"] == expected
+    assert summary.loc["pm", "class-inc. minus pm (paired)"] == ""
+    level = by["pm"]
+    assert summary.loc["pm", "class-inc. A_last (%)"] == (
+        f"{level.mean():.1f} ± {stats.t.ppf(0.975, 2) * level.std(ddof=1) / np.sqrt(3):.1f}")
+    # a_t and log10 tr(F_t) per task, from the result files themselves
+    table = fe.coefficient_table(pm_frame, variants)
+    for v in variants:
+        files = [read_result(p) for p in pm_frame.loc[pm_frame["variant"] == v, "path"]]
+        for t in range(len(files[0]["tasks"])):
+            a = [f["tasks"][t]["coefficient"] for f in files]
+            assert table.loc[(v, t + 1), "a_t"].startswith(f"{np.mean(a):.2f}")

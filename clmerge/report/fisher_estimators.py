@@ -3,8 +3,9 @@
 Every P&M result records per task the merge coefficient ``coefficient`` (a_t) and the
 trace ``fisher_trace`` of the Fisher estimate F_t (before any normalisation). The tables
 here put them side by side per estimator variant, each as the mean over seeds with a 95%
-t-interval (:func:`t_interval`: mean +- t_{0.975, n-1} s / sqrt(n), unpaired; one seed
-gives no interval).
+t-interval (:func:`clmerge.report.statistics.interval`: mean +- t_{0.975, n-1} s /
+sqrt(n); one seed gives no interval), and each variant's accuracy against the first
+variant's as the paired difference by seed with its 95% interval.
 """
 
 from __future__ import annotations
@@ -15,33 +16,26 @@ import numpy as np
 import pandas as pd
 
 from clmerge.experiment.results import read_result
+from clmerge.report.statistics import Interval, interval, paired_interval
 
 # a_t outside (BANG_LOW, BANG_HIGH) keeps almost all or almost none of a task's update
 BANG_LOW, BANG_HIGH = 0.1, 0.9
 
 
-def t_interval(values, level: float = 0.95) -> tuple[float, float, int]:
-    """(mean, half-width of the ``level`` t-interval, n) of the finite ``values``;
-    the half-width is NaN for fewer than two values."""
-    from scipy import stats
-
-    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
-    n = len(v)
-    if n == 0:
-        return math.nan, math.nan, 0
-    if n == 1:
-        return float(v[0]), math.nan, 1
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * v.std(ddof=1) / math.sqrt(n))
-    return float(v.mean()), half, n
+def finite_interval(values) -> Interval:
+    """:func:`~clmerge.report.statistics.interval` of the finite ``values`` (a trace of 0
+    has log10 = -inf; it is left out of means, not allowed to swamp them)."""
+    v = pd.Series(values, dtype=float)
+    return interval(v[np.isfinite(v)])
 
 
-def fmt(mean: float, half: float, digits: int = 2) -> str:
-    """``mean ± half`` (``mean`` alone without an interval)."""
-    if not math.isfinite(mean):
+def fmt(iv: Interval, digits: int = 2) -> str:
+    """``mean ± half-width`` of ``iv`` (the mean alone without an interval)."""
+    if not math.isfinite(iv.mean):
         return "n/a"
-    if not math.isfinite(half):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {half:.{digits}f}"
+    if not iv.has_interval:
+        return f"{iv.mean:.{digits}f}"
+    return f"{iv.mean:.{digits}f} ± {iv.half_width:.{digits}f}"
 
 
 def per_task(df: pd.DataFrame) -> pd.DataFrame:
@@ -66,15 +60,17 @@ def coefficient_table(df: pd.DataFrame, variants) -> pd.DataFrame:
         d = long[long["variant"] == v]
         for task, g in d.groupby("task"):
             out.append({"variant": v, "task": task,
-                        "a_t": fmt(*t_interval(g["a_t"])[:2]),
-                        "log10 tr(F_t)": fmt(*t_interval(g["log10_tr_F"])[:2], digits=1)})
+                        "a_t": fmt(finite_interval(g["a_t"])),
+                        "log10 tr(F_t)": fmt(finite_interval(g["log10_tr_F"]), digits=1)})
     return pd.DataFrame(out).set_index(["variant", "task"]) if out else pd.DataFrame()
 
 
 def summary_table(df: pd.DataFrame, variants) -> pd.DataFrame:
-    """Per variant: accuracy (A_last, percent), the share of merges with a_t outside
-    (0.1, 0.9), and the spread of log10 tr(F_t) over tasks 2..T, with intervals over seeds."""
+    """Per variant: accuracy (A_last, percent), its paired difference by seed from the
+    first of ``variants`` (points), the share of merges with a_t outside (0.1, 0.9), and
+    the spread of log10 tr(F_t) over tasks 2..T, with 95% intervals over seeds."""
     long = per_task(df)
+    variants = list(variants)
     out = []
     for v in variants:
         runs = df[df["variant"] == v]
@@ -84,11 +80,13 @@ def summary_table(df: pd.DataFrame, variants) -> pd.DataFrame:
         spread = per_seed["log10_tr_F"].apply(
             lambda x: float(x.max() - x.min()) if np.isfinite(x).all() else math.inf)
         row = {"variant": v, "seeds": len(runs)}
-        for col, name in (("cil_A_last", "class-inc. A_last (%)"),
-                          ("til_A_last", "task-inc. A_last (%)")):
-            m, h, _ = t_interval(100 * runs[col])
-            row[name] = fmt(m, h, 1)
-        row[f"share of a_t outside ({BANG_LOW}, {BANG_HIGH})"] = fmt(*t_interval(bang)[:2])
-        row["log10 tr(F_t) range over tasks"] = fmt(*t_interval(spread)[:2], digits=1)
+        for col, name in (("cil_A_last", "class-inc."), ("til_A_last", "task-inc.")):
+            row[f"{name} A_last (%)"] = fmt(interval(100 * runs[col]), 1)
+            if v != variants[0]:
+                ref = df[df["variant"] == variants[0]]
+                row[f"{name} minus {variants[0]} (paired)"] = paired_interval(
+                    100 * runs.set_index("seed")[col], 100 * ref.set_index("seed")[col]).text(1)
+        row[f"share of a_t outside ({BANG_LOW}, {BANG_HIGH})"] = fmt(finite_interval(bang))
+        row["log10 tr(F_t) range over tasks"] = fmt(finite_interval(spread), digits=1)
         out.append(row)
-    return pd.DataFrame(out).set_index("variant") if out else pd.DataFrame()
+    return pd.DataFrame(out).set_index("variant").fillna("") if out else pd.DataFrame()
