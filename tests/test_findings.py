@@ -135,7 +135,7 @@ def test_verdicts_on_the_committed_results_follow_from_their_intervals(committed
 def test_takeaways_tie_each_statement_to_an_interval(committed_quick):
     df = committed_quick
     for fn in (takeaways.setting, takeaways.perturb_and_merge, takeaways.comparison,
-               takeaways.ablations):
+               takeaways.ablations, takeaways.trajectory):
         statements = fn(df)
         assert 1 <= len(statements) <= takeaways.MAX_STATEMENTS, fn.__name__
         for s in statements:

@@ -134,11 +134,13 @@ def perturb_and_merge(df) -> list[str]:
 
 
 def trajectory(df) -> list[str]:
-    """Chapter 3: TRM against P&M and seq, and the start-of-task gradients."""
+    """Chapter 3: TRM against P&M and against its own starting point (no optimisation
+    steps), and the start-of-task gradients."""
     runs = _runs(df)
     return _keep([
         compare(runs, "trm", "pm", "cil_A_last"),
-        compare(runs, "trm", "seq", "til_A_last"),
+        compare(runs, "trm", "trm[steps=0]", "cil_A_last",
+                "trm − its own starting point (trm[steps=0])"),
         compare(runs, "trm", "seq", "grad_ratio"),
     ])
 
