@@ -180,3 +180,36 @@ def test_fisher_estimator_tables_against_brute_force(pm_frame):
         for t in range(len(files[0]["tasks"])):
             a = [f["tasks"][t]["coefficient"] for f in files]
             assert table.loc[(v, t + 1), "a_t"].startswith(f"{np.mean(a):.2f}")
+
+
+def test_halfway_loss_is_the_median_over_later_tasks_of_the_window_ending_halfway():
+    tasks = [{"losses": [9.0] * 10},                       # task 1: never counted
+             {"losses": list(np.arange(10.0))},            # halfway = step 5: mean(0..4) = 2
+             {"losses": list(np.arange(9.0) * 2)},         # 9 steps, halfway = step 5: mean(0,2,..,8) = 4
+             {"losses": [1.0, 3.0]},                       # halfway = step 1: 1
+             {"losses_first": [0.5]}]                      # no per-step losses: skipped
+    assert start_diagnostics.halfway_loss({"tasks": tasks}) == pytest.approx(2.0)
+    assert start_diagnostics.halfway_loss({"tasks": tasks}, window=2) == pytest.approx(3.5)  # 3.5, 7, 1
+    assert np.isnan(start_diagnostics.halfway_loss({"tasks": tasks[:1]}))
+
+
+@pytest.mark.parametrize("profile,benchmark,override,expected", [
+    ("quick", None, None, 0.16),             # the profile's benchmark, split_glyphs
+    ("quick", "split_mnist5k", None, 0.3),   # the profile's default entry
+    ("quick", "split_glyphs", 0.05, 0.05),   # a chapter parameter wins
+    ("smoke", None, None, start_diagnostics.DEFAULT_LOSS_THRESHOLD),
+])
+def test_loss_threshold_comes_from_the_profile(profile, benchmark, override, expected):
+    assert start_diagnostics.loss_threshold(profile, benchmark, override) == expected
+
+
+def test_the_profiles_threshold_is_the_rule_on_the_committed_calibration_run():
+    from pathlib import Path
+
+    from clmerge.experiment.config import make_config
+    from clmerge.experiment.results import result_path
+
+    root = Path(__file__).resolve().parents[1] / "data" / "calibration" / "results"
+    path = result_path(make_config("seq", "split_glyphs_calibration", "quick", 0), root)
+    value = start_diagnostics.halfway_loss(read_result(path))
+    assert round(value, 2) == start_diagnostics.loss_threshold("quick", "split_glyphs")

@@ -154,3 +154,63 @@ def steps_to_loss_summary(frame: pd.DataFrame, reference: str = "seq") -> pd.Dat
             row["ratio std"] = ratio.std(ddof=1) if len(ratio) > 1 else np.nan
         out.append(row)
     return pd.DataFrame(out).set_index("variant").round(3)
+
+
+# ---------------------------------------------------------------- the loss threshold
+DEFAULT_LOSS_THRESHOLD = 0.3  # where a profile names none (chosen before the rule below)
+
+
+def halfway_loss(result: dict, window: int = 5) -> float:
+    """The training loss a run reaches halfway through its tasks: per task 2..T, the mean
+    loss of the ``window`` steps ending at step ceil(n / 2) of its n steps; the median
+    over those tasks. NaN when the result has no per-step losses."""
+    values = []
+    for rec in result["tasks"][1:]:
+        losses = rec.get("losses")
+        if not losses:
+            continue
+        half = (len(losses) + 1) // 2
+        values.append(float(np.mean(losses[max(0, half - window):half])))
+    return float(np.median(values)) if values else float("nan")
+
+
+def loss_threshold(profile: str, benchmark: str | None, override: float | None = None) -> float:
+    """Chapter 3's "fixed training loss" for ``benchmark`` under ``profile``: ``override``
+    when given, else the profile's ``loss_thresholds`` entry for the benchmark, else its
+    ``default`` entry, else :data:`DEFAULT_LOSS_THRESHOLD`."""
+    from clmerge.experiment.config import load_profile, make_config
+
+    if override is not None:
+        return float(override)
+    bench = make_config("seq", benchmark, profile, 0).benchmark
+    table = load_profile(profile).get("loss_thresholds") or {}
+    return float(table.get(bench, table.get("default", DEFAULT_LOSS_THRESHOLD)))
+
+
+def main(argv: list[str] | None = None) -> float:
+    """Print the threshold rule's value on a calibration stream: the loss sequential LoRA
+    reaches halfway through a task (:func:`halfway_loss`), computing the ``seq`` run
+    when its result is missing or predates the per-step losses."""
+    import argparse
+
+    from clmerge.report import study
+
+    ap = argparse.ArgumentParser(description=main.__doc__.split("\n")[0])
+    ap.add_argument("--benchmark", required=True, help="a calibration stream")
+    ap.add_argument("--profile", default="quick")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--window", type=int, default=5)
+    ap.add_argument("--out", default="data/calibration/results")
+    a = ap.parse_args(argv)
+    df = study.ensure_results(["seq"], a.profile, a.benchmark, [a.seed], a.out)
+    value = halfway_loss(read_result(df["path"].iloc[0]), a.window)
+    if np.isnan(value):   # recorded before every step's loss was: recompute
+        df = study.ensure_results(["seq"], a.profile, a.benchmark, [a.seed], a.out, force=True)
+        value = halfway_loss(read_result(df["path"].iloc[0]), a.window)
+    print(f"seq on {a.benchmark} (seed {a.seed}): training loss halfway through tasks 2..T, "
+          f"median: {value:.4g}")
+    return value
+
+
+if __name__ == "__main__":
+    main()
