@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sw = sub.add_parser("sweep", help="run a grid of experiments (skipping finished ones) "
                                       "and collect them into one table")
-    sw.add_argument("grid", help="YAML grid file (see examples/sweep_quick.yaml)")
+    sw.add_argument("grid", nargs="+", help="YAML grid file(s) (see examples/sweep_quick.yaml); "
+                    "several run one after the other: clmerge sweep examples/final/*.yaml")
     sw.add_argument("--executor", choices=["local", "submitit_local", "slurm"], default=None,
                     help="where the runs go (default: the grid's, else local)")
     sw.add_argument("--workers", type=int, default=None,
@@ -173,23 +174,29 @@ def _run(args) -> int:
 
 
 def _sweep(args) -> int:
-    grid = sweep.load_grid(args.grid, args.executor, args.workers, args.results_dir)
-    cfgs = sweep.expand_grid(grid)
-    if args.dry_run:
-        print(sweep.format_plan(*sweep.plan(cfgs, grid.results_dir)))
-        return 0
-    check_output_folder(grid.results_dir)
-    try:
-        df = sweep.run_sweep(grid)
-    except sweep.SweepError as e:
-        _say("error", str(e))
-        return 1
-    cols = [c for c in sweep.TABLE_COLUMNS if c in df.columns]
-    print(df[cols].to_string(index=False))
-    out = sweep.table_path(grid)
-    df.to_csv(out, index=False)
-    print(out)
-    return 0
+    """Each grid in turn (all of them checked before any runs); 1 when a run failed."""
+    grids = [sweep.load_grid(g, args.executor, args.workers, args.results_dir) for g in args.grid]
+    status = 0
+    for path, grid in zip(args.grid, grids):
+        if len(grids) > 1:
+            print(f"== {path}", flush=True)
+        cfgs = sweep.expand_grid(grid)
+        if args.dry_run:
+            print(sweep.format_plan(*sweep.plan(cfgs, grid.results_dir)))
+            continue
+        check_output_folder(grid.results_dir)
+        try:
+            df = sweep.run_sweep(grid)
+        except sweep.SweepError as e:
+            _say("error", str(e))
+            status = 1
+            continue
+        cols = [c for c in sweep.TABLE_COLUMNS if c in df.columns]
+        print(df[cols].to_string(index=False))
+        out = sweep.table_path(grid)
+        df.to_csv(out, index=False)
+        print(out)
+    return status
 
 
 if __name__ == "__main__":

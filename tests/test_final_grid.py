@@ -84,7 +84,7 @@ def test_regime_map_rates_are_in_the_grid(grids):
 
 def test_the_header_states_the_command_and_an_estimate():
     head = (ROOT / "examples" / "final" / "comparison.yaml").read_text()
-    assert 'for g in examples/final/*.yaml; do clmerge sweep "$g"' in head
+    assert "clmerge sweep examples/final/*.yaml --workers 2" in head
     assert "perf/sweep_estimate.py" in head and "ESTIMATE" not in head
 
 

@@ -331,6 +331,22 @@ def test_cli_runs_the_grid_and_writes_the_table(tmp_path, results_dir, capsys):
     assert str(results_dir / "sweep-tiny.csv") in out
 
 
+def test_cli_runs_several_grids_in_turn_and_checks_them_all_first(tmp_path, results_dir, capsys):
+    first = write_grid(tmp_path, grid(["seq"], [0]), "first")
+    second = write_grid(tmp_path, grid(["seq", "pm"], [0]), "second")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("variants: [seq\n")
+    assert cli.main(["sweep", str(first), str(bad), "--results-dir", str(results_dir)]) == 2
+    assert files(results_dir) == []          # a bad grid stops everything before any run
+    capsys.readouterr()
+    assert cli.main(["sweep", str(first), str(second), "--results-dir", str(results_dir),
+                     "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.index(f"== {first}") < out.index("0 of 1 runs already finished; computing 1")
+    assert out.index(f"== {second}") < out.index("1 of 2 runs already finished; computing 1")
+    assert (results_dir / "sweep-first.csv").exists() and (results_dir / "sweep-second.csv").exists()
+
+
 @pytest.mark.parametrize("content,args,message", [
     ({"variants": ["seq"], "profile": "smoke", "executor": {"kind": "pbs"}}, [],
      "unknown executor 'pbs'"),
