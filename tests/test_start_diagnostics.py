@@ -213,3 +213,18 @@ def test_the_profiles_threshold_is_the_rule_on_the_committed_calibration_run():
     path = result_path(make_config("seq", "split_glyphs_calibration", "quick", 0), root)
     value = start_diagnostics.halfway_loss(read_result(path))
     assert round(value, 2) == start_diagnostics.loss_threshold("quick", "split_glyphs")
+
+
+def test_paired_table_against_brute_force(pm_frame):
+    from scipy import stats
+
+    table = tables.paired(pm_frame, "pm", ["pm", "pm[fisher_normalize=trace]", "no_such"])
+    assert len(table) == 1 and table["seeds"].tolist() == [3]
+    a = pm_frame[pm_frame["variant"] == "pm[fisher_normalize=trace]"].set_index("seed")
+    b = pm_frame[pm_frame["variant"] == "pm"].set_index("seed")
+    for col, name in (("cil_A_last", "class-incremental A_last"),
+                      ("til_A_last", "task-incremental A_last")):
+        d = (100 * (a[col] - b[col])).sort_index()
+        h = stats.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
+        assert table.iloc[0][name] == f"{d.mean():+.1f} [{d.mean() - h:+.1f}, {d.mean() + h:+.1f}]"
+    assert tables.paired(pm_frame, "pm", ["no_such"]).empty

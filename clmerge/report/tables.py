@@ -144,6 +144,40 @@ def summary(df: pd.DataFrame, protocols=("cil", "til"), metrics=METRICS,
     return Summary(out)
 
 
+SHORT_PROTOCOLS = {"cil": "class-incremental", "til": "task-incremental"}
+
+
+def paired(df: pd.DataFrame, reference: str, variants,
+           columns=("cil_A_last", "til_A_last")) -> pd.DataFrame:
+    """Each of ``variants`` minus ``reference``, paired by seed: the mean difference in
+    points with its 95% t-interval (:func:`clmerge.report.statistics.paired_interval`),
+    one column per metric, and the number of seeds both have. Variants without runs are
+    left out."""
+    from clmerge.report.statistics import paired_interval
+
+    def per_seed(v: str, col: str) -> pd.Series:
+        return 100 * df[df["variant"] == v].set_index("seed")[col]
+
+    rows = []
+    for v in variants:
+        if v == reference or not (df["variant"] == v).any():
+            continue
+        row = {"variant": v}
+        for col in columns:
+            iv = paired_interval(per_seed(v, col), per_seed(reference, col))
+            p, m = col.split("_", 1)
+            row[f"{SHORT_PROTOCOLS.get(p, p)} {m}"] = iv.text(1)
+            row["seeds"] = iv.n
+        rows.append(row)
+    if not rows:
+        return pd.DataFrame()
+    out = pd.DataFrame(rows).set_index("variant")
+    out = out[[c for c in out.columns if c != "seeds"] + ["seeds"]]
+    out.index = [f"{readable(v)} − {readable(reference)}" for v in out.index]
+    out.index.name = "difference (points, 95% interval)"
+    return out
+
+
 def mean_metric(df: pd.DataFrame, variant: str, column: str) -> float:
     """Mean over seeds of one metric column for one variant (fractions, not percent)."""
     sub = df.loc[df["variant"] == variant, column].dropna()
