@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from clmerge.experiment.allocator import keep_freed_memory
 from clmerge.experiment.config import make_config, parse_assignments
 from clmerge.experiment.provenance import device_name
 from clmerge.experiment.runner import Run, cpu_threads
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     cfg = make_config("pm", args.benchmark, args.profile, args.seed,
                       parse_assignments(args.set))
+    keep_freed_memory()   # as every run does
     with cpu_threads(cfg):
         rows = measure(cfg, args.experiences, args.compare_vmap, args.vmap_samples)
     ratios = [r["merge_over_train"] for r in rows if r["experience"] > 0]
