@@ -13,7 +13,6 @@ machine: a run that shares its core with another measures the load, not the run.
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import statistics
 import subprocess
@@ -21,12 +20,11 @@ import sys
 import tempfile
 import time
 
+from clmerge.experiment.allocator import child_environment
+
 
 def timed_run(args: list[str], system_malloc: bool) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env.pop("CLMERGE_SYSTEM_MALLOC", None)
-    if system_malloc:
-        env["CLMERGE_SYSTEM_MALLOC"] = "1"
+    env = dict(child_environment(system_malloc), OMP_NUM_THREADS="1")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "clmerge.cli", "run", *args], env=env, check=True,

@@ -16,16 +16,13 @@ from clmerge.experiment.results import read_result, result_path
 def test_settings_apply_once_and_report_the_same_answer():
     first = allocator.keep_freed_memory()
     assert allocator.keep_freed_memory() is first
-    if sys.platform.startswith("linux") and not os.environ.get("CLMERGE_SYSTEM_MALLOC"):
+    if sys.platform.startswith("linux") and not os.environ.get(allocator.OFF):
         if platform.libc_ver()[0] == "glibc":
             assert first is True
 
 
 def _run(out, system_malloc: bool):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env.pop("CLMERGE_SYSTEM_MALLOC", None)
-    if system_malloc:
-        env["CLMERGE_SYSTEM_MALLOC"] = "1"
+    env = dict(allocator.child_environment(system_malloc), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "clmerge.cli", "run", "--method", "pm", "--profile", "smoke",
            "--seed", "0", "--out", str(out), "--quiet"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)

@@ -28,6 +28,7 @@ M_TOP_PAD = -2
 M_MMAP_MAX = -4
 
 SETTINGS = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 1 << 30), (M_TOP_PAD, 256 << 20))
+OFF = "CLMERGE_SYSTEM_MALLOC"   # set (to anything non-empty): leave the allocator alone
 
 _applied: bool | None = None
 
@@ -39,7 +40,7 @@ def keep_freed_memory() -> bool:
     if _applied is not None:
         return _applied
     _applied = False
-    if not sys.platform.startswith("linux") or os.environ.get("CLMERGE_SYSTEM_MALLOC"):
+    if not sys.platform.startswith("linux") or os.environ.get(OFF):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -50,3 +51,12 @@ def keep_freed_memory() -> bool:
     mallopt.restype = ctypes.c_int
     _applied = all(mallopt(option, value) == 1 for option, value in SETTINGS)
     return _applied
+
+
+def child_environment(system_malloc: bool) -> dict[str, str]:
+    """This process's environment for a child ``clmerge`` process, with the settings on
+    (``system_malloc=False``) or off."""
+    env = {k: v for k, v in os.environ.items() if k != OFF}
+    if system_malloc:
+        env[OFF] = "1"
+    return env

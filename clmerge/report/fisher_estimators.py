@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from clmerge.experiment.results import read_result
+from clmerge.report.findings import METRICS, Runs
 from clmerge.report.statistics import Interval, interval, paired_interval
 
 # a_t outside (BANG_LOW, BANG_HIGH) keeps almost all or almost none of a task's update
@@ -71,6 +72,7 @@ def summary_table(df: pd.DataFrame, variants) -> pd.DataFrame:
     the spread of log10 tr(F_t) over tasks 2..T, with 95% intervals over seeds."""
     long = per_task(df)
     variants = list(variants)
+    reference, runs_of = variants[0], Runs(df)
     out = []
     for v in variants:
         runs = df[df["variant"] == v]
@@ -82,10 +84,10 @@ def summary_table(df: pd.DataFrame, variants) -> pd.DataFrame:
         row = {"variant": v, "seeds": len(runs)}
         for col, name in (("cil_A_last", "class-inc."), ("til_A_last", "task-inc.")):
             row[f"{name} A_last (%)"] = fmt(interval(100 * runs[col]), 1)
-            if v != variants[0]:
-                ref = df[df["variant"] == variants[0]]
-                row[f"{name} minus {variants[0]} (paired)"] = paired_interval(
-                    100 * runs.set_index("seed")[col], 100 * ref.set_index("seed")[col]).text(1)
+            if v != reference:
+                per_seed = METRICS[col].per_seed
+                row[f"{name} minus {reference} (paired)"] = paired_interval(
+                    per_seed(runs_of, v), per_seed(runs_of, reference)).text(1)
         row[f"share of a_t outside ({BANG_LOW}, {BANG_HIGH})"] = fmt(finite_interval(bang))
         row["log10 tr(F_t) range over tasks"] = fmt(finite_interval(spread), digits=1)
         out.append(row)

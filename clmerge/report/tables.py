@@ -151,20 +151,20 @@ def paired(df: pd.DataFrame, reference: str, variants,
            columns=("cil_A_last", "til_A_last")) -> pd.DataFrame:
     """Each of ``variants`` minus ``reference``, paired by seed: the mean difference in
     points with its 95% t-interval (:func:`clmerge.report.statistics.paired_interval`),
-    one column per metric, and the number of seeds both have. Variants without runs are
-    left out."""
+    one column per metric of :data:`clmerge.report.findings.METRICS`, and the number of
+    seeds both have. Variants without runs are left out."""
+    from clmerge.report.findings import METRICS, Runs   # findings reads this module's frames
     from clmerge.report.statistics import paired_interval
 
-    def per_seed(v: str, col: str) -> pd.Series:
-        return 100 * df[df["variant"] == v].set_index("seed")[col]
-
+    runs = Runs(df)
     rows = []
     for v in variants:
-        if v == reference or not (df["variant"] == v).any():
+        if v == reference or v not in runs.variants:
             continue
         row = {"variant": v}
         for col in columns:
-            iv = paired_interval(per_seed(v, col), per_seed(reference, col))
+            per_seed = METRICS[col].per_seed
+            iv = paired_interval(per_seed(runs, v), per_seed(runs, reference))
             p, m = col.split("_", 1)
             row[f"{SHORT_PROTOCOLS.get(p, p)} {m}"] = iv.text(1)
             row["seeds"] = iv.n
