@@ -82,6 +82,16 @@ def test_regime_map_rates_are_in_the_grid(grids):
             assert not missing, f"regime map {bench} lr {lr}: {missing}"
 
 
+def test_regime_map_head_check_is_in_the_grid(grids):
+    params = _list_parameters(book.CHAPTERS / "07_regime_map.ipynb")
+    variants = [params["reference"]] + params["head_check_variants"]
+    assert params["head_check"]
+    for bench, overrides in params["head_check"].items():
+        have = _covered(grids, bench, overrides)
+        missing = [v for v in variants if not {0, 1, 2} <= have.get(v, set())]
+        assert not missing, f"head check {bench} {overrides}: {missing}"
+
+
 def test_the_header_states_the_command_and_an_estimate():
     head = (ROOT / "examples" / "final" / "comparison.yaml").read_text()
     assert "clmerge sweep examples/final/*.yaml --workers 2" in head

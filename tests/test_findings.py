@@ -169,11 +169,55 @@ def test_regime_gains_are_paired_by_seed_and_lr():
     assert g[g["protocol"] == "til"]["mean"].abs().max() == pytest.approx(0.0)
     table = regime.table(g)
     assert list(table.columns) == ["lr 0.001", "lr 0.003"]
+    # rates in increasing order whatever order the benchmarks' frames came in
+    late = pd.DataFrame(rows).assign(benchmark="other", lr=lambda f: f["lr"] / 10)
+    both = regime.table(regime.gains(pd.concat([pd.DataFrame(rows), late])))
+    assert list(both.columns) == ["lr 0.0001", "lr 0.0003", "lr 0.001", "lr 0.003"]
     assert table.loc[("toy", "cil", "pm"), "lr 0.001"] == "+6.0 [+3.5, +8.5]"
     fig = regime.figure(g, "toy")
     assert len(fig.axes) >= 2
     statements = takeaways.regime(g)
     assert 1 <= len(statements) <= 3 and "pm" in statements[0]
+
+
+def test_head_competition_pairs_the_newest_and_oldest_tasks_by_seed():
+    """The newest task after its merge and the first task at the end, brute-forced from
+    the matrices, paired with seq's by seed."""
+    rows = []
+    for s in range(3):
+        for v, shift in (("seq", 0.0), ("average", -0.1 - 0.05 * s)):
+            R = [[0.9, None, None], [0.5 + shift, 0.7 + shift, None],
+                 [0.4 - shift, 0.3, 0.6 + shift]]
+            rows.append({"benchmark": "toy", "lr": 1e-3, "variant": v, "seed": s, "R": R,
+                         "til_forgetting": 0.02})
+    frame = regime.head_competition(pd.DataFrame(rows))
+    by = frame.set_index("protocol")
+    newest, oldest = regime.HEAD_MEASURES["newest"], regime.HEAD_MEASURES["oldest"]
+    shifts = [-0.1 - 0.05 * s for s in range(3)]
+    # newest = mean(R[1][1], R[2][2]): both move by the shift; oldest = R[2][0] moves by -shift
+    assert by.loc[newest, "mean"] == pytest.approx(100 * sum(shifts) / 3)
+    assert by.loc[oldest, "mean"] == pytest.approx(-100 * sum(shifts) / 3)
+    assert by.loc[newest, "reference_level"] == pytest.approx(100 * (0.7 + 0.6) / 2)
+    assert by.loc[oldest, "reference_level"] == pytest.approx(40.0)
+    assert by.loc[newest, "n"] == 3 and by.loc[newest, "lo"] < by.loc[newest, "mean"]
+    levels = regime.reference_levels(frame)
+    assert levels.loc[("toy", oldest), "lr 0.001"] == pytest.approx(40.0)
+    assert regime.table(frame).loc[("toy", newest, "average"), "lr 0.001"].startswith("-15.0 [")
+    assert regime.head_competition(pd.DataFrame()).empty
+
+
+def test_a_check_beside_the_map_runs_with_its_overrides_and_is_labelled(tmp_path):
+    checks = {"synthetic": {"lr": 0.003, "head": "cosine", "head_init": "means"},
+              "split_mnist5k": {"lr": 0.0003}}
+    runs = regime.ensure_check(checks, ["average"], "smoke", ["synthetic"], [0], tmp_path)
+    assert sorted(runs["variant"]) == ["average", "seq"]
+    assert set(runs["benchmark"]) == {"synthetic [head=cosine, head_init=means]"}
+    assert set(runs["head"]) == {"cosine"} and set(runs["lr"]) == {0.003}
+    frame = regime.head_competition(runs)
+    assert set(frame["protocol"]) == set(regime.HEAD_MEASURES.values())
+    assert regime.ensure_check(checks, ["average"], "smoke", ["other"], [0], tmp_path).empty
+    with pytest.raises(ValueError, match="LoRA rate"):
+        regime.ensure_check({"synthetic": {"head": "cosine"}}, [], "smoke", ["synthetic"], [0])
 
 
 def test_regime_learning_rates():

@@ -16,6 +16,10 @@ R3 = [[0.9, None, None],
     (M.forgetting, (0.4 + 0.1) / 2),
     # bwt: (0.5 - 0.9) + (0.7 - 0.8) over 2
     (M.bwt, (-0.4 - 0.1) / 2),
+    # newest: the diagonal from the second experience on, (0.8 + 0.9) / 2
+    (M.newest, (0.8 + 0.9) / 2),
+    # oldest: the first experience at the end
+    (M.oldest, 0.5),
 ])
 def test_metric_by_hand(fn, expected):
     assert fn(R3) == pytest.approx(expected, abs=1e-12)
@@ -24,6 +28,11 @@ def test_metric_by_hand(fn, expected):
 def test_one_row_matrix_has_only_a_last():
     s = M.summarize([[0.8, 0.6]])
     assert s == {"A_last": pytest.approx(0.7), "A_avg": None, "forgetting": None, "bwt": None}
+
+
+@pytest.mark.parametrize("fn", [M.newest, M.oldest])
+def test_one_row_matrix_has_no_newest_or_oldest(fn):
+    assert fn([[0.8, 0.6]]) is None
 
 
 def test_forgetting_is_negative_when_accuracy_rises():

@@ -7,6 +7,14 @@ with j > i are None). With T rows:
 - A_avg  (the papers' AAA)  = (1/T) sum_i (1/(i+1)) sum_{j<=i} R[i][j]
 - forgetting                = (1/(T-1)) sum_{j<T-1} max_{j<=i<T-1} R[i][j] - R[T-1][j]
 - BWT                       = (1/(T-1)) sum_{j<T-1} R[T-1][j] - R[j][j]
+- newest                    = (1/(T-1)) sum_{1<=t<T} R[t][t]
+- oldest                    = R[T-1][0]
+
+``newest`` is the accuracy on each experience's classes right after its own training (and,
+for a merging method, its merge), from the second experience on: in class-incremental
+evaluation it measures how often the newest task's head wins against the older heads (the
+first experience, alone, has no competitor). ``oldest`` is the first experience's
+accuracy at the end.
 
 Pooled variants, with n_j the number of test samples of experience j (what the
 codebases behind the papers' tables report: accuracy over every seen test sample):
@@ -50,6 +58,17 @@ def bwt(R: Matrix) -> float | None:
     if T < 2:
         return None
     return sum(R[T - 1][j] - R[j][j] for j in range(T - 1)) / (T - 1)
+
+
+def newest(R: Matrix) -> float | None:
+    T = len(R)
+    if T < 2:
+        return None
+    return sum(R[t][t] for t in range(1, T)) / (T - 1)
+
+
+def oldest(R: Matrix) -> float | None:
+    return R[-1][0] if len(R) >= 2 else None
 
 
 def pooled_accuracy(row: Sequence[float | None], sizes: Sequence[int]) -> float:

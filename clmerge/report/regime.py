@@ -6,6 +6,15 @@ overwrites the last. For each benchmark and rate, every method runs with the sam
 seq, and its gain over seq is the paired difference of final accuracy, seed by seed, with
 its 95% t-interval (:mod:`clmerge.report.statistics`), in class- and task-incremental
 evaluation. Seq's own task-incremental forgetting at each rate is the measured drift.
+
+:func:`head_competition` looks at where a class-incremental gain or loss comes from. With
+one head per task and no task id, a prediction is the best class over every seen head; a
+merge that pulls the backbone back from where the newest task's head was trained can make
+that head lose to the older ones although each task, alone, is still recognised
+(task-incremental accuracy holds). It compares, paired by seed, the class-incremental
+accuracy on the newest task's classes right after its merge
+(:func:`clmerge.experiment.metrics.newest`) and on the first task's classes at the end
+(:func:`clmerge.experiment.metrics.oldest`).
 """
 
 from __future__ import annotations
@@ -17,7 +26,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from clmerge.experiment import metrics
 from clmerge.experiment.config import make_config
+from clmerge.experiment.results import read_result
 from clmerge.report import statistics, study
 from clmerge.report.style import PROTOCOL_NAMES, linestyle
 from clmerge.report.tables import labelled
@@ -50,6 +61,30 @@ def ensure(variants: Iterable[str], profile: str, benchmark: str | None, seeds,
     return pd.concat(frames, ignore_index=True)
 
 
+def ensure_check(checks: Mapping[str, Mapping], variants: Iterable[str], profile: str,
+                 benchmarks: Iterable[str], seeds, results_dir: str | Path | None = None,
+                 force: bool = False, reference: str = "seq") -> pd.DataFrame:
+    """The runs of a check beside the map: for each benchmark of ``checks`` that is also in
+    ``benchmarks``, ``reference`` and ``variants`` with the overrides it gives (``lr``
+    among them), in :func:`ensure`'s layout. The ``benchmark`` column names the overrides
+    other than ``lr`` (``split_mnist5k [head=cosine]``), so that the check's rows stand
+    apart from the map's in :func:`gains`, :func:`head_competition` and :func:`table`."""
+    benchmarks = list(benchmarks)
+    variants = [reference] + [v for v in variants if v != reference]
+    frames = []
+    for bench, overrides in checks.items():
+        if bench not in benchmarks:
+            continue
+        overrides = dict(overrides)
+        if "lr" not in overrides:
+            raise ValueError(f"the check on {bench} must give its LoRA rate (lr): {overrides}")
+        label = ", ".join(f"{k}={v}" for k, v in overrides.items() if k != "lr")
+        frames.append(study.ensure_results(variants, profile, bench, seeds, results_dir, force,
+                                           overrides=overrides)
+                      .assign(lr=float(overrides["lr"]), benchmark=f"{bench} [{label}]"))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
 def gains(df: pd.DataFrame, reference: str = "seq", protocols=("cil", "til"),
           metric: str = "A_last") -> pd.DataFrame:
     """One row per benchmark, rate, variant and protocol: the paired gain over
@@ -70,6 +105,48 @@ def gains(df: pd.DataFrame, reference: str = "seq", protocols=("cil", "til"),
                              "n": iv.n, "mean": iv.mean, "lo": iv.lo, "hi": iv.hi,
                              "sd": iv.sd, "half_width": iv.half_width, "drift": drift})
     return pd.DataFrame(rows)
+
+
+# The measures of :func:`head_competition`, with the label its rows carry.
+HEAD_MEASURES = {"newest": "newest task, right after its merge",
+                 "oldest": "first task, at the end"}
+
+
+def head_competition(runs: pd.DataFrame, reference: str = "seq") -> pd.DataFrame:
+    """Class-incremental accuracy on the newest task right after its merge and on the first
+    task at the end (:data:`HEAD_MEASURES`), as paired gains over ``reference`` in the
+    layout of :func:`gains` (``protocol`` holds the measure's label) with
+    ``reference_level``: the reference's own mean, in points.
+
+    ``runs`` is the frame of :func:`ensure`; each run's accuracy matrix is read from its
+    ``R`` column when there is one, else from its result file (``path``)."""
+    if runs.empty:
+        return pd.DataFrame()
+    frame = runs.copy()
+    Rs = list(frame["R"]) if "R" in frame else [read_result(p)["R"] for p in frame["path"]]
+    out = []
+    for measure, label in HEAD_MEASURES.items():
+        col = f"cil_{measure}"
+        frame[col] = [getattr(metrics, measure)(R) for R in Rs]
+        g = gains(frame, reference, ("cil",), measure)
+        if g.empty:
+            continue
+        ref = frame[frame["variant"] == reference].groupby(["benchmark", "lr"])[col].mean()
+        g["reference_level"] = [100 * ref[(b, lr)] for b, lr in zip(g["benchmark"], g["lr"])]
+        out.append(g.assign(protocol=label))
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
+
+
+def reference_levels(frame: pd.DataFrame) -> pd.DataFrame:
+    """The reference's own mean per benchmark and measure (rows) and rate (columns), in
+    points, from :func:`head_competition`'s frame."""
+    if frame.empty:
+        return pd.DataFrame()
+    out = frame.pivot_table(index=["benchmark", "protocol"], columns="lr",
+                            values="reference_level", aggfunc="first", sort=False).round(1)
+    out = out[sorted(out.columns)]
+    out.columns = [f"lr {x:g}" for x in out.columns]
+    return out
 
 
 def figure(frame: pd.DataFrame, benchmark: str, protocols=("cil", "til")):
@@ -145,5 +222,6 @@ def table(frame: pd.DataFrame) -> pd.DataFrame:
         for r in frame.itertuples()])
     out = cells.pivot_table(index=["benchmark", "protocol", "variant"], columns="lr",
                             values="cell", aggfunc="first", sort=False)
+    out = out[sorted(out.columns)]
     out.columns = [f"lr {x:g}" for x in out.columns]
     return labelled(out)
