@@ -1,5 +1,6 @@
 """The claims table, the findings page's verdicts, "What this shows" and the regime map."""
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -107,6 +108,21 @@ def test_evaluate_pairs_by_seed_and_applies_the_rule():
     assert list(table.columns) == ["compared", "metric", "paper", "ours: toy", "verdict: toy", "why"]
     assert table.loc["P1. P&M beats sequential LoRA", "ours: toy"] == "+3.0 [+0.5, +5.5]"
     assert "| P1. P&M beats" in findings.markdown_table(table)
+
+
+@pytest.mark.parametrize("rhos,cut", [([1.0, 1.0, 0.9], True), ([0.4, 0.5, 0.6], False)])
+def test_a_correlation_claim_keeps_its_interval_inside_minus_one_one(monkeypatch, rhos, cut):
+    metric = findings.METRICS["coef_curvature_rho"]
+    monkeypatch.setitem(findings.METRICS, "coef_curvature_rho", dataclasses.replace(
+        metric, per_seed=lambda runs, v: pd.Series(rhos, dtype=float)))
+    claims = findings.load_claims()
+    long = findings.evaluate(claims[claims["id"] == "P9"], {"toy": _frame({"pm": [1, 2, 3]})})
+    r = long.iloc[0]
+    raw = statistics.interval(pd.Series(rhos))
+    assert r["mean"] == pytest.approx(raw.mean)
+    assert (raw.hi > 1) == cut
+    assert (r["lo"], r["hi"]) == (pytest.approx(max(raw.lo, -1)), pytest.approx(min(raw.hi, 1)))
+    assert r["verdict"] == _oracle(r["lo"], r["hi"], r["rule"])
 
 
 def test_missing_variants_are_not_run_not_a_verdict():

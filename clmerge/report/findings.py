@@ -19,6 +19,7 @@ The claims are data: ``data/claims.csv``, one row per claim with
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,10 @@ class Metric:
     unit: str
     digits: int
     per_seed: Callable[["Runs", str], pd.Series]
+    # The range the metric's values can take (a correlation: [-1, 1]). The t-interval of a
+    # claim on the metric itself (no comparison variant) is cut to it: a mean of
+    # correlations near 1 over few seeds otherwise reaches past 1.
+    bounds: tuple[float, float] | None = None
 
 
 class Runs:
@@ -125,7 +130,7 @@ METRICS: dict[str, Metric] = {
     "grad_ratio": Metric("start-of-task gradient norm, tasks 2..T / task 1", "ratio", 2,
                          grad_ratio),
     "coef_curvature_rho": Metric("Spearman correlation of a_t with tr F_t / sum_i<=t tr F_i",
-                                 "rho", 2, coef_curvature_rho),
+                                 "rho", 2, coef_curvature_rho, bounds=(-1.0, 1.0)),
     "old_slope_til": Metric("slope of old-task task-incremental accuracy after each merge",
                             "points per task", 2, old_slope_til),
     "persisted_MiB": Metric("bytes kept between tasks (max over tasks)", "MiB", 1,
@@ -210,6 +215,9 @@ def evaluate_claim(claim: Mapping, runs: Runs) -> dict:
     values = (statistics.paired_differences(a_vals, metric.per_seed(runs, b_label))
               if b else a_vals)
     iv = statistics.interval(values)
+    if metric.bounds and not b and iv.has_interval:
+        iv = dataclasses.replace(iv, lo=max(iv.lo, metric.bounds[0]),
+                                 hi=min(iv.hi, metric.bounds[1]))
     verdict, why = statistics.verdict(iv, claim["rule"], paper, values=values,
                                       digits=metric.digits)
     if b.startswith("best:"):
