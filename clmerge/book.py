@@ -7,8 +7,10 @@
    ``parameters`` cell, nothing is executed. The staged notebook is exactly what a reader
    downloads from the page: it runs from any folder, because chapters name no relative
    paths (every default folder is resolved inside the clmerge package).
-2. ``jupyter-book build`` renders the staged source to ``_build/html`` with warnings as
-   errors and executes each chapter itself, in a fresh kernel, through the jupyter-cache
+2. The staged chapters the cache does not hold yet are executed ``--jobs`` kernels at a
+   time into that cache (:mod:`clmerge.book_cache`), as the build would execute them.
+3. ``jupyter-book build`` renders the staged source to ``_build/html`` with warnings as
+   errors and executes each chapter still missing itself, in a fresh kernel, through the jupyter-cache
    at ``execute.cache`` of ``_config.yml`` (``_build/.jupyter_cache``). The cache key is
    the code cells' source, which includes the injected parameters and
    ``clmerge_version`` (``clmerge.__version__``, a digest of the package's code): a chapter
@@ -36,6 +38,7 @@ import tokenize
 from pathlib import Path
 
 import clmerge
+from clmerge import book_cache
 from clmerge.benchmarks.registry import BENCHMARKS
 from clmerge.errors import ConfigError
 from clmerge.experiment.config import load_yaml_text, short
@@ -334,9 +337,21 @@ def build_html(src: Path) -> int:
     return subprocess.run(cmd, cwd=ROOT).returncode
 
 
+def prefill_cache(src: Path, jobs: int | None = None) -> dict:
+    """Execute the staged chapters the execution cache lacks, ``jobs`` kernels at a time,
+    into that cache (:mod:`clmerge.book_cache`), so that the build finds them there. Only
+    with ``execute_notebooks: cache``; pages in MyST text are left to the build."""
+    settings = book_cache.execute_settings(src / "_config.yml")
+    if settings["mode"] != "cache" or not settings["cache"]:
+        return {}
+    notebooks = sorted((src / "chapters").glob("*.ipynb"))
+    return book_cache.prefill(notebooks, ROOT / settings["cache"], settings["timeout"],
+                              settings["allow_errors"], jobs)
+
+
 def build_book(profile: str = "quick", force: bool = False, html: bool = True,
                only: list[str] | None = None, results_dir: str | None = None,
-               params: dict | None = None) -> int:
+               params: dict | None = None, jobs: int | None = None) -> int:
     params = params or {}
     check_parameters(only, params)  # before anything runs or is written
     if not html:
@@ -345,6 +360,7 @@ def build_book(profile: str = "quick", force: bool = False, html: bool = True,
     src = stage_source()
     prepare_chapters(src / "chapters", profile, force, results_dir, only, params)
     t0 = time.perf_counter()
+    prefill_cache(src, jobs)
     rc = build_html(src)
     print(f"jupyter-book build: {time.perf_counter() - t0:.0f} s (exit status {rc})")
     if rc == 0:

@@ -2,7 +2,7 @@
 
     clmerge run --method M --benchmark B [--profile P] [--seed S] [--set KEY=VALUE ...] [--out DIR] [--force]
     clmerge list methods|benchmarks|backbones|profiles
-    clmerge book [--profile P] [--force] [--no-html] [--chapters NAME ...] [-p KEY=VALUE ...] [--results-dir DIR]
+    clmerge book [--profile P] [--force] [--no-html] [--chapters NAME ...] [-p KEY=VALUE ...] [--results-dir DIR] [--jobs N]
     clmerge sweep GRID.yaml [--executor local|submitit_local|slurm] [--workers N] [--results-dir DIR] [--dry-run]
 
 Unknown names and bad values fail before any work with one message naming the valid
@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--results-dir", default=None,
                    help="results folder the chapters read and write (default: read "
                         "data/results, write new runs to _build/results)")
+    b.add_argument("--jobs", type=int, default=None,
+                   help="chapters executed at once into the execution cache before the "
+                        "build (default: one per core, at most 4; 1: the build executes "
+                        "them one by one)")
 
     sw = sub.add_parser("sweep", help="run a grid of experiments (skipping finished ones) "
                                       "and collect them into one table")
@@ -123,8 +127,11 @@ def main(argv: list[str] | None = None) -> int:
             check_parameter_values(selected, args.profile)
             if args.results_dir is not None:
                 check_output_folder(args.results_dir)
+            if args.jobs is not None and args.jobs < 1:
+                raise ConfigError(f"--jobs {args.jobs}: at least 1 chapter at a time")
             return build_book(profile=args.profile, force=args.force, html=not args.no_html,
-                              only=args.chapters, results_dir=args.results_dir, params=params)
+                              only=args.chapters, results_dir=args.results_dir, params=params,
+                              jobs=args.jobs)
         if args.command == "sweep":
             return _sweep(args)
     except ConfigError as e:

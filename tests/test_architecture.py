@@ -22,6 +22,7 @@ LAYERS = [
     {"strategies"},
     {"experiment"},
     {"report"},
+    {"book_cache"},    # fills the execution cache; imports nothing of clmerge
     {"book"},
     {"cli"},
     {"faults"},        # runs the command line in-process: above it
