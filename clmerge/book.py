@@ -359,8 +359,8 @@ def build_book(profile: str = "quick", force: bool = False, html: bool = True,
         return 0
     src = stage_source()
     prepare_chapters(src / "chapters", profile, force, results_dir, only, params)
+    prefill_cache(src, jobs)   # prints its own time
     t0 = time.perf_counter()
-    prefill_cache(src, jobs)
     rc = build_html(src)
     print(f"jupyter-book build: {time.perf_counter() - t0:.0f} s (exit status {rc})")
     if rc == 0:

@@ -20,6 +20,7 @@ its own event loop); the cache's SQLite database is written from this thread onl
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -46,15 +47,12 @@ def execute_settings(config: Path) -> dict:
             "allow_errors": bool(section.get("allow_errors", False))}
 
 
-def _execute(path: Path, timeout, allow_errors: bool):
-    import nbformat
+def _execute(path: Path, nb, timeout, allow_errors: bool):
+    """Execute a copy of ``nb`` (read from ``path``) in ``path``'s folder."""
     from jupyter_cache.executors.utils import single_nb_execution
 
-    nb = nbformat.read(str(path), as_version=4)
-    source = nbformat.from_dict(nb)       # the unexecuted notebook: the cache's key
-    result = single_nb_execution(nb, cwd=str(path.parent), timeout=timeout,
-                                 allow_errors=allow_errors, meta_override=True)
-    return source, result
+    return single_nb_execution(copy.deepcopy(nb), cwd=str(path.parent), timeout=timeout,
+                               allow_errors=allow_errors, meta_override=True)
 
 
 def prefill(notebooks: list[Path], cache_dir: Path, timeout=-1, allow_errors: bool = False,
@@ -62,21 +60,21 @@ def prefill(notebooks: list[Path], cache_dir: Path, timeout=-1, allow_errors: bo
     """Execute every notebook of ``notebooks`` that ``cache_dir`` does not hold, ``jobs``
     at a time, and cache each one that succeeds. Returns ``{stem: seconds}`` for those
     executed (``None`` for one that failed); a notebook already cached is left out."""
+    import nbformat
     from jupyter_cache import get_cache
     from jupyter_cache.base import CacheBundleIn
 
     jobs = default_jobs() if jobs is None else jobs
     if jobs <= 1 or not notebooks:
         return {}
-    import nbformat
-
     cache = get_cache(str(cache_dir))
-    todo = []
+    todo = {}   # path -> the unexecuted notebook, whose code cells are the cache's key
     for path in notebooks:
+        nb = nbformat.read(str(path), as_version=4)
         try:
-            cache.match_cache_notebook(nbformat.read(str(path), as_version=4))
+            cache.match_cache_notebook(nb)
         except KeyError:
-            todo.append(Path(path))
+            todo[Path(path)] = nb
     if not todo:
         return {}
     jobs = min(jobs, len(todo))
@@ -85,11 +83,12 @@ def prefill(notebooks: list[Path], cache_dir: Path, timeout=-1, allow_errors: bo
     done: dict[str, float | None] = {}
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(_execute, p, timeout, allow_errors): p for p in todo}
+        futures = {pool.submit(_execute, p, nb, timeout, allow_errors): p
+                   for p, nb in todo.items()}
         for future in as_completed(futures):
             path = futures[future]
             try:
-                source, result = future.result()
+                result = future.result()
             except Exception as e:   # the kernel did not start, ...: the build retries it
                 say(f"  {path.stem}: could not execute ({type(e).__name__}: {e}); "
                     f"the build will", flush=True)
@@ -105,8 +104,8 @@ def prefill(notebooks: list[Path], cache_dir: Path, timeout=-1, allow_errors: bo
                 CacheBundleIn(result.nb, record.uri,
                               data={"execution_seconds": result.time}),
                 check_validity=False, overwrite=True)
-            try:   # the key is the unexecuted source's: check that the build finds it
-                cache.match_cache_notebook(source)
+            try:   # the key is the unexecuted notebook's: check that the build finds it
+                cache.match_cache_notebook(todo[path])
             except KeyError:
                 say(f"  {path.stem}: cached under another key; the build runs it again",
                     flush=True)

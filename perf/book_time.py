@@ -1,10 +1,10 @@
 """Wall seconds of ``clmerge book`` from committed results, chapters executed N at a time.
 
 For each value of ``--jobs`` (default: 1, then the default of ``clmerge book``), clears the
-execution cache ``_build/.jupyter_cache`` (so every chapter executes again; nothing else of
-``_build`` is touched) and times ``clmerge book --profile P --jobs N`` in a child process,
-then prints each time and the ratio to the first. Run it on an idle machine with the
-environment installed.
+execution cache (``execute.cache`` of ``_config.yml``, ``_build/.jupyter_cache``), so that
+every chapter executes again (nothing else of ``_build`` is touched), and times
+``clmerge book --profile P --jobs N`` in a child process, then prints each time and the
+ratio to the first. Run it on an idle machine with the environment installed.
 
     .venv/bin/python perf/book_time.py [--profile quick] [--jobs 1 2]
 """
@@ -21,7 +21,8 @@ from clmerge import book, book_cache
 
 
 def timed_build(profile: str, jobs: int) -> float:
-    shutil.rmtree(book.BUILD / ".jupyter_cache", ignore_errors=True)
+    cache = book_cache.execute_settings(book.ROOT / "_config.yml")["cache"]
+    shutil.rmtree(book.ROOT / cache, ignore_errors=True)
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "clmerge.cli", "book", "--profile", profile,
                     "--jobs", str(jobs)], cwd=book.ROOT, check=True,
