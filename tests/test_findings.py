@@ -17,15 +17,18 @@ from clmerge.report import findings, regime, statistics, study, takeaways  # noq
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _oracle(lo, hi, rule):
+def _oracle(lo, hi, rule, paper=None):
     """The verdict rule written out once more, independently of statistics.verdict."""
     name, _, m = rule.partition(":")
     if any(math.isnan(x) for x in (lo, hi)):
         return "inconclusive"
     m = float(m) if m else None
+    known = paper is not None and not math.isnan(paper)
+    between = ("absent at the paper's size" if known and (paper < lo or paper > hi)
+               else "inconclusive")
     table = {
-        "greater": "reproduced" if lo > 0 else "contradicted" if hi < 0 else "inconclusive",
-        "less": "reproduced" if hi < 0 else "contradicted" if lo > 0 else "inconclusive",
+        "greater": "reproduced" if lo > 0 else "contradicted" if hi < 0 else between,
+        "less": "reproduced" if hi < 0 else "contradicted" if lo > 0 else between,
     }
     if name == "equivalent":
         inside = -m <= lo and hi <= m and lo <= 0 <= hi
@@ -40,7 +43,7 @@ def _check_verdicts_follow_from_intervals(long):
     for _, r in long.iterrows():
         if r["verdict"] == findings.NOT_RUN or r["rule"] == "zero":
             continue
-        assert r["verdict"] == _oracle(r["lo"], r["hi"], r["rule"]), r.to_dict()
+        assert r["verdict"] == _oracle(r["lo"], r["hi"], r["rule"], r["paper_mean"]), r.to_dict()
         # and the interval is the t-interval of the per-seed values
         iv = statistics.interval(pd.Series(r["values"]))
         assert (iv.mean, iv.n) == (pytest.approx(r["mean"], abs=1e-3), r["n"])
@@ -108,6 +111,24 @@ def test_evaluate_pairs_by_seed_and_applies_the_rule():
     assert list(table.columns) == ["compared", "metric", "paper", "ours: toy", "verdict: toy", "why"]
     assert table.loc["P1. P&M beats sequential LoRA", "ours: toy"] == "+3.0 [+0.5, +5.5]"
     assert "| P1. P&M beats" in findings.markdown_table(table)
+
+
+def test_absence_is_told_from_ignorance_and_a_noninferiority_pass_is_no_effect():
+    claims = findings.load_claims()
+    claims = claims[claims["id"].isin(["P1", "P2", "P8"])]
+    # pm - seq = +0.5, -0.5, +0.2: contains 0, excludes the paper's +14.8 -> absent;
+    # average - seq = +20, -20, +15: contains 0 and +12.4 -> inconclusive;
+    # pm - pm[alpha=per_module] = +3, +4, +5: a non-inferiority pass, not an effect.
+    df = _frame({"seq": [10, 20, 30], "pm": [10.5, 19.5, 30.2], "average": [30, 0, 45],
+                 "pm[alpha=per_module]": [7.5, 15.5, 25.2]})
+    long = findings.evaluate(claims, {"toy": df})
+    got = long.set_index("id")["verdict"].to_dict()
+    assert got == {"P1": "absent at the paper's size", "P2": "inconclusive", "P8": "reproduced"}
+    assert _check_verdicts_follow_from_intervals(long) == 3
+    statements = takeaways.findings(long)
+    assert statements[0] == ("toy: 1 reproduced, 1 absent at the paper's size, "
+                             "1 inconclusive of 3 claims.")
+    assert not any("effect" in s for s in statements), statements
 
 
 @pytest.mark.parametrize("rhos,cut", [([1.0, 1.0, 0.9], True), ([0.4, 0.5, 0.6], False)])

@@ -97,6 +97,65 @@ def test_verdict_table(lo, hi, rule, expected):
     assert verdict(_iv(lo, hi), rule)[0] == expected
 
 
+ABSENT = "absent at the paper's size"
+
+
+@pytest.mark.parametrize("lo,hi,rule,paper,expected", [
+    (-0.5, 2.0, "greater", 14.8, ABSENT),         # contains 0, excludes +14.8
+    (-0.5, 2.0, "greater", 1.0, "inconclusive"),  # contains 0 and +1.0
+    (-0.5, 2.0, "greater", 2.0, "inconclusive"),  # the paper's effect on the edge is contained
+    (-0.5, 2.0, "greater", 2.01, ABSENT),
+    (-3.0, 0.0, "greater", 2.0, ABSENT),          # touching 0 contains it
+    (0.5, 2.0, "greater", 14.8, "reproduced"),    # excluding 0 decides first
+    (-3.0, -1.0, "greater", 14.8, "contradicted"),
+    (-2.0, 0.5, "less", -3.0, ABSENT),
+    (-2.0, 0.5, "less", -1.0, "inconclusive"),
+    (-3.0, -1.0, "less", -3.0, "reproduced"),
+    (-1.0, 1.0, "greater", -2.0, ABSENT),         # a paper's effect of the other sign
+    (-5.0, 5.0, "greater", float("nan"), "inconclusive"),
+    (-1.0, 1.0, "equivalent:2", 14.8, "reproduced"),   # no effect to be absent
+    (-2.5, 1.0, "equivalent:2", 14.8, "inconclusive"),
+    (-2.5, 3.0, "noninferior:2", 14.8, "inconclusive"),
+])
+def test_verdict_table_with_the_papers_effect(lo, hi, rule, paper, expected):
+    assert verdict(_iv(lo, hi), rule, paper_effect=paper)[0] == expected
+
+
+def _oracle(lo, hi, rule, paper):
+    """The rule once more, from the module docstring, independently of ``verdict``."""
+    name, _, m = rule.partition(":")
+    if name in ("greater", "less"):
+        s = 1 if name == "greater" else -1
+        if min(s * lo, s * hi) > 0:
+            return "reproduced"
+        if max(s * lo, s * hi) < 0:
+            return "contradicted"
+        if paper is not None and not lo <= paper <= hi:
+            return ABSENT
+        return "inconclusive"
+    m = float(m)
+    if name == "equivalent":
+        if lo <= 0 <= hi and -m <= lo and hi <= m:
+            return "reproduced"
+        return "contradicted" if lo > m or hi < -m else "inconclusive"
+    return "contradicted" if hi < 0 else "reproduced" if lo > -m else "inconclusive"
+
+
+def test_every_verdict_follows_from_its_interval_and_the_papers_effect():
+    rng = np.random.default_rng(7)
+    seen = set()
+    for _ in range(3000):
+        lo = float(np.round(rng.normal(0, 3), 1))
+        hi = lo + float(np.round(rng.uniform(0, 6), 1))
+        rule = str(rng.choice(["greater", "less", "equivalent:2", "noninferior:2"]))
+        paper = None if rng.uniform() < 0.2 else float(np.round(rng.normal(0, 4), 1))
+        got, why = verdict(_iv(lo, hi), rule, paper_effect=paper)
+        assert got == _oracle(lo, hi, rule, paper), (lo, hi, rule, paper, got)
+        assert got in statistics.VERDICTS and why
+        seen.add(got)
+    assert seen == set(statistics.VERDICTS)
+
+
 @pytest.mark.parametrize("values,expected", [
     ([0.0, 0.0, 0.0], "reproduced"), ([0.0, 1e-6, 0.0], "contradicted"), ([], "inconclusive")])
 def test_zero_rule(values, expected):
@@ -111,11 +170,14 @@ def test_less_mirrors_greater():
         assert a == b
 
 
-def test_inconclusive_says_when_the_papers_effect_was_too_small_to_see():
-    _, why = verdict(_iv(-3.0, 5.0), "greater", paper_effect=2.3)
-    assert "detects only |difference| >= 4.0" in why and "+2.3" in why
-    _, why = verdict(_iv(-0.5, 1.5), "greater", paper_effect=2.3)
-    assert "would have been seen" in why
+def test_the_why_says_whether_the_design_could_see_the_papers_effect():
+    got, why = verdict(_iv(-3.0, 5.0), "greater", paper_effect=2.3)
+    assert got == "inconclusive"
+    assert "detects only |difference| >= 4.0" in why and "contains 0 and the paper's +2.3" in why
+    got, why = verdict(_iv(-0.5, 1.5), "greater", paper_effect=2.3)
+    assert got == ABSENT
+    assert "excludes the paper's +2.3" in why and "detects |difference| >= 1.0" in why
+    assert "no effect size" in verdict(_iv(-0.5, 1.5), "greater")[1]
 
 
 @pytest.mark.parametrize("bad", ["bigger", "equivalent", "equivalent:-1", "greater:2", "zero:1"])

@@ -22,17 +22,23 @@ yardstick, not a guarantee. With one seed there is no interval.
 **Smallest detectable difference.** The half-width ``h = t_{0.975, n-1} * s_d / sqrt(n)``
 at the observed s_d: a mean difference smaller than h cannot produce an interval that
 excludes 0. A true difference of exactly h is detected about half the time. When the
-paper's effect is smaller than h, this design could not have seen it, and a verdict of
-"inconclusive" says so.
+paper's effect is smaller than h, this design could not have seen it, and the "why" of an
+inconclusive verdict says so.
 
 **Verdict rule** (written down before the final results were computed, applied by
 :func:`verdict` and nothing else). Every claim names a direction or a rule
 (``data/claims.csv``, column ``rule``), and its paired 95% interval [lo, hi] decides:
 
 * ``greater`` (the paper finds A above B):
-  reproduced if lo > 0; contradicted if hi < 0; inconclusive otherwise.
+  reproduced if lo > 0; contradicted if hi < 0; otherwise the interval contains 0, and
+  with the paper's effect p (its mean difference, where it publishes one) it is
+  *absent at the paper's size* if p lies outside [lo, hi] (p < lo or p > hi): an effect
+  as large as the paper's is excluded here, while no effect at all is not;
+  inconclusive if [lo, hi] contains p as well as 0, or the paper publishes no p: the
+  design cannot tell the paper's effect from none.
 * ``less`` (the paper finds A below B): the mirror image,
-  reproduced if hi < 0; contradicted if lo > 0; inconclusive otherwise.
+  reproduced if hi < 0; contradicted if lo > 0; otherwise absent at the paper's size or
+  inconclusive exactly as for ``greater``.
 * ``equivalent:M`` (A and B about equal; M in the metric's unit):
   reproduced if the interval contains 0 and lies within [-M, +M];
   contradicted if it lies wholly outside [-M, +M] (lo > M or hi < -M);
@@ -42,6 +48,10 @@ paper's effect is smaller than h, this design could not have seen it, and a verd
   contradicted if hi < 0 (A worse, established); inconclusive otherwise.
 * ``zero`` (a quantity that is 0 by construction, such as bytes kept):
   reproduced if every seed's value is 0, contradicted otherwise. No interval is needed.
+
+Only the directional rules know "absent at the paper's size": an equivalence or a
+non-inferiority claim has no effect to be absent, and its pass ("reproduced") says that
+A is about as good as B, never that A beats B.
 
 Fewer than two seeds give no interval: every interval rule then says inconclusive.
 """
@@ -55,7 +65,11 @@ import numpy as np
 import pandas as pd
 
 LEVEL = 0.95
-VERDICTS = ("reproduced", "contradicted", "inconclusive")
+ABSENT = "absent at the paper's size"
+VERDICTS = ("reproduced", "contradicted", ABSENT, "inconclusive")
+# The rules whose "reproduced" is an effect (a difference with a sign); an equivalence or
+# non-inferiority pass is not one.
+DIRECTIONAL = ("greater", "less")
 
 # t_{0.975, dof} for dof = 1..30 (the fallback when scipy is not installed; the test checks
 # it against scipy and against a numerical integration of the t density).
@@ -160,8 +174,10 @@ def verdict(iv: Interval, rule: str, paper_effect: float | None = None,
             values=None, digits: int = 1) -> tuple[str, str]:
     """``(verdict, why)`` for one claim on one benchmark; see the module docstring.
 
-    ``paper_effect``: the paper's mean difference, if it publishes one; an inconclusive
-    interval whose half-width exceeds it is flagged as unable to see an effect that size.
+    ``paper_effect``: the paper's mean difference (A - B), if it publishes one; for a
+    directional rule it separates "absent at the paper's size" (the interval contains 0
+    and excludes it) from "inconclusive" (the interval contains both), and the why says
+    whether the interval's half-width is below it.
     ``values``: the per-seed values, for the ``zero`` rule.
     """
     name, margin = parse_rule(rule)
@@ -184,14 +200,15 @@ def verdict(iv: Interval, rule: str, paper_effect: float | None = None,
         if sign * lo < 0 and sign * hi < 0:
             return "contradicted", f"{span} excludes 0 on the other side"
         why = f"{span} contains 0"
-        if paper_effect is not None and not math.isnan(paper_effect):
-            if iv.half_width > abs(paper_effect):
-                why += (f"; this design detects only |difference| >= {iv.half_width:.{digits}f}, "
-                        f"the paper's effect is {_fmt(paper_effect, digits)}")
-            else:
-                why += (f"; an effect of the paper's size ({_fmt(paper_effect, digits)}) "
-                        f"would have been seen (detects >= {iv.half_width:.{digits}f})")
-        return "inconclusive", why
+        if paper_effect is None or math.isnan(paper_effect):
+            return "inconclusive", why + "; the paper publishes no effect size"
+        p = _fmt(paper_effect, digits)
+        detects = (f"this design detects only |difference| >= {iv.half_width:.{digits}f}"
+                   if iv.half_width > abs(paper_effect) else
+                   f"this design detects |difference| >= {iv.half_width:.{digits}f}")
+        if paper_effect < lo or paper_effect > hi:
+            return ABSENT, f"{span} contains 0 and excludes the paper's {p}; {detects}"
+        return "inconclusive", f"{span} contains 0 and the paper's {p}; {detects}"
     m = margin
     if name == "equivalent":
         if lo <= 0 <= hi and -m <= lo and hi <= m:

@@ -240,14 +240,18 @@ def regime(frame: pd.DataFrame) -> list[str]:
 
 def findings(long: pd.DataFrame) -> list[str]:
     """The findings page: the verdict counts, and the largest reproduced and contradicted
-    published effects."""
+    effects among the directional claims (:data:`clmerge.report.statistics.DIRECTIONAL`):
+    an equivalence or non-inferiority pass says two variants are about as good, never that
+    one beats the other, so it is never named an effect."""
     out = []
     for bench, sub in long.groupby("benchmark", sort=False):
         counts = sub["verdict"].value_counts()
         out.append(f"{bench}: " + ", ".join(f"{counts.get(v, 0)} {v}" for v in
                                              (*statistics.VERDICTS, NOT_RUN) if counts.get(v, 0))
                    + f" of {len(sub)} claims.")
-    tested = long[long["verdict"].isin(["reproduced", "contradicted"])]
+    directional = long["rule"].map(lambda r: statistics.parse_rule(r)[0]
+                                   in statistics.DIRECTIONAL)
+    tested = long[long["verdict"].isin(["reproduced", "contradicted"]) & directional]
     for verdict in ("contradicted", "reproduced"):
         sub = tested[(tested["verdict"] == verdict) & tested["metric"].eq("cil_A_last")]
         if sub.empty:
