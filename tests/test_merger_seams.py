@@ -1,0 +1,720 @@
+"""Every merger at its own seam: ``Merger.merge(ctx)`` over a short stream of tasks.
+
+Each table row runs one merger over four tasks of small weight dicts, the way the merge
+driver calls it (task t starts from the merged model, theta*_t = start + an update), and
+after every task compares what it returns with the published rule written out here
+again, independently of :mod:`clmerge.tensormath`; it also checks the coefficient the
+merger records and the bytes it keeps across tasks. The Fisher-based mergers get their
+Fishers from a stand-in for the task's data, and once from a tiny model whose Fisher is
+computed by brute force. TRM, a reconstruction, is held to what can be derived: the
+merged model lies in the subspace its directions span, its coefficients stay in their
+bound, it reduces to a closed form without optimisation, and it is a function of the
+seed. No Avalanche stream is built.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from clmerge.mergers import cofima as cofima_module
+from clmerge.mergers import pm as pm_module
+from clmerge.mergers.average import RunningAverage
+from clmerge.mergers.base import MergeContext
+from clmerge.mergers.cofima import CoFiMA, CoFiMAOptions
+from clmerge.mergers.coma import CoMA, CoMAOptions
+from clmerge.mergers.dare import Dare, DareOptions
+from clmerge.mergers.magmax import MagMax, MagMaxOptions
+from clmerge.mergers.pm import PerturbAndMergeMerger, PMOptions
+from clmerge.mergers.sequential import Sequential
+from clmerge.mergers.task_arithmetic import TaskArithmetic, TaskArithmeticOptions
+from clmerge.mergers.ties import Ties, TiesOptions
+from clmerge.mergers.trm import TRMOptions, TrajectoryRegularizedMerger
+
+SHAPES = {"enc.weight": (4, 3), "enc.bias": (4,), "dec.weight": (2, 4)}
+NUMEL = sum(math.prod(s) for s in SHAPES.values())          # 24 entries
+BYTES64 = NUMEL * 8                                         # one float64 tensor dict
+T = 4
+
+
+# ------------------------------------------------------------------ the one context helper
+def make_ctx(t, theta0, merged, start, finetuned, *, model=None, weights=None,
+             batches=None, targets=None, logits_fn=None, seed=0, trajectory=(),
+             recent_batches=(), g0_series=()):
+    """The merge context of task ``t`` (0-based) as the merge driver builds it."""
+    extras = {"seed": seed, "trajectory": list(trajectory), "batches": list(recent_batches)}
+    if g0_series:
+        extras["g0_series"] = list(g0_series)
+    return MergeContext(t=t, theta0=theta0, merged=merged, start=start, finetuned=finetuned,
+                        train_batches=batches, train_targets=targets, logits_fn=logits_fn,
+                        model=model, weights=weights or {}, extras=extras, seed=seed)
+
+
+# ------------------------------------------------------------------ data
+def randn(seed, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return {k: scale * torch.randn(s, generator=g, dtype=torch.float64) for k, s in SHAPES.items()}
+
+
+def plus(a, b, c=1.0):
+    return {k: a[k] + c * b[k] for k in a}
+
+
+def assert_dict_close(got, want, tol=1e-12):
+    assert set(got) == set(want)
+    for k in want:
+        torch.testing.assert_close(got[k].double(), want[k].double(), rtol=tol, atol=tol,
+                                   msg=lambda m: f"{k}: {m}")
+
+
+def run_stream(merger, *, fishers=None, T=T, seed=0):
+    """Drive ``merger`` over T tasks; task t starts from the merged model and moves by a
+    random update. Yields (ctx, returned) after each task's merge."""
+    theta0 = randn(100 + seed)
+    merged = {k: v.clone() for k, v in theta0.items()}
+    for t in range(T):
+        start = merged
+        finetuned = plus(start, randn(200 + 10 * seed + t, scale=0.5 + 0.3 * t))
+        ctx = make_ctx(t, theta0, merged, start, finetuned, seed=seed)
+        returned = merger.merge(ctx)
+        yield ctx, returned
+        merged = returned
+
+
+# ------------------------------------------------------------------ oracles (the rules)
+def stack(dicts, k):
+    return torch.stack([d[k] for d in dicts])
+
+
+def oracle_seq(theta0, fts, prev, t):
+    return fts[-1]
+
+
+def oracle_average(theta0, fts, prev, t):
+    """Uniform average of the fine-tuned models (P&M's "Model Averaging" row)."""
+    return {k: stack(fts, k).mean(0) for k in theta0}
+
+
+def oracle_task_arithmetic(lam, mean=False):
+    """theta_0 + lam * sum_i (theta*_i - theta_0), lam / t with scale=mean (arXiv 2212.04089)."""
+    def rule(theta0, fts, prev, t):
+        c = lam / len(fts) if mean else lam
+        return {k: theta0[k] + c * (stack(fts, k) - theta0[k]).sum(0) for k in theta0}
+    return rule
+
+
+def oracle_ties(k_frac, lam, scope):
+    """TIES (arXiv 2306.01708): trim each tau_i to its top-k fraction by magnitude,
+    elect the sign of the summed trimmed values per entry (a zero sum takes the sign of
+    the sum of the elected signs over the model), average the entries that agree."""
+    def trim(tau):
+        groups = [list(tau)] if scope == "model" else [[k] for k in tau]
+        out = {k: torch.zeros_like(v) for k, v in tau.items()}
+        for keys in groups:
+            flat = torch.cat([tau[k].reshape(-1) for k in keys])
+            m = max(1, math.floor(k_frac * flat.numel() + 1e-9))
+            keep = torch.zeros(flat.numel(), dtype=torch.bool)
+            keep[torch.argsort(flat.abs(), descending=True)[:m]] = True
+            i = 0
+            for k in keys:
+                n = tau[k].numel()
+                out[k] = torch.where(keep[i:i + n].reshape(tau[k].shape), tau[k], 0.0)
+                i += n
+        return out
+
+    def rule(theta0, fts, prev, t):
+        trimmed = [trim({k: ft[k] - theta0[k] for k in theta0}) for ft in fts]
+        flat = torch.stack([torch.cat([tr[k].reshape(-1) for k in theta0]) for tr in trimmed])
+        signs = [0 if s == 0 else (1 if s > 0 else -1) for s in flat.sum(0).tolist()]
+        majority = sum(signs)
+        majority = (majority > 0) - (majority < 0)
+        merged_tau = []
+        for j, s in enumerate(signs):
+            s = s or majority
+            agree = [v for v in flat[:, j].tolist() if v != 0 and (v > 0) == (s > 0) and s != 0]
+            merged_tau.append(sum(agree) / len(agree) if agree else 0.0)
+        merged_tau = torch.tensor(merged_tau, dtype=torch.float64)
+        out, i = {}, 0
+        for k in theta0:
+            n = theta0[k].numel()
+            out[k] = theta0[k] + lam * merged_tau[i:i + n].reshape(theta0[k].shape)
+            i += n
+        return out
+    return rule
+
+
+def oracle_magmax(lam):
+    """MagMax (arXiv 2407.06322): per entry the task vector of largest magnitude, the
+    latest on ties; theta_0 + lam * it."""
+    def rule(theta0, fts, prev, t):
+        out = {}
+        for k in theta0:
+            taus = stack(fts, k) - theta0[k]
+            latest_first = taus.flip(0)
+            idx = latest_first.abs().argmax(0, keepdim=True)   # first max = latest task
+            out[k] = theta0[k] + lam * latest_first.gather(0, idx)[0]
+        return out
+    return rule
+
+
+def oracle_coma(alpha):
+    """CoMA (arXiv 2312.08977): theta_hat_1 = theta*_1, then (1 - alpha) prev + alpha theta*_t."""
+    def rule(theta0, fts, prev, t):
+        if t == 0:
+            return fts[-1]
+        return {k: (1 - alpha) * prev[k] + alpha * fts[-1][k] for k in theta0}
+    return rule
+
+
+def dare_mask(seed, t, like):
+    """DARE's drop mask of task t, drawn as documented: a generator seeded with
+    seed * 1000003 + t, one Bernoulli(p) tensor per key in key order (1 = drop)."""
+    g = torch.Generator().manual_seed((seed * 1_000_003 + t) % 2**63)
+    return {k: torch.bernoulli(torch.full_like(v, like[1]), generator=g)
+            for k, v in like[0].items()}
+
+
+def oracle_dare(p, seed):
+    """DARE (arXiv 2311.03099) on Delta_t = theta*_t - prev: drop each entry with
+    probability p, rescale the kept ones by 1 / (1 - p); then the running average:
+    prev + dare(Delta_t) / t."""
+    def rule(theta0, fts, prev, t):
+        delta = {k: fts[-1][k] - prev[k] for k in prev}
+        mask = dare_mask(seed, t, (delta, p))
+        return {k: prev[k] + (1 - mask[k]) * delta[k] / (1 - p) / (t + 1) for k in prev}
+    return rule
+
+
+# ------------------------------------------------------------------ the weight-only table
+# name, merger factory, oracle, coefficient recorded after task t (0-based), state bytes
+WEIGHT_ONLY = [
+    ("seq", lambda: Sequential(), oracle_seq, None, lambda t: 0),
+    ("average", lambda: RunningAverage(), oracle_average, lambda t: 1 / (t + 1), lambda t: 0),
+    ("task_arithmetic", lambda: TaskArithmetic(TaskArithmeticOptions(lam=0.5)),
+     oracle_task_arithmetic(0.5), lambda t: 0.5, lambda t: BYTES64),
+    ("task_arithmetic_mean", lambda: TaskArithmetic(TaskArithmeticOptions(lam=1.3, scale="mean")),
+     oracle_task_arithmetic(1.3, mean=True), lambda t: 1.3 / (t + 1), lambda t: BYTES64),
+    ("ties", lambda: Ties(TiesOptions(k=0.3, lam=0.55)), oracle_ties(0.3, 0.55, "model"),
+     lambda t: 0.55, lambda t: (t + 1) * BYTES64),
+    ("ties_tensor", lambda: Ties(TiesOptions(k=0.5, lam=1.2, trim_scope="tensor")),
+     oracle_ties(0.5, 1.2, "tensor"), lambda t: 1.2, lambda t: (t + 1) * BYTES64),
+    ("magmax", lambda: MagMax(MagMaxOptions(lam=0.5)), oracle_magmax(0.5), lambda t: 0.5,
+     lambda t: BYTES64),
+    ("magmax_keep_all", lambda: MagMax(MagMaxOptions(lam=0.7, form="keep_all")),
+     oracle_magmax(0.7), lambda t: 0.7, lambda t: (t + 1) * BYTES64),
+    ("coma", lambda: CoMA(CoMAOptions(alpha=0.4)), oracle_coma(0.4),
+     lambda t: 1.0 if t == 0 else 0.4, lambda t: 0),
+    ("coma_0.8", lambda: CoMA(CoMAOptions(alpha=0.8)), oracle_coma(0.8),
+     lambda t: 1.0 if t == 0 else 0.8, lambda t: 0),
+    ("dare", lambda: Dare(DareOptions(p=0.3, seed=5)), oracle_dare(0.3, 5),
+     lambda t: 1 / (t + 1), lambda t: 0),
+    ("dare_0.6", lambda: Dare(DareOptions(p=0.6, seed=11)), oracle_dare(0.6, 11),
+     lambda t: 1 / (t + 1), lambda t: 0),
+]
+
+
+@pytest.mark.parametrize("name,factory,oracle,coefficient,state",
+                         WEIGHT_ONLY, ids=[r[0] for r in WEIGHT_ONLY])
+def test_weight_only_merger_follows_its_rule_after_every_task(name, factory, oracle,
+                                                              coefficient, state):
+    merger = factory()
+    fts, prev = [], None
+    for t, (ctx, got) in enumerate(run_stream(merger)):
+        fts.append(ctx.finetuned)
+        want = oracle(ctx.theta0, fts, ctx.merged, t)
+        assert_dict_close(got, want)
+        assert merger.state_bytes() == state(t), f"state after task {t}"
+        if coefficient is not None:
+            assert merger.records[t]["coefficient"] == pytest.approx(coefficient(t), rel=1e-12)
+        prev = got
+    assert len(merger.records) == (T if coefficient is not None else 0)
+    assert prev is not None
+
+
+@pytest.mark.parametrize("name,factory,oracle,coefficient,state",
+                         WEIGHT_ONLY, ids=[r[0] for r in WEIGHT_ONLY])
+def test_merge_leaves_its_inputs_alone(name, factory, oracle, coefficient, state):
+    """The context's tensors are the pipeline's: a merger never writes into them."""
+    merger = factory()
+    for ctx, got in run_stream(merger):
+        pass
+    theta0 = randn(7)
+    merged, finetuned = randn(8), randn(9)
+    copies = [{k: v.clone() for k, v in d.items()} for d in (theta0, merged, finetuned)]
+    got = merger.merge(make_ctx(T, theta0, merged, merged, finetuned))
+    assert set(got) == set(theta0)
+    for d, c in zip((theta0, merged, finetuned), copies):
+        assert all(torch.equal(d[k], c[k]) for k in d)
+
+
+def test_the_ties_oracle_trims_and_elects():
+    """The TIES rows above are not vacuous: on their data trimming drops entries, some
+    entries have signs that disagree across tasks, and the merge is neither theta*_t
+    nor the plain task-arithmetic sum."""
+    ctxs = [ctx for ctx, _ in run_stream(Sequential())]
+    fts, theta0 = [c.finetuned for c in ctxs], ctxs[0].theta0
+    ties = oracle_ties(0.3, 1.0, "model")(theta0, fts, None, T - 1)
+    ta = oracle_task_arithmetic(1.0)(theta0, fts, None, T - 1)
+    assert any(not torch.allclose(ties[k], ta[k]) for k in theta0)
+    assert any(not torch.allclose(ties[k], fts[-1][k]) for k in theta0)
+    taus = torch.stack([torch.cat([ft[k].reshape(-1) - theta0[k].reshape(-1) for k in theta0])
+                        for ft in fts])
+    assert bool(((taus > 0).any(0) & (taus < 0).any(0)).any())
+
+
+def test_ties_zero_sum_entry_takes_the_model_majority_sign():
+    """Two tasks whose trimmed values cancel on one entry: that entry keeps the values of
+    the majority sign over the model (arXiv 2306.01708's resolution), by hand."""
+    theta0 = {"w": torch.zeros(4, dtype=torch.float64)}
+    fts = [{"w": torch.tensor([2.0, 3.0, 5.0, 0.0], dtype=torch.float64)},
+           {"w": torch.tensor([-2.0, 1.0, 4.0, 0.0], dtype=torch.float64)}]
+    merger = Ties(TiesOptions(k=1.0, lam=1.0))
+    merged = theta0
+    for t, ft in enumerate(fts):
+        merged = merger.merge(make_ctx(t, theta0, merged, merged, ft))
+    # entry 0: +2 and -2 cancel; the majority sign over the model is + (entries 1, 2)
+    assert merged["w"].tolist() == [2.0, 2.0, 4.5, 0.0]
+
+
+def test_magmax_latest_task_wins_a_magnitude_tie():
+    theta0 = {"w": torch.zeros(3, dtype=torch.float64)}
+    fts = [{"w": torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)},
+           {"w": torch.tensor([-1.0, 2.0, -0.25], dtype=torch.float64)}]
+    for form in ("streaming", "keep_all"):
+        merger, merged = MagMax(MagMaxOptions(lam=1.0, form=form)), theta0
+        for t, ft in enumerate(fts):
+            merged = merger.merge(make_ctx(t, theta0, merged, merged, ft))
+        assert merged["w"].tolist() == [-1.0, 2.0, 0.5]
+
+
+@pytest.mark.parametrize("p,seed", [(0.3, 5), (0.6, 11)])
+def test_dare_each_entry_is_dropped_or_rescaled(p, seed):
+    """Without re-drawing the mask: every entry of the DARE merge is either the previous
+    merged value (dropped) or prev + Delta / ((1 - p) t) (kept), masks differ between
+    tasks, and a drop rate near p over all tasks."""
+    merger = Dare(DareOptions(p=p, seed=seed))
+    dropped, masks = 0, []
+    for t, (ctx, got) in enumerate(run_stream(merger, T=T)):
+        mask = {}
+        for k in got:
+            delta = ctx.finetuned[k] - ctx.merged[k]
+            kept_value = ctx.merged[k] + delta / ((1 - p) * (t + 1))
+            is_drop = torch.isclose(got[k], ctx.merged[k], rtol=0, atol=1e-12)
+            is_kept = torch.isclose(got[k], kept_value, rtol=0, atol=1e-12)
+            assert bool((is_drop | is_kept).all())
+            mask[k] = is_drop
+            dropped += int(is_drop.sum())
+        masks.append(torch.cat([m.reshape(-1) for m in mask.values()]))
+    assert any(not torch.equal(masks[0], m) for m in masks[1:])
+    assert abs(dropped / (T * NUMEL) - p) < 0.2
+
+
+def test_dare_default_seed_is_the_run_seed():
+    """seed = -1 takes torch's seed at construction (the run seeds torch first)."""
+    torch.manual_seed(3)
+    merger = Dare(DareOptions(p=0.4))
+    for t, (ctx, got) in enumerate(run_stream(merger, T=2)):
+        want = oracle_dare(0.4, 3)(ctx.theta0, [ctx.finetuned], ctx.merged, t)
+        assert_dict_close(got, want)
+
+
+# ------------------------------------------------------------------ Fisher-based mergers
+def fisher_stream(seed=0, zeros_at=None):
+    """Per-task diagonal Fishers (float64, non-negative, spread over decades so the
+    CoFiMA cap and floor bite on some entries)."""
+    out = []
+    for t in range(T):
+        g = torch.Generator().manual_seed(300 + seed + t)
+        f = {k: torch.exp(torch.empty(s, dtype=torch.float64).uniform_(-12, -6, generator=g))
+             for k, s in SHAPES.items()}
+        if zeros_at is not None:
+            f["enc.bias"][zeros_at] = 0.0
+        out.append(f)
+    return out
+
+
+class FakeFisher:
+    """Stands in for :func:`clmerge.mergers.fisher_context.task_fisher`: returns task t's
+    prescribed Fisher and records how it was asked for."""
+
+    def __init__(self, fishers):
+        self.fishers = fishers
+        self.calls = []
+
+    def __call__(self, ctx, mode="per_sample", max_samples=None, **kwargs):
+        self.calls.append({"t": ctx.t, "mode": mode, "max_samples": max_samples, **kwargs})
+        return {k: v.clone() for k, v in self.fishers[ctx.t].items()}
+
+
+def oracle_cofima(alpha, floor, cap):
+    """CoFiMA (arXiv 2312.08977): theta_hat_1 = theta*_1, then per entry
+    ((1-a) F_p prev + a F_n theta*_t) / ((1-a) F_p + a F_n), F clamped to [floor, cap]."""
+    def rule(fishers, fts, prev, t):
+        if t == 0:
+            return fts[-1]
+        out = {}
+        for k in prev:
+            fp = torch.clamp(fishers[t - 1][k], min=floor)
+            fn = torch.clamp(fishers[t][k], min=floor)
+            if cap:
+                fp, fn = torch.clamp(fp, max=cap), torch.clamp(fn, max=cap)
+            out[k] = ((1 - alpha) * fp * prev[k] + alpha * fn * fts[-1][k]) / (
+                (1 - alpha) * fp + alpha * fn)
+        return out
+    return rule
+
+
+COFIMA = [
+    ("released", CoFiMAOptions(), 0.4, 1e-12, 1e-4),
+    ("floor_reading", CoFiMAOptions(alpha=0.7, fisher_floor=1e-8, fisher_max=0,
+                                    fisher="per_batch", fisher_samples=64), 0.7, 1e-8, 0),
+]
+
+
+@pytest.mark.parametrize("name,options,alpha,floor,cap", COFIMA, ids=[c[0] for c in COFIMA])
+def test_cofima_follows_its_rule_with_the_previous_tasks_fisher(monkeypatch, name, options,
+                                                               alpha, floor, cap):
+    fishers = fisher_stream(zeros_at=1)
+    fake = FakeFisher(fishers)
+    monkeypatch.setattr(cofima_module, "task_fisher", fake)
+    merger = CoFiMA(options)
+    fts = []
+    for t, (ctx, got) in enumerate(run_stream(merger)):
+        fts.append(ctx.finetuned)
+        assert_dict_close(got, oracle_cofima(alpha, floor, cap)(fishers, fts, ctx.merged, t))
+        assert merger.state_bytes() == BYTES64          # F_t kept for the next task
+        assert merger.records[t]["coefficient"] == (1.0 if t == 0 else alpha)
+        capped = (sum(int((f > cap).sum()) for f in fishers[t].values()) / NUMEL) if cap else 0.0
+        assert merger.records[t]["fisher_capped_fraction"] == pytest.approx(capped)
+    assert [c["t"] for c in fake.calls] == list(range(T))
+    assert all(c["mode"] == options.fisher and c["max_samples"] == options.fisher_samples
+               for c in fake.calls)
+    if cap:
+        assert 0 < sum(r["fisher_capped_fraction"] for r in merger.records) < T
+
+
+def test_cofima_keeps_nothing_before_the_first_task():
+    assert CoFiMA().state_bytes() == 0
+
+
+def oracle_pm(fts, fishers, prev, per_module, clip, normalize):
+    """P&M's coefficient (arXiv 2505.22389): a_t minimises
+    sum_{i<=t} 0.5 (prev + a Delta - theta*_i)^T F_i (prev + a Delta - theta*_i),
+    a_t = -sum_i (prev - theta*_i)^T F_i Delta / sum_i Delta^T F_i Delta, clipped to
+    [0, 1], 1 where the denominator is 0; theta_hat_t = prev + a_t Delta."""
+    if normalize:
+        fishers = [{k: v / sum(float(w.sum()) for w in f.values()) for k, v in f.items()}
+                   for f in fishers]
+    delta = {k: fts[-1][k] - prev[k] for k in prev}
+    groups = [[k] for k in prev] if per_module else [list(prev)]
+    a = {}
+    for keys in groups:
+        num = sum(float(((prev[k] - ft[k]) * f[k] * delta[k]).sum())
+                  for ft, f in zip(fts, fishers) for k in keys)
+        den = sum(float((delta[k] * f[k] * delta[k]).sum()) for f in fishers for k in keys)
+        value = 1.0 if den == 0 else -num / den
+        if clip:
+            value = min(1.0, max(0.0, value))
+        for k in keys:
+            a[k] = value
+    return {k: prev[k] + a[k] * delta[k] for k in prev}, a
+
+
+PM = [
+    ("global_running", PMOptions(), False, True, False),
+    ("per_module_stored", PMOptions(alpha="per_module", storage="stored"), True, True, False),
+    ("trace_unclipped", PMOptions(fisher_normalize="trace", clip=False,
+                                  fisher="per_batch", fisher_samples=32,
+                                  fisher_sampling="sequential", fisher_engine="vmap",
+                                  fisher_batch_size=8), False, False, True),
+]
+
+
+def pm_stream(merger, fishers):
+    """A stream where later tasks partly undo earlier ones, so that a_t leaves (0, 1)
+    on some tasks and not on others."""
+    theta0 = randn(100)
+    merged = {k: v.clone() for k, v in theta0.items()}
+    first = None
+    for t in range(T):
+        step = randn(200 + t, scale=0.5)
+        if t == 2:                       # back towards where task 1 came from
+            step = plus(step, first, -1.5)
+            step = plus(step, merged, 1.5)
+        finetuned = plus(merged, step)
+        first = finetuned if first is None else first
+        ctx = make_ctx(t, theta0, merged, merged, finetuned)
+        got = merger.merge(ctx)
+        yield ctx, got
+        merged = got
+
+
+@pytest.mark.parametrize("name,options,per_module,clip,normalize", PM, ids=[c[0] for c in PM])
+def test_pm_follows_its_closed_form_coefficient(monkeypatch, name, options, per_module, clip,
+                                                normalize):
+    fishers = [{k: v * 1e6 for k, v in f.items()} for f in fisher_stream(seed=1)]
+    fake = FakeFisher(fishers)
+    monkeypatch.setattr(pm_module, "task_fisher", fake)
+    merger = PerturbAndMergeMerger(options)
+    fts, coefficients = [], []
+    for t, (ctx, got) in enumerate(pm_stream(merger, fishers)):
+        fts.append(ctx.finetuned)
+        want, a = oracle_pm(fts, fishers[:t + 1], ctx.merged, per_module, clip, normalize)
+        assert_dict_close(got, want, tol=1e-9)
+        rec = merger.records[t]
+        if per_module:
+            assert rec["coefficients"] == pytest.approx(a, rel=1e-9)
+            assert rec["coefficient"] == pytest.approx(sum(a.values()) / len(a), rel=1e-9)
+        else:
+            assert rec["coefficient"] == pytest.approx(a["enc.weight"], rel=1e-9)
+        delta = {k: ctx.finetuned[k] - ctx.merged[k] for k in ctx.merged}
+        assert rec["fisher_trace"] == pytest.approx(sum(float(f.sum()) for f in fishers[t].values()))
+        assert rec["delta_F_delta"] == pytest.approx(
+            sum(float((delta[k] ** 2 * fishers[t][k]).sum()) for k in delta))
+        per_task = (2 * BYTES64) if options.storage == "running" else (t + 1) * 2 * BYTES64
+        assert merger.state_bytes() == per_task
+        coefficients += list(a.values())
+    assert coefficients[0] == 1.0
+    # the stream exercises the rule: some a_t strictly inside (0, 1), some outside or at
+    # a bound (clipped, or beyond it without the clip)
+    assert any(0.0 < c < 1.0 for c in coefficients)
+    assert any(not 0.0 < c < 1.0 for c in coefficients[1:])
+    call = fake.calls[0]
+    assert {k: call[k] for k in ("mode", "max_samples", "engine", "estimator", "sampling",
+                                 "batch_size")} == {
+        "mode": options.fisher, "max_samples": options.fisher_samples,
+        "engine": options.fisher_engine, "estimator": options.fisher_estimator,
+        "sampling": options.fisher_sampling, "batch_size": options.fisher_batch_size or None}
+
+
+def test_pm_zero_fisher_takes_the_fine_tuned_model(monkeypatch):
+    """Q is flat in a when every Fisher is 0: a = 1 (theta*_t)."""
+    zero = [{k: torch.zeros(s, dtype=torch.float64) for k, s in SHAPES.items()}] * T
+    monkeypatch.setattr(pm_module, "task_fisher", FakeFisher(zero))
+    merger = PerturbAndMergeMerger()
+    for ctx, got in pm_stream(merger, zero):
+        assert_dict_close(got, ctx.finetuned)
+
+
+# the Fisher itself, from a tiny model, by brute force
+class Tiny(nn.Module):
+    def __init__(self, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.enc = nn.Linear(3, 4)
+        self.dec = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.dec(torch.tanh(self.enc(x)))
+
+
+def tiny_data(t, n=24):
+    g = torch.Generator().manual_seed(50 + t)
+    x = torch.randn(n, 3, generator=g)
+    y = torch.randint(0, 3, (n,), generator=g)
+    return x, y
+
+
+def brute_force_fisher(model, weights, x, y):
+    """1/N sum_n (d log softmax(model(x_n))[y_n] / d w)^2, one sample at a time."""
+    acc = {k: torch.zeros_like(w, dtype=torch.float64) for k, w in weights.items()}
+    for xi, yi in zip(x, y):
+        logp = torch.log_softmax(model(xi[None]).double(), dim=1)[0, yi]
+        grads = torch.autograd.grad(logp, list(weights.values()))
+        for k, gr in zip(weights, grads):
+            acc[k] += gr.double() ** 2
+    return {k: v / len(x) for k, v in acc.items()}
+
+
+def tiny_fisher_stream(merger):
+    """The merge driver's contract for Fisher-based mergers: while merging, the model
+    holds theta*_t; ``batches`` yields task t's training data."""
+    model = Tiny()
+    weights = {"enc.weight": model.enc.weight, "dec.weight": model.dec.weight}
+    theta0 = {k: w.detach().clone() for k, w in weights.items()}
+    merged = {k: v.clone() for k, v in theta0.items()}
+    seen = []
+    for t in range(3):
+        g = torch.Generator().manual_seed(70 + t)
+        finetuned = {k: merged[k] + 0.4 * torch.randn(v.shape, generator=g)
+                     for k, v in merged.items()}
+        with torch.no_grad():
+            for k, w in weights.items():
+                w.copy_(finetuned[k])
+        x, y = tiny_data(t)
+
+        def batches(indices=None, batch_size=None, x=x, y=y):
+            idx = list(range(len(y))) if indices is None else list(indices)
+            bs = batch_size or 8
+            for s in range(0, len(idx), bs):
+                sel = torch.tensor(idx[s:s + bs])
+                yield x[sel], y[sel]
+
+        fisher = brute_force_fisher(model, weights, x, y)
+        ctx = make_ctx(t, theta0, merged, merged, finetuned, model=model, weights=weights,
+                       batches=batches, targets=lambda y=y: y.tolist(),
+                       logits_fn=lambda m, xx: m(xx), seed=4)
+        got = merger.merge(ctx)
+        seen.append((ctx, fisher, got))
+        merged = got
+    return seen
+
+
+def test_cofima_uses_the_fisher_of_the_fine_tuned_model_on_the_tasks_data():
+    merger = CoFiMA(CoFiMAOptions(fisher_max=0, fisher_floor=1e-12))
+    fishers, fts = [], []
+    for t, (ctx, fisher, got) in enumerate(tiny_fisher_stream(merger)):
+        fishers.append(fisher)
+        fts.append(ctx.finetuned)
+        assert_dict_close(got, oracle_cofima(0.4, 1e-12, 0)(fishers, fts, ctx.merged, t),
+                          tol=1e-5)
+
+
+@pytest.mark.parametrize("engine", ["hooks", "vmap"])
+def test_pm_uses_the_fisher_of_the_fine_tuned_model_on_the_tasks_data(engine):
+    merger = PerturbAndMergeMerger(PMOptions(fisher_engine=engine))
+    fishers, fts = [], []
+    for t, (ctx, fisher, got) in enumerate(tiny_fisher_stream(merger)):
+        fishers.append(fisher)
+        fts.append(ctx.finetuned)
+        want, a = oracle_pm(fts, fishers, ctx.merged, False, True, False)
+        assert_dict_close(got, want, tol=1e-5)
+
+
+# ------------------------------------------------------------------ TRM (reconstruction)
+class HeadNet(nn.Module):
+    """A backbone and one linear head per task, as TRM reads a model."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.backbone = nn.Sequential(nn.Linear(4, 5), nn.Tanh())
+        self.heads = nn.ModuleList([nn.Linear(5, 2) for _ in range(3)])
+        self.classes_per_exp = [[0, 1], [2, 3], [4, 5]]
+
+
+def trm_stream(options, *, seed=0, T=3):
+    """TRM over T tasks of a tiny model: task t trains from the merged model along a
+    recorded trajectory of K - 1 snapshots to theta*_t. Returns [(ctx, returned, raw
+    directions)]."""
+    model = HeadNet()
+    weights = {"enc.weight": model.backbone[0].weight, "enc.bias": model.backbone[0].bias}
+    theta0 = {k: w.detach().clone() for k, w in weights.items()}
+    merged = {k: v.clone() for k, v in theta0.items()}
+    merger = TrajectoryRegularizedMerger(options)
+    out = []
+    for t in range(T):
+        g = torch.Generator().manual_seed(900 + t)
+        steps = [{k: 0.3 * torch.randn(v.shape, generator=g) for k, v in merged.items()}
+                 for _ in range(options.snapshots)]
+        trajectory, acc = [], {k: torch.zeros_like(v) for k, v in merged.items()}
+        for s in steps[:-1]:
+            acc = plus(acc, s)
+            trajectory.append(dict(acc))
+        finetuned = plus(merged, plus(acc, steps[-1]))
+        with torch.no_grad():
+            for k, w in weights.items():
+                w.copy_(finetuned[k])
+        cls = model.classes_per_exp[t]
+        batches = []
+        for b in range(5):
+            x = torch.randn(8, 4, generator=g)
+            y = torch.tensor(cls)[torch.randint(0, 2, (8,), generator=g)]
+            batches.append((x, y))
+        ctx = make_ctx(t, theta0, merged, merged, finetuned, model=model, weights=weights,
+                       seed=seed, trajectory=trajectory, recent_batches=batches,
+                       g0_series=[0.5, 2.0, 1.0])
+        dirs = [plus(merged, snap, 1.0) for snap in trajectory]
+        dirs = [{k: d[k] - merged[k] for k in d} for d in dirs] + [
+            {k: finetuned[k] - merged[k] for k in merged}]
+        if options.accumulated and t > 0:
+            dirs.append({k: merged[k] - theta0[k] for k in merged})
+        got = merger.merge(ctx)
+        assert merger.state_bytes() == 0
+        out.append((ctx, got, dirs, merger.records[-1]))
+        merged = {k: v.detach().clone() for k, v in got.items()}
+    return out
+
+
+def span_residual(vectors, target):
+    """Relative distance of ``target`` from the span of ``vectors`` (least squares)."""
+    A = torch.stack([v.reshape(-1).double() for v in vectors], dim=1)
+    b = target.reshape(-1).double()
+    coef = torch.linalg.lstsq(A, b[:, None]).solution
+    return float((A @ coef - b[:, None]).norm() / max(float(b.norm()), 1e-30)), coef[:, 0]
+
+
+TRM_FAST = dict(steps=12, lr=0.1, eval_every=4, gr_every=2, batches=3)
+
+
+@pytest.mark.parametrize("normalise", ["norm", "orthonormal", "none"])
+@pytest.mark.parametrize("coefficients", ["per_module", "global"])
+def test_trm_merge_lies_in_the_span_of_its_directions(normalise, coefficients):
+    options = TRMOptions(normalise=normalise, coefficients=coefficients, **TRM_FAST)
+    for ctx, got, dirs, rec in trm_stream(options):
+        for k in got:
+            res, _ = span_residual([d[k] for d in dirs], got[k] - ctx.merged[k])
+            assert res < 1e-5, (k, res)
+        assert set(rec["coefficients"]) == {"d1", "d2", "d3", "dK"} | (
+            {"acc"} if ctx.t > 0 else set())
+
+
+def test_trm_coefficients_stay_within_their_bound():
+    """normalise=none: the coefficients on the raw directions are the merge's own, and
+    with a large step every one of them is held in [-bound, bound]; some reach it."""
+    bound = 0.6
+    options = TRMOptions(normalise="none", bound=bound, lr=0.5, steps=10, keep_best=False,
+                         eval_every=5, gr_every=2, batches=3)
+    at_bound = 0
+    for ctx, got, dirs, rec in trm_stream(options):
+        for k in got:
+            res, coef = span_residual([d[k] for d in dirs], got[k] - ctx.merged[k])
+            assert res < 1e-5
+            assert float(coef.abs().max()) <= bound + 1e-4
+            at_bound += int((coef.abs() > bound - 1e-4).sum())
+        assert all(abs(v) <= bound + 1e-6 for v in rec["coefficients"].values())
+    assert at_bound > 0
+
+
+@pytest.mark.parametrize("normalise", ["norm", "orthonormal", "none"])
+@pytest.mark.parametrize("init", [0.5, 1.0])
+def test_trm_without_optimisation_is_the_point_on_d_K(normalise, init):
+    """steps = 0: theta_hat_t = theta_hat_{t-1} + init_last (theta*_t - theta_hat_{t-1})
+    whatever the rescaling (d_K is its reference); init 1 gives theta*_t."""
+    options = TRMOptions(steps=0, init_last=init, normalise=normalise)
+    for ctx, got, dirs, rec in trm_stream(options):
+        want = {k: ctx.merged[k] + init * (ctx.finetuned[k] - ctx.merged[k]) for k in got}
+        assert_dict_close(got, want, tol=1e-6)
+        assert rec["coefficient"] == init
+
+
+def test_trm_with_every_term_off_does_not_move():
+    options = TRMOptions(ta=0.0, pc=0.0, gr=0.0, steps=5, init_last=0.25)
+    for ctx, got, dirs, rec in trm_stream(options):
+        want = {k: ctx.merged[k] + 0.25 * (ctx.finetuned[k] - ctx.merged[k]) for k in got}
+        assert_dict_close(got, want, tol=1e-6)
+
+
+def test_trm_never_ends_worse_on_its_own_objective_and_moves():
+    options = TRMOptions(**TRM_FAST)
+    moved = 0
+    for ctx, got, dirs, rec in trm_stream(options):
+        assert rec["objectives_end"]["total"] <= rec["objectives_start"]["total"]
+        start = {k: ctx.merged[k] + 0.5 * (ctx.finetuned[k] - ctx.merged[k]) for k in got}
+        moved += any(not torch.allclose(got[k], start[k]) for k in got)
+    assert moved > 0
+
+
+def test_trm_is_a_function_of_the_seed():
+    options = TRMOptions(random_directions=1, pc_inputs="augmented", **TRM_FAST)
+    a = trm_stream(options, seed=3)
+    b = trm_stream(options, seed=3)
+    c = trm_stream(options, seed=4)
+    for (_, ga, _, ra), (_, gb, _, _) in zip(a, b):
+        assert all(torch.equal(ga[k], gb[k]) for k in ga)
+        assert "r1" in ra["coefficients"]
+    assert any(not torch.allclose(ga[k], gc[k]) for (_, ga, _, _), (_, gc, _, _) in zip(a, c)
+               for k in ga)
