@@ -75,18 +75,22 @@ def test_pretrained_differs_from_random_init():
 
 
 def test_lora_is_on_the_fused_qkv_linears_only():
-    from clmerge.backbones.kv_lora import KVLoRAQKV
+    from peft.tuners.lora import LoraLayer
+
     from clmerge.backbones.lora import LoRAAdapter
+    from clmerge.backbones.qkv import RowSlice, SplitQKV
     torch.manual_seed(0)
     m = SmallViT(embed_dim=32, depth=2, num_heads=2)
     names = [n for n, _ in m.named_modules()]
     expected = {n for n in names if re.fullmatch(m.lora_targets, n)}
     assert expected == {f"vit.blocks.{i}.attn.qkv" for i in range(2)}
     lora = LoRAAdapter(m, m.lora_targets, rank=4, alpha=4)
-    wrapped = {n for n, mod in m.named_modules() if isinstance(mod, KVLoRAQKV)}
-    assert wrapped == expected and set(lora.layers) == {f"{n}.weight" for n in expected}
-    for n in wrapped:
-        assert isinstance(m.get_submodule(n).get_base_layer(), nn.Linear)
+    split = {n for n, mod in m.named_modules() if isinstance(mod, SplitQKV)}
+    assert split == expected and set(lora.layers) == {f"{n}.weight" for n in expected}
+    adapted = {n for n, mod in m.named_modules() if isinstance(mod, LoraLayer)}
+    assert adapted == {f"{n}.{p}" for n in expected for p in ("k", "v")}
+    for n in split:
+        assert isinstance(m.get_submodule(f"{n}.q"), RowSlice)    # Q not adapted
     assert isinstance(m.vit.patch_embed.proj, nn.Conv2d)
     assert all(type(b.attn.proj) is nn.Linear for b in m.vit.blocks)   # proj not adapted
     assert m(torch.rand(2, 1, 28, 28)).shape == (2, 32)

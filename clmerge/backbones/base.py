@@ -7,9 +7,9 @@ needs to know which backbone reads it. It carries three attributes:
 
 - ``out_dim``: feature width the per-experience heads read;
 - ``lora_targets``: module names (peft ``target_modules`` form) that get LoRA;
-- ``lora_kv_only``: when True the targets are fused qkv ``Linear`` layers and get
-  separate LoRAs on their K and V rows (:mod:`clmerge.backbones.kv_lora`) instead of
-  peft's LoRA on the whole layer;
+- ``lora_kv_only``: when True the targets are fused qkv ``Linear`` layers; each is split
+  into q, k, v Linears (:mod:`clmerge.backbones.qkv`) and peft's LoRA goes on k and v
+  (separate LoRAs on the K and V rows) instead of on the whole layer;
 - ``freeze_norm_stats``: when True, normalisation layers with running statistics
   (BatchNorm) stay in eval mode during training, so the running statistics, which are
   buffers outside any task vector, never drift.

@@ -1,10 +1,14 @@
-"""LoRA, with one fresh adapter per experience folded into the base weights.
+"""LoRA by peft, with one fresh adapter per experience folded into the base weights.
 
-``LoRAAdapter`` injects the adapter into the backbone once: a peft LoRA
-(``inject_adapter_in_model``) on every target module, or, for backbones with
-``lora_kv_only`` (the ViTs), separate rank-r LoRAs on the K and V rows of the fused
-``attn.qkv`` Linear (:mod:`clmerge.backbones.kv_lora`; the papers' adapter). The module tree then stays fixed for the whole stream, and so do the
-parameter objects, which keeps optimizers and evaluators valid. Per experience:
+``LoRAAdapter`` injects peft's LoRA (``inject_adapter_in_model``) into the backbone
+once, on every target module; for backbones with ``lora_kv_only`` (the ViTs) the
+targets are fused ``attn.qkv`` Linears, which are first split into q, k, v Linears
+(:class:`clmerge.backbones.qkv.SplitQKV`, same parameters, same forward) and get peft's
+LoRA on ``k`` and on ``v`` only: the papers' adapter, separate rank-r A and B for K and
+for V. The module tree then stays fixed for the whole stream, and so do the parameter
+objects, which keeps optimizers and evaluators valid. peft's own functions
+(``get_peft_model_state_dict``, ``set_peft_model_state_dict``) save and load the
+adapter of the backbone. Per experience:
 
 - at the start the adapter is fresh: A re-drawn (Kaiming init), B = 0, so the
   model equals the merged base;
@@ -15,26 +19,47 @@ parameter objects, which keeps optimizers and evaluators valid. Per experience:
 Tensor dicts are keyed by the adapted module's own weight name (``fc1.weight``,
 ``blocks.0.attn.qkv.weight``), which is also its key in the backbone's state dict
 before wrapping, so a snapshot of the pretrained weights taken before wrapping lines up.
+For a split qkv the key is the fused weight's, and the task vector has its shape
+(3d, d_in): ``scaling * [0; B_k A_k; B_v A_v]``, the Q rows exactly zero, so folding it
+never changes W_q, and the stacked [dK; dV] has rank up to 2r.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
-from clmerge.backbones.kv_lora import inject_kv_lora
+from clmerge.backbones.qkv import split_qkv
 from clmerge.tensormath.tensordict import TensorDict, lora_delta
 
 ADAPTER = "default"
+KV_PARTS = ("k", "v")
 
 
 class LoRAAdapter:
-    """LoRA on ``backbone``'s ``target_modules`` (names or a regex string).
+    """peft's LoRA on ``backbone``'s ``target_modules`` (names or a regex string).
 
-    ``kv_only`` (default: the backbone's ``lora_kv_only`` attribute, else False) puts
-    separate K and V LoRAs on fused qkv targets (a regex string) instead of peft's LoRA.
+    ``kv_only`` (default: the backbone's ``lora_kv_only`` attribute, else False): the
+    targets (a regex string, ``re.fullmatch`` on the full module name) are fused qkv
+    Linears; each is split and gets peft's LoRA on its ``k`` and ``v`` children.
+
+    ``layers`` maps each key to the module whose base weight it names: the peft
+    ``LoraLayer`` itself, or the :class:`~clmerge.backbones.qkv.SplitQKV`; ``parts``
+    maps it to the peft layers that adapt that weight (one, or K's and V's).
+
+    Initialisation of the K/V factors at construction, from torch's global generator,
+    block by block: each factor first gets nn.Linear's default initialisation
+    (Kaiming-uniform, a = sqrt(5)) in the order A_k, A_v, B_k, B_v, then peft's LoRA
+    init (``init_lora_weights=True``: A Kaiming-uniform, a = sqrt(5), B = 0), K then V.
+    peft's layer constructors draw their factors in another order; they run under a
+    forked generator and the draws above are made explicitly, since the draw order is
+    part of what a seed reproduces. Injection leaves the ``requires_grad`` flags of the
+    backbone's own parameters as they were. LoRA dropout, when > 0, draws separate
+    masks for K and V (peft's dropout per layer).
     """
 
     def __init__(self, backbone: nn.Module, target_modules, rank: int, alpha: float,
@@ -44,29 +69,40 @@ class LoRAAdapter:
         self.kv_only = bool(getattr(backbone, "lora_kv_only", False) if kv_only is None
                             else kv_only)
         if self.kv_only:
-            self.layers: dict[str, nn.Module] = {
-                f"{name}.weight": m for name, m in
-                inject_kv_lora(backbone, target_modules, rank, alpha, dropout).items()}
+            fused = split_qkv(backbone, target_modules)
+            if not fused:
+                raise ValueError(
+                    f"no module of the backbone matches LoRA targets {target_modules!r}")
+            config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, bias="none",
+                                target_modules=rf"(?:{target_modules})\.(?:k|v)")
+            flags = [(p, p.requires_grad) for p in backbone.parameters()]
+            with torch.random.fork_rng(devices=[]):
+                inject_adapter_in_model(config, backbone, adapter_name=ADAPTER)
+            for p, flag in flags:
+                p.requires_grad_(flag)
+            self.layers: dict[str, nn.Module] = {f"{n}.weight": m for n, m in fused.items()}
+            self.parts = {k: [getattr(m, p) for p in KV_PARTS] for k, m in self.layers.items()}
+            self._initial_kv_draws()
         else:
             config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
                                 target_modules=target_modules, bias="none")
             inject_adapter_in_model(config, backbone, adapter_name=ADAPTER)
             self.layers = {f"{name}.weight": m for name, m in backbone.named_modules()
                            if isinstance(m, LoraLayer)}
+            self.parts = {k: [m] for k, m in self.layers.items()}
         if not self.layers:
             raise ValueError(f"no module of the backbone matches LoRA targets {target_modules!r}")
-        self.base_scaling = {k: self._get_scaling(m) for k, m in self.layers.items()}
+        self.base_scaling = {k: parts[0].scaling[ADAPTER] for k, parts in self.parts.items()}
         self.rank = rank
 
-    # -- the two layer kinds ----------------------------------------------------------
-    def _get_scaling(self, m):
-        return m.scaling if self.kv_only else m.scaling[ADAPTER]
-
-    def _set_scaling(self, m, value) -> None:
-        if self.kv_only:
-            m.scaling = value
-        else:
-            m.scaling[ADAPTER] = value
+    @torch.no_grad()
+    def _initial_kv_draws(self) -> None:
+        for parts in self.parts.values():
+            for factor in ("lora_A", "lora_B"):
+                for m in parts:
+                    nn.init.kaiming_uniform_(getattr(m, factor)[ADAPTER].weight, a=math.sqrt(5))
+            for m in parts:
+                m.reset_lora_parameters(ADAPTER, True)
 
     # -- parameters ---------------------------------------------------------------
     def base_weights(self) -> dict[str, nn.Parameter]:
@@ -75,11 +111,8 @@ class LoRAAdapter:
 
     def parameters(self) -> list[nn.Parameter]:
         """The trainable LoRA parameters (A and B of every layer; K/V: A_k, B_k, A_v, B_v)."""
-        out = []
-        for m in self.layers.values():
-            out += (m.lora_parameters() if self.kv_only
-                    else [m.lora_A[ADAPTER].weight, m.lora_B[ADAPTER].weight])
-        return out
+        return [w for parts in self.parts.values() for m in parts
+                for w in (m.lora_A[ADAPTER].weight, m.lora_B[ADAPTER].weight)]
 
     def n_parameters(self) -> int:
         """Number of trainable LoRA parameters."""
@@ -90,11 +123,14 @@ class LoRAAdapter:
         """Dense update of one target weight, differentiable through A and B:
         ``scaling * B @ A`` (K/V: ``scaling * [0; B_k A_k; B_v A_v]``); ``scaling``
         defaults to the adapter's own."""
-        m = self.layers[key]
         s = self.base_scaling[key] if scaling is None else scaling
-        if self.kv_only:
-            return m.delta_weight(s)
-        return lora_delta(m.lora_A[ADAPTER].weight, m.lora_B[ADAPTER].weight, s)
+        parts = self.parts[key]
+        if not self.kv_only:
+            return lora_delta(parts[0].lora_A[ADAPTER].weight, parts[0].lora_B[ADAPTER].weight, s)
+        w = self.layers[key].weight
+        kv = [m.lora_B[ADAPTER].weight @ m.lora_A[ADAPTER].weight for m in parts]
+        return s * torch.cat([torch.zeros(kv[0].shape[0], w.shape[1], dtype=w.dtype,
+                                          device=w.device), *kv], dim=0)
 
     @torch.no_grad()
     def delta(self) -> TensorDict:
@@ -104,16 +140,16 @@ class LoRAAdapter:
     def set_scale_factor(self, factor) -> None:
         """Multiply every branch's output by ``factor`` (P&M's 1 + s*eps); 1 restores.
         ``factor`` may be a tensor that requires grad (curvature along the branch)."""
-        for k, m in self.layers.items():
-            self._set_scaling(m, self.base_scaling[k] * factor)
+        for k, parts in self.parts.items():
+            for m in parts:
+                m.scaling[ADAPTER] = self.base_scaling[k] * factor
 
     @torch.no_grad()
     def reset(self) -> None:
-        """A fresh adapter: A re-drawn (Kaiming-uniform), B = 0 (a no-op branch)."""
-        for m in self.layers.values():
-            if self.kv_only:
-                m.reset_lora_parameters()
-            else:
+        """A fresh adapter: A re-drawn (Kaiming-uniform), B = 0 (a no-op branch); layer by
+        layer (K then V)."""
+        for parts in self.parts.values():
+            for m in parts:
                 m.reset_lora_parameters(ADAPTER, True)
         self.set_scale_factor(1.0)
 

@@ -5,9 +5,9 @@ other size (sklearn digits are 8 x 8) are resized bilinearly to 28 x 28 first, t
 normalised to [-1, 1] (mean 0.5, std 0.5), all inside the module.
 
 The adapter is the papers' (P&M arXiv 2505.22389): separate rank-r LoRAs on the K and
-V rows of every block's fused ``attn.qkv`` Linear (``lora_kv_only``, see
-:mod:`clmerge.backbones.kv_lora`); Q, the attention output ``proj`` and the MLPs are
-never adapted. ``lora_targets`` is a *regex string* that must ``re.fullmatch`` the full
+V rows of every block's fused ``attn.qkv`` Linear (``lora_kv_only``: the layer is split
+into q, k, v Linears, :mod:`clmerge.backbones.qkv`, and peft's LoRA goes on k and v);
+Q, the attention output ``proj`` and the MLPs are never adapted. ``lora_targets`` is a *regex string* that must ``re.fullmatch`` the full
 module name (``.*attn\\.qkv``); code that needs an iterable of names should match
 module names against it with ``re.fullmatch``.
 

@@ -28,10 +28,11 @@ weights too), so tests can build a 2-block model.
 
 **LoRA on K and V only.** timm fuses q, k, v into one ``Linear`` ``blocks.i.attn.qkv``
 (output rows ``[q | k | v]``, 768 each). ``lora_targets`` selects exactly those
-modules and ``lora_kv_only`` makes :class:`~clmerge.backbones.lora.LoRAAdapter` put
-separate rank-r LoRAs on the K and V rows (:mod:`clmerge.backbones.kv_lora`): A_k, B_k,
-A_v, B_v per block, 2 * r * (768 + 768) parameters (30,720 at r = 10), [dK; dV] of
-rank up to 2r, Q never adapted. Task vectors and Fisher stay keyed
+modules and ``lora_kv_only`` makes :class:`~clmerge.backbones.lora.LoRAAdapter` split
+each into q, k, v Linears (:mod:`clmerge.backbones.qkv`) and put peft's rank-r LoRA on k
+and on v (separate LoRAs on the K and V rows): A_k, B_k, A_v, B_v per block,
+2 * r * (768 + 768) parameters (30,720 at r = 10), [dK; dV] of rank up to 2r, Q never
+adapted. Task vectors and Fisher stay keyed
 ``blocks.i.attn.qkv.weight`` (full 2304 x 768 shape; the Q block of a delta is exactly
 zero). Deviation to know: the P&M ``gaussian`` perturbation ablation draws noise on the
 full qkv weight, Q rows included (restored after each step, so it never changes the
