@@ -48,4 +48,5 @@ def test_uneven_split_is_refused():
 def test_registry_lists_all():
     assert {"synthetic", "split_digits", "split_mnist5k", "split_glyphs",
             "split_glyphs_calibration", "split_cifar100", "imagenet_r", "imagenet_a",
-            "domainnet", "cub200", "stanford_cars"} == set(BENCHMARKS)
+            "domainnet", "cub200", "stanford_cars", "glyph_renditions",
+            "glyph_renditions_calibration"} == set(BENCHMARKS)

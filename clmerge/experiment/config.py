@@ -32,6 +32,8 @@ import yaml
 from clmerge.backbones.registry import BACKBONES
 from clmerge.benchmarks.paper import BUILDERS as PAPER_BENCHMARKS
 from clmerge.benchmarks.registry import BENCHMARKS, CLASS_COUNTS
+from clmerge.benchmarks.renditions import BUILDERS as RENDITION_BENCHMARKS
+from clmerge.benchmarks.renditions import parse_mix
 from clmerge.errors import ConfigError  # also imported from here
 from clmerge.strategies.methods import get_method
 # value checks shared with the method registry, also imported from here
@@ -121,6 +123,14 @@ class ExperimentConfig:
                                  "Resize(256)", choices=("bilinear", "bicubic"))
     crop_scale_min: float = _f(0.08, "smallest image-area fraction of the paper benchmarks' "
                                "training RandomResizedCrop", minimum=0, maximum=1)
+    rendition_styles: str = _f("", "style mix of the glyph renditions benchmarks: comma-separated "
+                               "STYLE or STYLE:WEIGHT (relative weights, default 1); styles: "
+                               "plain, inverted, outline, low_contrast, noise, stripes, texture, "
+                               "clutter, pixelate, wave; empty: every style, equal weights "
+                               "(glyph_renditions* benchmarks only)")
+    rendition_train_per_class: int = _f(60, "training images per class of the glyph renditions "
+                                        "benchmarks (glyph_renditions* benchmarks only)",
+                                        minimum=1, maximum=100_000)
     diag_steps: int = _f(20, "training steps at the start of each experience whose loss and "
                          "gradient norms are recorded (the 'beginning of the task' diagnostics)",
                          minimum=1, maximum=1_000_000)
@@ -156,10 +166,13 @@ HASH_NEUTRAL_DEFAULTS = {"amp": "auto", "num_workers": 0, "diag_steps": 20,
                          "lr_schedule": "constant", "vit_weights": "augreg_in21k_ft_in1k",
                          "input_norm": "imagenet", "class_order": "seeded",
                          "imagenet_r_split": "seeded", "cub_split": "official",
-                         "test_interpolation": "bilinear", "crop_scale_min": 0.08}
+                         "test_interpolation": "bilinear", "crop_scale_min": 0.08,
+                         "rendition_styles": "", "rendition_train_per_class": 60}
 # Settings only the paper benchmarks implement; the others always use the default (an
 # explicit other value for them is an error; a profile's value is ignored).
 PAPER_ONLY = {"class_order": "seeded"}
+# Settings only the glyph renditions benchmarks read; the same rule.
+RENDITIONS_ONLY = {"rendition_styles": "", "rendition_train_per_class": 60}
 
 
 # ---------------------------------------------------------------------- profiles
@@ -356,9 +369,16 @@ def make_config(method: str, benchmark: str | None = None, profile: str = "quick
                           f"{', '.join(BACKBONES)}")
     clean["method_args"] = spec.validate_args(method_args)
     check_class_split(benchmark, clean.get("n_experiences", ExperimentConfig.n_experiences))
-    for key, default in PAPER_ONLY.items():   # other benchmarks ignore a profile's value
-        if benchmark not in PAPER_BENCHMARKS and key in explicit and clean[key] != default:
-            raise ConfigError(f"setting {key!r}={clean[key]!r} applies to the paper benchmarks "
-                              f"only ({', '.join(PAPER_BENCHMARKS)}); benchmark {benchmark!r} "
-                              f"takes {key}={default}")
+    for only, owners, what in ((PAPER_ONLY, PAPER_BENCHMARKS, "the paper benchmarks"),
+                               (RENDITIONS_ONLY, RENDITION_BENCHMARKS,
+                                "the glyph renditions benchmarks")):
+        for key, default in only.items():   # other benchmarks ignore a profile's value
+            if benchmark not in owners and key in explicit and clean[key] != default:
+                raise ConfigError(f"setting {key!r}={clean[key]!r} applies to {what} only "
+                                  f"({', '.join(owners)}); benchmark {benchmark!r} takes "
+                                  f"{key}={default!r}")
+    try:
+        parse_mix(clean.get("rendition_styles", ""))
+    except ValueError as e:
+        raise ConfigError(f"setting 'rendition_styles': {e}") from None
     return ExperimentConfig(**clean)

@@ -32,6 +32,7 @@ from clmerge.backbones.heads import HeadedModel
 from clmerge.backbones.lora import LoRAAdapter
 from clmerge.backbones.registry import build_backbone
 from clmerge.benchmarks.paper import Protocol
+from clmerge.benchmarks.renditions import Renditions
 from clmerge.benchmarks.registry import build_stream
 from clmerge.errors import ConfigError
 from clmerge.experiment import checkpoint
@@ -85,7 +86,8 @@ class Run:
         self.options = self.method.make_options(cfg.method_args)
         self.generator = seed_everything(cfg.seed)
         self.stream = build_stream(cfg.benchmark, cfg.n_experiences, cfg.seed,
-                                   protocol=Protocol.from_config(cfg))
+                                   protocol=Protocol.from_config(cfg),
+                                   rendition=Renditions.from_config(cfg))
         if cfg.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError("device cuda requested but no GPU is available; "
                               "use --set device=cpu")

@@ -1,0 +1,117 @@
+"""The renditions calibration: the rule (a)-(d), the choice of a cell, the drift budgets,
+and that only the references run, on the calibration stream."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from clmerge.experiment import renditions_calibration as C
+
+
+@pytest.mark.parametrize("seq,joint,nmc,forg,ok", [
+    # the issue's probe: (a) and (b) hold, (c) and (d) do not
+    (19.3, 32.1, 15.7, 1.3, (True, True, False, False)),
+    (44.0, 60.0, 40.0, 3.0, (True, True, True, True)),        # every bound met exactly
+    (44.0, 54.9, 40.0, 3.0, (False, True, True, True)),       # joint - nmc 14.9
+    (35.9, 60.0, 40.0, 5.0, (True, False, True, True)),       # seq / nmc 0.8975
+    (52.1, 60.0, 40.0, 5.0, (True, False, True, True)),       # 1.3025
+    (44.0, 60.0, 40.0, 2.99, (True, True, False, True)),
+    (30.0, 80.0, 40.0, 5.0, (True, False, True, False)),      # nmc / joint 0.5
+    (40.0, 48.0, 40.0, 5.0, (False, True, True, False)),      # 0.833
+])
+def test_the_four_criteria(seq, joint, nmc, forg, ok):
+    got = C.criteria(seq, joint, nmc, forg)
+    assert got["joint_minus_nmc"] == pytest.approx(joint - nmc)
+    assert got["seq_over_nmc"] == pytest.approx(seq / nmc)
+    assert got["nmc_over_joint"] == pytest.approx(nmc / joint)
+    # an independent oracle of the rule
+    want = (joint - nmc >= 15, 0.9 <= seq / nmc <= 1.3, forg >= 3, 0.55 <= nmc / joint <= 0.8)
+    assert want == ok
+    assert tuple(got[f"{k}_ok"] for k in "abcd") == ok
+    for k, holds in zip("abcd", ok):
+        assert (got[f"{k}_short"] == 0) == holds
+
+
+def test_shortfall_is_the_distance_past_the_bound_in_its_units():
+    s = C.shortfall(joint_minus_nmc=12.0, seq_over_nmc=1.5, seq_til_forgetting=1.5,
+                    nmc_over_joint=0.3)
+    assert s == pytest.approx({"a": 3 / 15, "b": 0.2 / 0.4, "c": 0.5, "d": 0.25 / 0.25})
+    assert C.criteria(40.0, float("nan"), 40.0, 5.0)["a_ok"] is None
+
+
+def _frame(rows):
+    out = []
+    for seq, joint, nmc, forg in rows:
+        r = {"seq_cil": seq, "joint_cil": joint, "nmc_cil": nmc}
+        r.update(C.criteria(seq, joint, nmc, forg))
+        out.append(r)
+    df = pd.DataFrame(out)
+    df["met"] = df[[f"{k}_ok" for k in "abcd"]].fillna(False).astype(bool).sum(axis=1)
+    df["qualifies"] = df["met"] == 4
+    return df
+
+
+@pytest.mark.parametrize("rows,want", [
+    # two qualify: seq / nmc closest to 1.1 wins (1.05 against 1.2)
+    ([(19.3, 32.1, 15.7, 1.3), (42.0, 60.0, 40.0, 4.0), (48.0, 60.0, 40.0, 4.0)], 1),
+    ([(46.0, 60.0, 40.0, 4.0), (42.0, 60.0, 40.0, 4.0)], 0),   # 1.15 vs 1.05: tie -> first
+    # none qualifies: fewest missed first (row 1 misses (c) only), whatever the shortfall
+    ([(19.3, 32.1, 15.7, 1.3), (44.0, 60.0, 40.0, 0.1)], 1),
+    # same number missed: smallest total shortfall (c: 1.5/3 against 2.5/3)
+    ([(44.0, 60.0, 40.0, 0.5), (44.0, 60.0, 40.0, 1.5)], 1),
+    # a cell without joint cannot be chosen
+    ([(44.0, float("nan"), 40.0, 4.0), (19.3, 32.1, 15.7, 1.3)], 1),
+])
+def test_the_choice_rule(rows, want):
+    assert C.choose(_frame(rows)) == want
+
+
+def test_nothing_is_chosen_before_a_cell_is_complete():
+    assert C.choose(_frame([(44.0, float("nan"), 40.0, 4.0)])) is None
+
+
+@pytest.mark.parametrize("forgetting,want", [
+    # calibrated 4.0: half is 2.0, double 8.0
+    ({1e-3: 1.0, 2e-3: 2.2, 8e-3: 7.0, 1.6e-2: 12.0}, {"milder": 2e-3, "stronger": 8e-3}),
+    # log distances tie (1.0 and 4.0 from 2; 4.0 and 16.0 from 8): the lower rate
+    ({1e-3: 1.0, 2e-3: 4.0, 8e-3: 16.0, 1.6e-2: 32.0}, {"milder": 1e-3, "stronger": 2e-3}),
+])
+def test_drift_budgets_by_forgetting(forgetting, want):
+    rows = [{"lr": 4e-3, "seq_cil": 50.0, "seq_til_forgetting": 4.0, "calibrated": True}]
+    rows += [{"lr": lr, "seq_cil": 50.0, "seq_til_forgetting": f, "calibrated": False}
+             for lr, f in forgetting.items()]
+    got = C.drift_budgets(pd.DataFrame(rows))
+    assert got == {"calibrated": 4e-3, **want}
+    # the oracle: the log-distance argmin written out
+    for name, target in (("milder", 2.0), ("stronger", 8.0)):
+        best = min(forgetting, key=lambda lr: (abs(math.log(forgetting[lr] / target)), lr))
+        assert got[name] == best
+
+
+def test_only_references_run_and_only_on_the_calibration_stream():
+    cfgs = []
+    for cell in C.GRID:
+        cfgs += [*C.cell_configs(cell).values(), *C.reference_configs(cell).values()]
+        for d in C.drift_cells(cell):
+            cfgs += list(C.cell_configs(d).values())
+    assert {c.method for c in cfgs} <= {"seq", "joint", "nmc", "probe"}
+    assert {c.benchmark for c in cfgs} == {C.BENCHMARK} == {"glyph_renditions_calibration"}
+    for cell in C.GRID:
+        seq = C.cell_configs(cell)["seq"]
+        assert all(getattr(seq, k) == cell[k] for k in C.CELL_KEYS)
+    # one reference run per distinct data of the grid
+    refs = {C.reference_configs(c)["nmc"].run_name() for c in C.GRID}
+    data = {tuple(c[k] for k in C.DATA_KEYS) for c in C.GRID}
+    assert len(refs) == len(data)
+
+
+def test_the_markdown_table_states_the_rule_and_the_command():
+    df = _frame([(19.3, 32.1, 15.7, 1.3), (44.0, 60.0, 40.0, 0.1)])
+    for k in C.CELL_KEYS:
+        df[k] = C.GRID[0][k]
+    df["chosen"] = [False, True]
+    text = C.markdown(df)
+    assert "No cell of 2 qualifies" in text and C.COMMAND in text
+    assert "| 15.7 | 32.1 | 19.3 | 16.4 | 1.23 | 1.3 | 0.49 | 2 |  |" in text
+    assert text.count("**yes**") == 1
