@@ -94,16 +94,24 @@ def parse_parameters(items: list[str] | None) -> dict:
         if not sep or not key.isidentifier():
             raise ConfigError(f"-p {short(item)}: write KEY=VALUE, e.g. -p seeds='[0, 1]'")
         value = load_yaml_text(text, f"-p {key}")
-        params[key] = None if value == "None" else value
+        value = None if value == "None" else value
+        if key in params:
+            raise ConfigError(f"-p {key} is given twice ({short(params[key])} and "
+                              f"{short(value)}); give it once")
+        params[key] = value
     return params
 
 
 def check_parameter_values(selected: dict[str, dict], profile: str) -> None:
     """Refuse, before any chapter runs, a ``-p`` value a chapter cannot use.
 
-    The expected kind comes from the chapter's default: ``seeds`` is a list of integers
-    in 0 .. 2**32 - 1 (or one integer, or None), ``benchmark`` a registered benchmark (or
-    None), a list default a list of variant labels that resolve to a valid config on
+    The expected kind comes from the parameter's name where its default (None, a
+    mapping) does not say it: ``seeds`` is a list of integers in 0 .. 2**32 - 1 (or one
+    integer, or None), ``benchmark`` a registered benchmark (or None), ``benchmarks`` a
+    non-empty list of them (or None), ``loss_threshold`` a finite number (or None),
+    ``lrs`` a mapping of benchmarks to non-empty lists of learning rates, ``head_check``
+    a mapping of benchmarks to mappings of settings, any other mapping default a
+    mapping; else it comes from the chapter's default: a list default a list of variant labels that resolve to a valid config on
     ``profile`` (``pm[eps=0.3]``), an int an integer >= 0, a float a finite number, a bool
     a bool, a string a string. ``selected`` is :func:`check_parameters`' answer.
     """
@@ -127,6 +135,35 @@ def check_parameter_values(selected: dict[str, dict], profile: str) -> None:
                 if value is not None and value not in BENCHMARKS:
                     raise ConfigError(bad + f"a benchmark; valid benchmarks: "
                                             f"{', '.join(BENCHMARKS)}")
+            elif name == "benchmarks":
+                if value is not None and not (isinstance(value, list) and value and all(
+                        isinstance(b, str) and b in BENCHMARKS for b in value)):
+                    raise ConfigError(bad + f"a list of benchmarks, e.g. -p "
+                                            f"benchmarks='[split_mnist5k]'; valid benchmarks: "
+                                            f"{', '.join(BENCHMARKS)}")
+            elif name == "loss_threshold":
+                if value is not None and not _finite(value):
+                    raise ConfigError(bad + "a finite number or None")
+            elif name == "lrs":
+                if not (isinstance(value, dict) and value and all(
+                        b in BENCHMARKS and isinstance(rates, list) and rates
+                        and all(_finite(r) and r > 0 for r in rates)
+                        for b, rates in value.items())):
+                    raise ConfigError(bad + "a mapping of benchmarks to lists of learning "
+                                            "rates, e.g. -p lrs='{split_mnist5k: [0.001]}'")
+            elif name == "head_check" or isinstance(default, dict):
+                if not isinstance(value, dict):
+                    raise ConfigError(bad + "a mapping, e.g. -p " + name + "='{split_mnist5k: "
+                                            "{lr: 0.0003, head: cosine}}'")
+                if name == "head_check":
+                    for b, overrides in value.items():
+                        if b not in BENCHMARKS or not isinstance(overrides, dict):
+                            raise ConfigError(bad + "a mapping of benchmarks to mappings of "
+                                                    "settings")
+                        try:
+                            variant_config("seq", profile, b, 0, overrides)
+                        except ConfigError as e:
+                            raise ConfigError(f"-p {name}: {e}") from None
             elif isinstance(default, list):
                 if not (isinstance(value, list) and value
                         and all(isinstance(v, str) and v for v in value)):
@@ -144,12 +181,16 @@ def check_parameter_values(selected: dict[str, dict], profile: str) -> None:
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                     raise ConfigError(bad + "an integer >= 0")
             elif isinstance(default, float):
-                if (isinstance(value, bool) or not isinstance(value, (int, float))
-                        or not math.isfinite(value)):
+                if not _finite(value):
                     raise ConfigError(bad + "a finite number")
             elif isinstance(default, str):
                 if not isinstance(value, str):
                     raise ConfigError(bad + "a string")
+
+
+def _finite(value) -> bool:
+    return (not isinstance(value, bool) and isinstance(value, (int, float))
+            and math.isfinite(value))
 
 
 def chapter_parameters(path: str | os.PathLike) -> dict[str, dict[str, str]]:

@@ -40,6 +40,25 @@ def _say(kind: str, message: str) -> None:
     print(f"clmerge: {kind}: {text}", file=sys.stderr, flush=True)
 
 
+class _Once(argparse.Action):
+    """Store an option that may be given once: a second ``--seed 1 --seed 2`` is refused
+    (exit 2, naming both values) rather than the last one winning in silence."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        seen = getattr(namespace, f"_seen_{self.dest}", None)
+        if seen is not None:
+            parser.error(f"{option_string} is given twice ({seen} and {values}); give it once")
+        setattr(namespace, f"_seen_{self.dest}", values)
+        setattr(namespace, self.dest, values)
+
+
+def _name(value: str) -> str:
+    """A name given on the command line: not empty (``--benchmark ''``)."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("an empty name; give a name")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's own exit 2, with our wording
         self.print_usage(sys.stderr)
@@ -61,13 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     r = sub.add_parser("run", help="run one experiment and print where its result went")
-    r.add_argument("--method", required=True, help="see `clmerge list methods`")
-    r.add_argument("--benchmark", default=None, help="default: the profile's benchmark")
-    r.add_argument("--profile", default="quick", help="see `clmerge list profiles`")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--method", required=True, action=_Once, type=_name,
+                   help="see `clmerge list methods`")
+    r.add_argument("--benchmark", default=None, action=_Once, type=_name,
+                   help="default: the profile's benchmark")
+    r.add_argument("--profile", default="quick", action=_Once, type=_name,
+                   help="see `clmerge list profiles`")
+    r.add_argument("--seed", type=int, default=0, action=_Once)
     r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting (epochs=2) or a method option (pm.eps=0.3)")
-    r.add_argument("--out", default=None, help="results folder (default: data/results)")
+    r.add_argument("--out", default=None, action=_Once,
+                   help="results folder (default: data/results)")
     r.add_argument("--force", action="store_true", help="recompute even if the result exists")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -76,20 +99,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("book", help="parameterize every chapter with papermill and build the "
                                      "HTML, executing the chapters through the cache")
-    b.add_argument("--profile", default="quick")
+    b.add_argument("--profile", default="quick", action=_Once, type=_name)
     b.add_argument("--force", action="store_true", help="recompute results that exist")
     b.add_argument("--no-html", action="store_true",
                    help="execute the chapters with papermill only (no cache, no HTML)")
-    b.add_argument("--chapters", nargs="*", default=None,
+    b.add_argument("--chapters", nargs="+", default=None, action=_Once,
                    help="the chapters (stems) -p applies to; with --no-html, the only ones run")
     b.add_argument("-p", "--parameter", dest="parameters", action="append", default=[],
                    metavar="KEY=VALUE",
                    help="set a chapter parameter (VALUE is YAML: -p seeds='[0, 1]'); each "
                         "must be a parameter of every selected chapter")
-    b.add_argument("--results-dir", default=None,
+    b.add_argument("--results-dir", default=None, action=_Once,
                    help="results folder the chapters read and write (default: read "
                         "data/results, write new runs to _build/results)")
-    b.add_argument("--jobs", type=int, default=None,
+    b.add_argument("--jobs", type=int, default=None, action=_Once,
                    help="chapters executed at once into the execution cache before the "
                         "build (default: one per core, at most 4; 1: the build executes "
                         "them one by one)")
@@ -99,10 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("grid", nargs="+", help="YAML grid file(s) (see examples/sweep_quick.yaml); "
                     "several run one after the other: clmerge sweep examples/final/*.yaml")
     sw.add_argument("--executor", choices=["local", "submitit_local", "slurm"], default=None,
+                    action=_Once,
                     help="where the runs go (default: the grid's, else local)")
-    sw.add_argument("--workers", type=int, default=None,
+    sw.add_argument("--workers", type=int, default=None, action=_Once,
                     help="runs at a time (default: the grid's, else one per core or GPU)")
-    sw.add_argument("--results-dir", default=None,
+    sw.add_argument("--results-dir", default=None, action=_Once,
                     help="results folder (default: the grid's, else data/results)")
     sw.add_argument("--dry-run", action="store_true",
                     help="print which runs are finished and which would run; compute nothing")
@@ -183,11 +207,16 @@ def _run(args) -> int:
 def _sweep(args) -> int:
     """Each grid in turn (all of them checked before any runs); 1 when a run failed."""
     grids = [sweep.load_grid(g, args.executor, args.workers, args.results_dir) for g in args.grid]
+    expanded = []
+    for path, grid in zip(args.grid, grids):   # every run of every grid resolved first
+        size = sweep.grid_size(grid)
+        if size > 500:
+            print(f"resolving the {size} runs of {path}", flush=True)
+        expanded.append(sweep.expand_grid(grid))
     status = 0
-    for path, grid in zip(args.grid, grids):
+    for path, grid, cfgs in zip(args.grid, grids, expanded):
         if len(grids) > 1:
             print(f"== {path}", flush=True)
-        cfgs = sweep.expand_grid(grid)
         if args.dry_run:
             print(sweep.format_plan(*sweep.plan(cfgs, grid.results_dir)))
             continue

@@ -74,7 +74,9 @@ def test_unusable_result_is_named_and_recomputed(table, name, reason):
     assert row.exit == 0 and row.as_expected, row.outcome
     assert row.message.startswith("recomputing: TMP/out/seq-synthetic-s0-")
     assert any(r in row.message for r in reason), row.message
-    assert len(row.written) == 1 and row.written[0].endswith(".json")
+    # the unusable file is set aside beside the new one, never read again
+    assert len(row.written) == 2 and row.written[0].endswith(".json")
+    assert row.written[1] == row.written[0] + ".corrupt"
 
 
 @pytest.mark.parametrize("name,reason", [
@@ -88,7 +90,8 @@ def test_unusable_checkpoint_is_ignored_with_a_warning(table, name, reason):
     assert row.exit == 0 and row.as_expected, row.outcome
     assert row.message.startswith("clmerge: warning: ignoring the checkpoint in "
                                   "TMP/out/_checkpoints/seq-synthetic-s0-")
-    assert row.message.endswith("; the run starts over") and reason in row.message
+    assert row.message.endswith("; it is set aside (deleted) and the run starts over")
+    assert reason in row.message
     assert "nothing was built from the file" in row.outcome
 
 

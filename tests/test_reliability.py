@@ -17,7 +17,8 @@ import torch
 from clmerge.experiment import atomic, checkpoint
 from clmerge.experiment.config import (ConfigError, coerce, coerce_option, load_yaml_text,
                                        make_config, parse_assignments, parse_bool, short)
-from clmerge.experiment.results import (CorruptResultError, NonFiniteResultError, _checksum,
+from clmerge.experiment.results import (CorruptResultError, NonFiniteResultError,
+                                        NotRegularFileError, ResultRangeError, _checksum,
                                         iter_results, read_result, write_result)
 from clmerge.plugins.guard import LOSS_BLOWUP, DivergedError, check_loss, check_tensors
 
@@ -173,6 +174,74 @@ def test_non_finite_result_is_refused_and_nothing_written(tmp_path, value, where
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("edit,needle", [
+    (lambda r: r["R"][0].__setitem__(0, 7.0), "R[0][0] = 7.0 is not an accuracy in [0, 1]"),
+    (lambda r: r["R_til"][0].__setitem__(0, -0.01), "R_til[0][0] = -0.01 is not an accuracy"),
+    (lambda r: r["metrics"]["cil"].update(A_last=1.5), "metrics.cil.A_last = 1.5 is outside "
+                                                      "[0, 1]"),
+    (lambda r: r["metrics"]["til"].update(forgetting=-1.5), "metrics.til.forgetting = -1.5 is "
+                                                           "outside [-1, 1]"),
+    (lambda r: r["metrics"]["til"].pop("A_last"), "metrics.til has no A_last"),
+    (lambda r: r["metrics"]["cil"].update(A_last=None), "metrics.cil.A_last = None"),
+])
+def test_a_result_out_of_range_cannot_be_written_nor_read(tmp_path, edit, needle):
+    bad = _result()
+    edit(bad)
+    with pytest.raises(ResultRangeError, match=re.escape(needle)):
+        write_result(bad, tmp_path / "r.json")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "r.json").write_text(_checksummed(bad))
+    with pytest.raises(CorruptResultError, match=re.escape(needle)):
+        read_result(tmp_path / "r.json")
+
+
+def test_accuracies_at_the_bounds_and_float_error_are_accepted(tmp_path):
+    ok = _result(R=[[0.0, 1.0]], R_til=[[1.0 + 2e-16, None]])
+    ok["metrics"]["cil"].update(forgetting=-1.0, bwt=1.0, A_avg=None)
+    assert read_result(write_result(ok, tmp_path / "r.json"))["R"] == [[0.0, 1.0]]
+
+
+def test_a_result_is_read_for_its_own_config_only(tmp_path):
+    seq = make_config("seq", profile="smoke")
+    result = _result(config=seq.to_dict(), config_hash=seq.config_hash())
+    path = write_result(result, tmp_path / "r.json")
+    assert read_result(path, seq)["config_hash"] == seq.config_hash()
+    for other, needle in [(make_config("pm", profile="smoke"), "method 'seq', not 'pm'"),
+                          (make_config("seq", profile="smoke", seed=1), "seed 0, not 1"),
+                          (make_config("seq", profile="smoke", overrides={"epochs": 2}),
+                           "config hash")]:
+        with pytest.raises(CorruptResultError, match=re.escape(needle)):
+            read_result(path, other)
+    # a stored config_hash that its stored config does not give is another config's too
+    forged = dict(result, config=dict(seq.to_dict(), epochs=2))
+    path = write_result(forged, tmp_path / "f.json")
+    with pytest.raises(CorruptResultError, match="config hash"):
+        read_result(path, seq)
+
+
+@pytest.mark.parametrize("make", [os.mkfifo, os.mkdir])
+def test_a_result_that_is_not_a_regular_file_is_refused_without_blocking(tmp_path, make):
+    make(tmp_path / "r.json")
+    t0 = time.perf_counter()
+    with pytest.raises(NotRegularFileError, match="r.json is a (FIFO|folder), not a regular"):
+        read_result(tmp_path / "r.json")
+    assert time.perf_counter() - t0 < 5
+    assert [p for p, _ in iter_results(tmp_path)] == []   # readers of a folder skip it
+
+
+def test_every_committed_result_passes_the_checks():
+    """The book is built from these: the stricter reader accepts each for its own config."""
+    from pathlib import Path
+    from clmerge.experiment.results import stored_config_hash
+    root = Path(__file__).resolve().parents[1] / "data"
+    paths = sorted([*root.glob("results/*.json"), *root.glob("calibration/results/*.json")])
+    assert len(paths) > 400
+    for path in paths:
+        r = read_result(path)
+        assert stored_config_hash(r["config"]) == r["config_hash"], path
+        assert path.name == f"{r['name']}.json" and r["name"].endswith(r["config_hash"])
+
+
 def _checksummed(body: dict) -> str:
     body = dict(body, schema=1)
     body["checksum"] = _checksum(body)
@@ -277,10 +346,10 @@ def _saved(tmp_path):
     return model
 
 
-def _load(tmp_path):
+def _load(tmp_path, n_experiences=5):
     fresh, holder = torch.nn.Linear(3, 2), _Holder()
     before = {k: v.clone() for k, v in fresh.state_dict().items()}
-    got = checkpoint.load(tmp_path, "h", fresh, {"holder": holder})
+    got = checkpoint.load(tmp_path, "h", fresh, {"holder": holder}, n_experiences)
     untouched = all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
     return got, holder, untouched
 
@@ -295,11 +364,24 @@ def test_checkpoint_round_trip(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
-def _edit_state(tmp_path, edit):
+def _edit_state(tmp_path, edit, sign=True):
+    """Edit state.json; with ``sign``, its checksum is recomputed (as a careful forger
+    would), so the checks behind the checksum are the ones tried."""
     state = tmp_path / "state.json"
     meta = json.loads(state.read_text())
     edit(meta)
+    if sign:
+        meta["checksum"] = checkpoint._checksum(meta)
     state.write_text(json.dumps(meta))
+
+
+def _nan_weights(tmp_path):
+    from safetensors.torch import load_file, save_file
+    path = tmp_path / "exp0.safetensors"
+    tensors = load_file(str(path))
+    key = json.loads((tmp_path / "state.json").read_text())["model"]["weight"]
+    tensors[key] = tensors[key] * float("nan")
+    save_file(tensors, str(path))
 
 
 def _popen(meta):
@@ -322,23 +404,59 @@ def _popen(meta):
     (lambda p: (p / "state.json").write_text("[" * 100_000), ""),
     (lambda p: (p / "state.json").write_text("{}"), ""),
     (lambda p: _edit_state(p, lambda m: m.update(experience=3)), "do not match its experience"),
+    (lambda p: _edit_state(p, lambda m: m["extra"]["__dict__"][0][1]["items"][0]["items"]
+                           .__setitem__(0, 7.0), sign=False), "checksum of its state.json"),
+    (lambda p: _edit_state(p, lambda m: m["extra"]["__dict__"][0][1]["items"][0]["items"]
+                           .__setitem__(0, 7.0)), "R[0][0] = 7.0 is not in [0, 1]"),
+    (lambda p: _edit_state(p, lambda m: m["extra"]["__dict__"][1][1]["items"][0]["items"]
+                           .__setitem__(0, -0.5)), "R_til[0][0] = -0.5 is not in [0, 1]"),
+    (lambda p: _edit_state(p, lambda m: m["extra"]["__dict__"][0][1]["items"][0]["items"]
+                           .append(0.5)), "row R[0] does not hold 1 accuracies"),
+    (lambda p: _edit_state(p, lambda m: m.update(experience=7)),
+     "names experience 7 of a stream of 5 experiences"),
+    (_nan_weights, "tensor weight holds non-finite values"),
     (lambda p: _edit_state(p, lambda m: m["model"].pop("bias")), "not the run's model's"),
     (lambda p: _edit_state(p, lambda m: m["objects"].update(ghost={})), "objects are not"),
     (lambda p: _edit_state(p, lambda m: m["objects"]["holder"].update(
         __class__={"__size__": [1]})), "attribute name"),
 ])
 def test_unusable_checkpoint_means_start_over(tmp_path, capsys, damage, needle):
-    _saved(tmp_path)
-    damage(tmp_path)
-    got, holder, untouched = _load(tmp_path)
+    folder = tmp_path / "ckpt"
+    _saved(folder)
+    damage(folder)
+    other = (folder / "state.json").read_text(errors="replace") == "{}"
+    got, holder, untouched = _load(folder)
     err = capsys.readouterr().err
-    if (tmp_path / "state.json").read_text(errors="replace") == "{}":
-        assert got is None  # another config's checkpoint (no hash): silently not used
+    if other:
+        assert got is None and err == ""  # another config's checkpoint (no hash): not used
         return
     assert got is None and untouched and holder.count == 0, err
     assert err.startswith("clmerge: warning: ignoring the checkpoint in ")
-    assert err.rstrip().endswith("the run starts over") and err.count("\n") == 1
+    assert err.rstrip().endswith("it is set aside (deleted) and the run starts over")
+    assert err.count("\n") == 1
     assert needle in err
+    assert not folder.exists()   # set aside: a rerun does not meet it again
+
+
+def test_state_json_carries_its_checksum(tmp_path):
+    _saved(tmp_path)
+    meta = json.loads((tmp_path / "state.json").read_text())
+    body = {k: v for k, v in meta.items() if k != "checksum"}
+    import hashlib
+    assert meta["checksum"] == hashlib.sha256(json.dumps(
+        body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+@pytest.mark.parametrize("name", ["state.json", "exp0.safetensors"])
+def test_a_fifo_in_a_checkpoint_is_refused_without_blocking(tmp_path, name):
+    from clmerge.experiment.results import NotRegularFileError
+    _saved(tmp_path)
+    (tmp_path / name).unlink()
+    os.mkfifo(tmp_path / name)
+    t0 = time.perf_counter()
+    with pytest.raises(NotRegularFileError, match=f"{name} is a FIFO, not a regular file"):
+        _load(tmp_path)
+    assert time.perf_counter() - t0 < 5 and (tmp_path / name).exists()
 
 
 def test_popen_is_never_imported_or_built(tmp_path, monkeypatch):

@@ -34,6 +34,10 @@ CLASS_COUNTS: dict[str, int] = {
 }
 
 
+# benchmarks whose inputs are vectors, not images: only the MLP takes them
+VECTOR_BENCHMARKS = ("synthetic",)
+
+
 def describe(name: str) -> str:
     """First line of the builder's docstring."""
     return (BENCHMARKS[name].__doc__ or "").strip().splitlines()[0]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +29,50 @@ try:  # POSIX only
     import fcntl
 except ImportError:  # not POSIX: runs are not locked against each other
     fcntl = None
+
+
+class NotRegularFileError(ConfigError):
+    """A path where a result, checkpoint or grid file is expected is a FIFO, a device, a
+    folder or anything else that is not a regular file."""
+
+
+def _kind_of(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO"),
+                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                       (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def check_regular(path: str | os.PathLike, what: str) -> None:
+    """Raise :class:`NotRegularFileError` when ``path`` exists and is not a regular file
+    (``os.stat`` follows links and never blocks)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode):
+        raise NotRegularFileError(f"{path} is a {_kind_of(mode)}, not a regular file, where "
+                                  f"{what} is expected; remove it or choose another folder")
+
+
+def read_regular_bytes(path: str | os.PathLike, what: str, limit: int | None = None) -> bytes:
+    """The bytes of the regular file ``path`` (at most ``limit`` + 1 of them): opened
+    without blocking and checked with ``fstat`` before anything is read, so a FIFO or a
+    device is :class:`NotRegularFileError`, never a read that waits forever."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(f"{path} is a {_kind_of(mode)}, not a regular file, "
+                                      f"where {what} is expected; remove it or choose "
+                                      f"another folder")
+        os.set_blocking(fd, True)
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read() if limit is None else f.read(limit + 1)
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:

@@ -101,7 +101,7 @@ def table(grid: list[dict] = GRID, results_dir: str | Path = RESULTS,
     def load(cfg):
         path = result_path(cfg, results_dir)
         try:
-            return read_result(path) if path.exists() else None
+            return read_result(path, cfg) if path.exists() else None
         except CorruptResultError:
             return None
 

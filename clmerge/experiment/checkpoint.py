@@ -16,6 +16,15 @@ written the same way last, so it always names a complete tensors file. Older ten
 files, and temporary files a killed run left, are removed after the new ``state.json``
 is in place.
 
+``state.json`` carries the sha256 of its own content (``checksum``, as result files do);
+on loading, that checksum, every accuracy (in [0, 1]), the length of every accuracy row
+(row t holds t + 1 entries), the experience (below the stream's length) and every
+floating tensor of the model (finite) are checked. A checkpoint that fails any check is
+*set aside*: one warning line, its folder is deleted, and the run starts over (a later
+rerun does not meet it again). A ``state.json`` or tensors file that is not a regular
+file (a FIFO, a device, a folder) is never opened for reading:
+:class:`~clmerge.experiment.results.NotRegularFileError`, the command's exit status 2.
+
 Loading never runs code named by the files: an object is rebuilt only when its class is
 defined in one of ``STATE_MODULES`` (the same rule the writer uses), the tensors file
 must be an ``exp<t>.safetensors`` of the same folder, and every tensor of the model must
@@ -36,11 +45,14 @@ from __future__ import annotations
 
 import collections
 import copy
+import hashlib
 import importlib
 import json
+import math
 import os
 import random
 import re
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -49,7 +61,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from clmerge.experiment.atomic import atomic_write
+from clmerge.experiment.atomic import (NotRegularFileError, atomic_write, check_regular,
+                                       read_regular_bytes)
+from clmerge.experiment.results import RANGE_TOLERANCE
 
 _SKIP = object()
 STATE_MODULES = ("clmerge.tensormath", "avalanche.training.regularization",
@@ -225,6 +239,7 @@ def save(folder: str | os.PathLike, experience: int, config_hash: str,
     tensors_name = f"exp{experience}.safetensors"
     atomic_write(folder / tensors_name, lambda tmp: save_file(enc.tensors, tmp))
     meta["tensors"] = tensors_name
+    meta["checksum"] = _checksum(meta)
     atomic_write(folder / "state.json", lambda tmp: Path(tmp).write_text(json.dumps(meta)))
     for old in [*folder.glob("exp*.safetensors"), *folder.glob(".*.tmp")]:
         if old.name != tensors_name:
@@ -232,21 +247,35 @@ def save(folder: str | os.PathLike, experience: int, config_hash: str,
     return folder / "state.json"
 
 
+def _checksum(meta: dict) -> str:
+    body = {k: v for k, v in meta.items() if k != "checksum"}
+    blob = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
 def load(folder: str | os.PathLike, config_hash: str, model: torch.nn.Module,
-         objects: dict[str, Any]) -> tuple[int, dict] | None:
+         objects: dict[str, Any], n_experiences: int | None = None
+         ) -> tuple[int, dict] | None:
     """Restore the last checkpoint in ``folder`` into ``model`` and ``objects`` (same
     names as when saved); return (finished experience, extra) or None when there is no
-    usable checkpoint (none, another config, or unreadable in any way: the run then
-    starts over, after one warning line on stderr)."""
-    state = Path(folder) / "state.json"
+    usable checkpoint (none, another config, or failing any check of the module
+    docstring: the checkpoint is then set aside and the run starts over, after one
+    warning line on stderr). ``n_experiences``: the stream's length, which the
+    checkpoint's experience must be below."""
+    folder = Path(folder)
+    state = folder / "state.json"
     if not state.exists():
         return None
+    check_regular(state, "a checkpoint's state.json")
     try:
-        decoded = _read(Path(folder), config_hash, model, objects)
+        decoded = _read(folder, config_hash, model, objects, n_experiences)
+    except NotRegularFileError:
+        raise
     except Exception as e:  # noqa: BLE001 - any unusable checkpoint means: start over
         reason = " ".join(str(e).split())[:200] or type(e).__name__
-        print(f"clmerge: warning: ignoring the checkpoint in {folder} ({reason}); "
-              f"the run starts over", file=sys.stderr, flush=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        print(f"clmerge: warning: ignoring the checkpoint in {folder} ({reason}); it is "
+              f"set aside (deleted) and the run starts over", file=sys.stderr, flush=True)
         return None
     if decoded is None:
         return None
@@ -269,20 +298,29 @@ def load(folder: str | os.PathLike, config_hash: str, model: torch.nn.Module,
 _TENSORS_NAME = re.compile(r"exp[0-9]{1,6}\.safetensors\Z")
 
 
-def _read(folder: Path, config_hash: str, model: torch.nn.Module, objects: dict):
+def _read(folder: Path, config_hash: str, model: torch.nn.Module, objects: dict,
+          n_experiences: int | None = None):
     """Everything of a checkpoint, decoded and checked, nothing applied yet; None for a
     checkpoint of another config."""
-    meta = json.loads((folder / "state.json").read_bytes().decode("utf-8"))
+    meta = json.loads(read_regular_bytes(folder / "state.json",
+                                         "a checkpoint's state.json").decode("utf-8"))
     if not isinstance(meta, dict):
         raise CheckpointError("state.json does not hold a mapping")
     if meta.get("config_hash") != config_hash:
         return None
+    if meta.get("checksum") != _checksum(meta):
+        raise CheckpointError("the checksum of its state.json does not match (an edited, "
+                              "truncated or older checkpoint)")
     experience = meta.get("experience")
     if isinstance(experience, bool) or not isinstance(experience, int) or experience < 0:
         raise CheckpointError(f"bad experience {str(experience)[:20]}")
+    if n_experiences is not None and experience >= n_experiences:
+        raise CheckpointError(f"it names experience {experience} of a stream of "
+                              f"{n_experiences} experiences")
     name = meta.get("tensors")
     if not isinstance(name, str) or not _TENSORS_NAME.match(name):
         raise CheckpointError(f"bad tensors file name {str(name)[:40]!r}")
+    check_regular(folder / name, "a checkpoint's tensors file")
     tensors = load_file(str(folder / name))
     own = model.state_dict()
     saved = meta.get("model")
@@ -294,6 +332,8 @@ def _read(folder: Path, config_hash: str, model: torch.nn.Module, objects: dict)
         if t.shape != own[k].shape or t.dtype != own[k].dtype:
             raise CheckpointError(f"tensor {k} has shape {tuple(t.shape)}, the model's "
                                   f"{tuple(own[k].shape)}")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"tensor {k} holds non-finite values")
         model_state[k] = t
     dec = _Decoder(tensors, model)
     saved_objects = meta.get("objects")
@@ -312,4 +352,14 @@ def _read(folder: Path, config_hash: str, model: torch.nn.Module, objects: dict)
         raise CheckpointError("its random states are not readable")
     if len(extra["R"]) != experience + 1 or len(extra["R_til"]) != experience + 1:
         raise CheckpointError("its accuracy rows do not match its experience")
+    for key in ("R", "R_til"):
+        for i, row in enumerate(extra[key]):
+            if not isinstance(row, list) or len(row) != i + 1:
+                raise CheckpointError(f"its row {key}[{i}] does not hold {i + 1} accuracies")
+            for j, v in enumerate(row):
+                if (isinstance(v, bool) or not isinstance(v, (int, float))
+                        or not math.isfinite(v)
+                        or not -RANGE_TOLERANCE <= v <= 1 + RANGE_TOLERANCE):
+                    raise CheckpointError(f"its accuracy {key}[{i}][{j}] = {str(v)[:20]} is "
+                                          f"not in [0, 1]")
     return experience, model_state, attrs, extra

@@ -31,10 +31,11 @@ import yaml
 
 from clmerge.backbones.registry import BACKBONES
 from clmerge.benchmarks.paper import BUILDERS as PAPER_BENCHMARKS
-from clmerge.benchmarks.registry import BENCHMARKS, CLASS_COUNTS
+from clmerge.benchmarks.registry import BENCHMARKS, CLASS_COUNTS, VECTOR_BENCHMARKS
 from clmerge.benchmarks.renditions import BUILDERS as RENDITION_BENCHMARKS
 from clmerge.benchmarks.renditions import parse_mix
 from clmerge.errors import ConfigError  # also imported from here
+from clmerge.experiment.atomic import read_regular_bytes
 from clmerge.strategies.methods import get_method
 # value checks shared with the method registry, also imported from here
 from clmerge.values import (BOOL_WORDS, OPTION_INT_LIMIT, _article,  # noqa: F401
@@ -44,7 +45,10 @@ VIT_WEIGHTS = ("augreg_in21k_ft_in1k", "augreg2_in21k_ft_in1k", "augreg_in21k", 
 
 
 def _f(default, help: str, choices: tuple | None = None, minimum: float | None = None,
-       maximum: float | None = None):
+       maximum: float | None = None, why: str | None = None):
+    """A setting: default, help text, and its choices or range; ``why`` says what the
+    bounds protect (the time or memory a larger value costs, or the numbers a smaller one
+    loses), and is part of the message that refuses a value outside them."""
     meta = {"help": help}
     if choices is not None:
         meta["choices"] = choices
@@ -52,6 +56,8 @@ def _f(default, help: str, choices: tuple | None = None, minimum: float | None =
         meta["min"] = minimum
     if maximum is not None:
         meta["max"] = maximum
+    if why is not None:
+        meta["why"] = why
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -67,18 +73,28 @@ class ExperimentConfig:
     seed: int = _f(0, "seed of everything: class order, init, data order (numpy seeds are "
                    "32-bit)", minimum=0, maximum=2**32 - 1)
     n_experiences: int = _f(5, "number of experiences (tasks) in the stream; must divide the "
-                            "benchmark's number of classes", minimum=1, maximum=1000)
+                            "benchmark's number of classes", minimum=1, maximum=1000,
+                            why="every experience trains, merges and evaluates once")
     image_size: int = _f(32, "side in pixels the backbone resizes images to", minimum=8,
-                         maximum=4096)
+                         maximum=4096, why="memory grows with its square")
     finetune: str = _f("lora", "what is trained per experience: a fresh LoRA or all weights",
                        choices=("lora", "full"))
-    lora_rank: int = _f(8, "LoRA rank r", minimum=1, maximum=4096)
-    lora_alpha: float = _f(8.0, "LoRA alpha; the branch is scaled by alpha / r", minimum=0)
-    epochs: int = _f(3, "training epochs per experience", minimum=1, maximum=10_000)
-    batch_size: int = _f(32, "training minibatch size", minimum=1, maximum=1_000_000)
+    lora_rank: int = _f(8, "LoRA rank r", minimum=1, maximum=4096,
+                        why="each adapted weight gets r x (in + out) more weights")
+    lora_alpha: float = _f(8.0, "LoRA alpha; the branch is scaled by alpha / r", minimum=1e-6,
+                           maximum=1e6, why="the branch's scale alpha / r times a float32 "
+                           "update must neither vanish nor overflow")
+    epochs: int = _f(3, "training epochs per experience", minimum=1, maximum=10_000,
+                     why="each epoch is a pass over the experience's data")
+    batch_size: int = _f(32, "training minibatch size", minimum=1, maximum=1_000_000,
+                         why="a minibatch is held in memory")
     lr: float = _f(1e-3, "learning rate of the backbone's trainable weights (LoRA or all)",
-                   minimum=0)
-    head_lr: float = _f(1e-2, "learning rate of the current head", minimum=0)
+                   minimum=1e-12, maximum=1e6,
+                   why="a smaller Adam step changes no float32 weight; a larger one only "
+                       "diverges")
+    head_lr: float = _f(1e-2, "learning rate of the current head", minimum=1e-12,
+                        maximum=1e6, why="a smaller Adam step changes no float32 weight; a "
+                                         "larger one only diverges")
     head: str = _f("linear", "per-experience head: linear (weights and bias) or cosine (scale "
                    "x cosine of the features and the class weights, no bias; PILOT's "
                    "CosineLinear with a fixed scale)", choices=("linear", "cosine"))
@@ -88,15 +104,18 @@ class ExperimentConfig:
                         "random (nn.Linear's init) or means (each class's row set to the unit "
                         "mean of the unit features of its training images under the model "
                         "the experience starts from; biases 0)", choices=("random", "means"))
-    weight_decay: float = _f(0.0, "AdamW weight decay", minimum=0)
-    eval_batch_size: int = _f(256, "evaluation minibatch size", minimum=1, maximum=1_000_000)
+    weight_decay: float = _f(0.0, "AdamW weight decay", minimum=0, maximum=1e6,
+                             why="lr x weight_decay above 1 flips the weights' sign each step")
+    eval_batch_size: int = _f(256, "evaluation minibatch size", minimum=1, maximum=1_000_000,
+                              why="a minibatch is held in memory")
     start: str = _f("merged", "where task t starts: the merged model (default) or the previous "
                     "fine-tuned model (MagMax protocol)", choices=("merged", "finetuned"))
     device: str = _f("cpu", "torch device", choices=("cpu", "cuda"))
     amp: str = _f("auto", "mixed precision of training forwards: auto (bf16 autocast on CUDA, "
                   "off on the CPU), bf16, or off", choices=("auto", "bf16", "off"))
     num_workers: int = _f(0, "DataLoader worker processes for training data (pinned memory on "
-                          "CUDA)", minimum=0, maximum=256)
+                          "CUDA)", minimum=0, maximum=256,
+                          why="each worker is a process holding a copy of the dataset")
     lr_schedule: str = _f("constant", "learning-rate schedule of both parameter groups within each "
                           "experience: constant, or cosine per epoch (InfLoRA / CODA-Prompt: "
                           "lr * cos(99 pi e / (200 (epochs - 1))) in epoch e)",
@@ -133,7 +152,9 @@ class ExperimentConfig:
                                         minimum=1, maximum=100_000)
     diag_steps: int = _f(20, "training steps at the start of each experience whose loss and "
                          "gradient norms are recorded (the 'beginning of the task' diagnostics)",
-                         minimum=1, maximum=1_000_000)
+                         minimum=1, maximum=1_000_000,
+                         why="each recorded step keeps its loss and gradient norms in the "
+                             "result file")
     method_args: dict = _f({}, "method-specific options, set as --set METHOD.KEY=VALUE")
 
     # ------------------------------------------------------------------ identity
@@ -168,11 +189,73 @@ HASH_NEUTRAL_DEFAULTS = {"amp": "auto", "num_workers": 0, "diag_steps": 20,
                          "imagenet_r_split": "seeded", "cub_split": "official",
                          "test_interpolation": "bilinear", "crop_scale_min": 0.08,
                          "rendition_styles": "", "rendition_train_per_class": 60}
-# Settings only the paper benchmarks implement; the others always use the default (an
-# explicit other value for them is an error; a profile's value is ignored).
-PAPER_ONLY = {"class_order": "seeded"}
-# Settings only the glyph renditions benchmarks read; the same rule.
-RENDITIONS_ONLY = {"rendition_styles": "", "rendition_train_per_class": 60}
+
+# Which runs use each setting that not every run uses: (test on the resolved values, what
+# the setting applies to). The one rule (:func:`check_applicable`): a setting given
+# explicitly (--set, a grid's overrides, a variant label's options) that the run does
+# not use is refused, unless it only repeats the value the run has anyway; a profile's
+# value for it is kept as it is (it names no choice of the user's, and the config hashes
+# of published results include it). Every other setting applies to every run.
+_TRAINS = ("merge", "joint")   # method kinds that train; probe and nmc train nothing
+APPLIES: dict[str, tuple] = {
+    "class_order": (lambda v: v["benchmark"] in PAPER_BENCHMARKS, "the paper benchmarks"),
+    "input_norm": (lambda v: v["benchmark"] in PAPER_BENCHMARKS, "the paper benchmarks"),
+    "test_interpolation": (lambda v: v["benchmark"] in PAPER_BENCHMARKS,
+                           "the paper benchmarks"),
+    "crop_scale_min": (lambda v: v["benchmark"] in PAPER_BENCHMARKS, "the paper benchmarks"),
+    "rendition_styles": (lambda v: v["benchmark"] in RENDITION_BENCHMARKS,
+                         "the glyph renditions benchmarks"),
+    "rendition_train_per_class": (lambda v: v["benchmark"] in RENDITION_BENCHMARKS,
+                                  "the glyph renditions benchmarks"),
+    "imagenet_r_split": (lambda v: v["benchmark"] == "imagenet_r", "benchmark imagenet_r"),
+    "cub_split": (lambda v: v["benchmark"] == "cub200", "benchmark cub200"),
+    "vit_weights": (lambda v: v["backbone"] == "vit_b16_in21k", "backbone vit_b16_in21k"),
+    "pretrained": (lambda v: v["backbone"] != "mlp",
+                   "backbones with pretrained weights (not backbone mlp)"),
+    "image_size": (lambda v: v["backbone"] == "mobilenet_v2", "backbone mobilenet_v2 (the "
+                   "others take a fixed input size)"),
+    **{k: (lambda v: v["kind"] in _TRAINS, "methods that train (not probe or nmc)")
+       for k in ("finetune", "epochs", "batch_size", "lr", "head_lr", "head", "head_init",
+                 "weight_decay", "amp", "num_workers", "lr_schedule", "diag_steps")},
+    "lora_rank": (lambda v: v["kind"] in _TRAINS and v["finetune"] == "lora",
+                  "methods that train a LoRA (finetune=lora; not probe or nmc)"),
+    "lora_alpha": (lambda v: v["kind"] in _TRAINS and v["finetune"] == "lora",
+                   "methods that train a LoRA (finetune=lora; not probe or nmc)"),
+    "head_scale": (lambda v: v["kind"] in _TRAINS and v["head"] == "cosine",
+                   "cosine heads (head=cosine) of methods that train"),
+    "start": (lambda v: v["kind"] == "merge", "methods that merge"),
+}
+# the smallest LoRA update lr x alpha / r kept: below it no float32 weight moves (a float32
+# holds 24 bits, so a change below 6e-8 of a weight is lost; weights are >= 1e-5 in size)
+MIN_LORA_UPDATE = 1e-12
+
+
+def check_applicable(values: dict[str, Any], kind: str, explicit: dict[str, Any],
+                     implicit: dict[str, Any]) -> None:
+    """Refuse an explicit setting the run does not use (:data:`APPLIES`): ``values`` are
+    the resolved settings, ``kind`` the method's kind, ``explicit`` the overrides given,
+    ``implicit`` the resolved values the run would have without them."""
+    where = dict(values, kind=kind)
+    for key in explicit:
+        rule = APPLIES.get(key)
+        if rule is None or rule[0](where) or values[key] == implicit[key]:
+            continue
+        scope = rule[1]
+        if "benchmark" in scope:
+            what = f"benchmark {values['benchmark']!r}"
+        elif "backbone" in scope:
+            what = f"backbone {values['backbone']!r}"
+        elif kind not in _TRAINS:
+            what = f"method {values['method']!r} (it trains nothing)"
+        elif key in ("lora_rank", "lora_alpha"):
+            what = f"finetune={values['finetune']}"
+        elif key == "head_scale":
+            what = f"head={values['head']}"
+        else:
+            what = f"method {values['method']!r}"
+        raise ConfigError(f"setting {key!r}={short(values[key])} applies to {scope} only; "
+                          f"{what} does not use it, so it would change the result's name "
+                          f"and not its numbers (leave it out)")
 
 
 # ---------------------------------------------------------------------- profiles
@@ -200,6 +283,7 @@ def coerce(key: str, value: Any) -> Any:
         raise ConfigError(f"unknown setting {key!r}; valid settings (method options as "
                           f"METHOD.KEY): {valid}")
     f = FIELDS[key]
+    raw = value
     typ = type(f.default) if f.default is not dataclasses.MISSING else dict
     wrong = ConfigError(f"setting {key!r} expects {_article(typ.__name__)}, got {short(value)}")
     if typ is bool:
@@ -231,11 +315,16 @@ def coerce(key: str, value: Any) -> Any:
         raise ConfigError(f"setting {key!r} must be one of {', '.join(choices)}; "
                           f"got {short(value)}")
     minimum, maximum = f.metadata.get("min"), f.metadata.get("max")
+    why = f" ({f.metadata['why']})" if "why" in f.metadata else ""
     if minimum is not None and value < minimum:
-        raise ConfigError(f"setting {key!r} must be >= {minimum}; got {short(value)}")
+        raise ConfigError(f"setting {key!r} must be >= {_bound(minimum)}{why}; got {short(raw)}")
     if maximum is not None and value > maximum:
-        raise ConfigError(f"setting {key!r} must be <= {maximum}; got {short(value)}")
+        raise ConfigError(f"setting {key!r} must be <= {_bound(maximum)}{why}; got {short(raw)}")
     return value
+
+
+def _bound(limit) -> str:
+    return f"{limit:g}" if isinstance(limit, float) else str(limit)
 
 
 # settings that the command line and the sweep grid choose with their own arguments
@@ -258,16 +347,19 @@ def parse_assignments(items: list[str]) -> dict[str, str]:
         if k == "method_args":
             raise ConfigError("--set cannot replace 'method_args' as a whole; set one "
                               "method option at a time as METHOD.KEY=VALUE (pm.eps=0.3)")
+        if k in out:
+            raise ConfigError(f"--set {k} is given twice ({short(out[k])} and "
+                              f"{short(v.strip())}); give it once")
         out[k] = v.strip()
     return out
 
 
 def read_yaml(path: str | os.PathLike, what: str) -> Any:
-    """Read a YAML file safely (no Python objects) as UTF-8; any problem (unreadable,
-    not UTF-8, not YAML, too large once its aliases are expanded) is one ConfigError."""
+    """Read a YAML file safely (no Python objects) as UTF-8; any problem (unreadable, not
+    a regular file, not UTF-8, not YAML, a key given twice, too large once its aliases
+    are expanded) is one ConfigError."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_YAML_BYTES + 1)
+        raw = read_regular_bytes(path, _article(what), MAX_YAML_BYTES)
     except OSError as e:
         raise ConfigError(f"cannot read {what} {str(path)!r} ({e.strerror})") from None
     if len(raw) > MAX_YAML_BYTES:
@@ -283,12 +375,43 @@ MAX_YAML_BYTES = 1_000_000
 MAX_YAML_NODES = 100_000
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A YAML mapping gives one key twice."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping giving a key twice (PyYAML keeps the
+    last one in silence)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)
+            seen: dict = {}
+            for key_node, value_node in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:   # an unhashable key: SafeLoader's own error follows
+                    break
+                if first is not None:
+                    def value(n):
+                        return short(self.construct_object(n, deep=True))
+                    raise DuplicateKeyError(
+                        f"gives key {short(key)} twice (line {first[0].start_mark.line + 1}: "
+                        f"{value(first[1])}, line {key_node.start_mark.line + 1}: "
+                        f"{value(value_node)}); give it once")
+                seen[key] = (key_node, value_node)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml_text(text: str, what: str) -> Any:
-    """``yaml.safe_load(text)``, refusing invalid YAML and documents of more than
-    ``MAX_YAML_NODES`` values once aliases are expanded (a few hundred bytes of nested
-    aliases expand to gigabytes)."""
+    """``yaml.safe_load(text)``, refusing invalid YAML, a mapping that gives a key twice,
+    and documents of more than ``MAX_YAML_NODES`` values once aliases are expanded (a few
+    hundred bytes of nested aliases expand to gigabytes)."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except DuplicateKeyError as e:
+        raise ConfigError(f"{what} {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{what} is not valid YAML: {' '.join(str(e).split())[:200]}") from None
     except RecursionError:
@@ -360,6 +483,7 @@ def make_config(method: str, benchmark: str | None = None, profile: str = "quick
     finetune = explicit.get("finetune", values.get("finetune", ExperimentConfig.finetune))
     if finetune == "full":
         values.update(prof.get("finetune_full") or {})
+    implicit_values = dict(values)
     values.update(explicit)
     values.update(method=method, benchmark=benchmark, profile=profile, seed=seed)
     clean = {k: coerce(k, v) for k, v in values.items() if k != "method_args"}
@@ -369,14 +493,20 @@ def make_config(method: str, benchmark: str | None = None, profile: str = "quick
                           f"{', '.join(BACKBONES)}")
     clean["method_args"] = spec.validate_args(method_args)
     check_class_split(benchmark, clean.get("n_experiences", ExperimentConfig.n_experiences))
-    for only, owners, what in ((PAPER_ONLY, PAPER_BENCHMARKS, "the paper benchmarks"),
-                               (RENDITIONS_ONLY, RENDITION_BENCHMARKS,
-                                "the glyph renditions benchmarks")):
-        for key, default in only.items():   # other benchmarks ignore a profile's value
-            if benchmark not in owners and key in explicit and clean[key] != default:
-                raise ConfigError(f"setting {key!r}={clean[key]!r} applies to {what} only "
-                                  f"({', '.join(owners)}); benchmark {benchmark!r} takes "
-                                  f"{key}={default!r}")
+    resolved = ExperimentConfig(**clean).to_dict()
+    implicit = {k: coerce(k, implicit_values[k]) if k in implicit_values else FIELDS[k].default
+                for k in explicit}
+    check_applicable(resolved, spec.kind, explicit, implicit)
+    if benchmark in VECTOR_BENCHMARKS and resolved["backbone"] != "mlp":
+        raise ConfigError(f"backbone {resolved['backbone']!r} takes images, and benchmark "
+                          f"{benchmark!r} is a stream of vectors; the backbone for vectors "
+                          f"is mlp")
+    if resolved["finetune"] == "lora" and spec.kind in _TRAINS:
+        update = resolved["lr"] * resolved["lora_alpha"] / resolved["lora_rank"]
+        if not update >= MIN_LORA_UPDATE:
+            raise ConfigError(f"the LoRA update lr x lora_alpha / lora_rank = {update:.3g} is "
+                              f"below {MIN_LORA_UPDATE:g}: it would move no float32 weight "
+                              f"(a numerical no-op); raise lr or lora_alpha")
     try:
         parse_mix(clean.get("rendition_styles", ""))
     except ValueError as e:

@@ -11,6 +11,7 @@ grid file's format are described in :mod:`clmerge.experiment.sweep`.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,15 @@ GENERIC_PARAMETERS: dict[str, type | tuple[type, ...]] = {
     "cpus_per_task": int, "gpus_per_node": int, "tasks_per_node": int,
     "stderr_to_stdout": bool}
 RESERVED_OVERRIDES = ("method", "benchmark", "profile", "seed")
+# Bounds of the numeric generic parameters: a job must have finite memory, at least a
+# minute (submitit kills a job at its timeout: below a minute not even the imports end)
+# and at most a year, and counts that a cluster can give.
+PARAMETER_RANGES: dict[str, tuple[float, float]] = {
+    "timeout_min": (1, 525_600), "mem_gb": (0.001, 100_000), "nodes": (1, 100_000),
+    "cpus_per_task": (1, 100_000), "gpus_per_node": (0, 1024), "tasks_per_node": (1, 100_000)}
+# The most runs one grid may hold: every run is resolved (about 4 ms each) before any
+# starts, so a larger grid would first spend minutes in silence; split it into files.
+MAX_GRID_RUNS = 5000
 
 
 @dataclass(frozen=True)
@@ -73,12 +83,22 @@ def _positive_int(what: str, value: Any) -> int:
     return value
 
 
+def _string_keys(what: str, mapping: Mapping) -> None:
+    """Refuse a mapping with a key that is not a string (YAML reads ``1:``, ``null:`` and
+    ``{1: 2}`` as a number, None and a mapping)."""
+    for k in mapping:
+        if not isinstance(k, str):
+            raise ConfigError(f"{what} has the key {short(k)}, which is not a name; "
+                              f"keys are names such as epochs")
+
+
 def _executor(block: Any, kind: str | None, workers: int | None) -> Executor:
     if block is None:
         block = {}
     if not isinstance(block, Mapping):
         raise ConfigError(f"grid key 'executor' must be a mapping with keys "
                           f"{', '.join(EXECUTOR_KEYS)}; got {short(block)}")
+    _string_keys("grid key 'executor'", block)
     unknown = sorted(set(block) - set(EXECUTOR_KEYS))
     if unknown:
         raise ConfigError(f"unknown executor key {unknown[0]!r}; valid keys: "
@@ -94,6 +114,7 @@ def _executor(block: Any, kind: str | None, workers: int | None) -> Executor:
     if not isinstance(slurm, Mapping):
         raise ConfigError(f"executor key 'slurm' must be a mapping of submitit/Slurm "
                           f"parameters; got {short(slurm)}")
+    _string_keys("executor key 'slurm'", slurm)
     valid = _slurm_keys()
     for k, v in slurm.items():
         if k not in valid:
@@ -103,6 +124,12 @@ def _executor(block: Any, kind: str | None, workers: int | None) -> Executor:
         if typ is not None and (not isinstance(v, typ) or (typ is int and isinstance(v, bool))):
             names = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
             raise ConfigError(f"slurm parameter {k!r} expects {_article(names)}; got {short(v)}")
+        if k in PARAMETER_RANGES:
+            low, high = PARAMETER_RANGES[k]
+            if not (math.isfinite(v) and low <= v <= high):
+                raise ConfigError(f"slurm parameter {k!r} must be in [{low:g}, {high:g}] "
+                                  f"(finite memory, a timeout of at least a minute); got "
+                                  f"{short(v)}")
     return Executor(kind, workers, dict(slurm))
 
 
@@ -125,6 +152,8 @@ def load_grid(source: str | os.PathLike | Mapping | Grid, executor: str | None =
     if not isinstance(source, Mapping):
         path = Path(source)
         default_name = path.stem
+        if path.exists() and not path.is_file():
+            read_yaml(path, "grid file")   # NotRegularFileError: one sentence, never a read
         if not path.is_file():
             raise ConfigError(f"cannot read grid file {str(path)!r} (no such file); "
                               f"give the path of a YAML grid such as "
@@ -134,6 +163,7 @@ def load_grid(source: str | os.PathLike | Mapping | Grid, executor: str | None =
             raise ConfigError(f"grid file {str(path)!r} must hold a mapping with keys "
                               f"{', '.join(GRID_KEYS)}")
         source = data
+    _string_keys("the grid", source)
     unknown = sorted(set(source) - set(GRID_KEYS))
     if unknown:
         raise ConfigError(f"unknown grid key {short(unknown[0])}; valid keys: {', '.join(GRID_KEYS)}")
@@ -160,6 +190,7 @@ def load_grid(source: str | os.PathLike | Mapping | Grid, executor: str | None =
     if not isinstance(overrides, Mapping):
         raise ConfigError(f"grid key 'overrides' must map settings to values, e.g. "
                           f"{{epochs: 1}}; got {short(overrides)}")
+    _string_keys("grid key 'overrides'", overrides)
     for k in overrides:
         if k in RESERVED_OVERRIDES:
             raise ConfigError(f"overrides cannot set {k!r}; use the grid keys profile, "
@@ -179,6 +210,12 @@ def expand_grid(grid: str | os.PathLike | Mapping | Grid) -> list[ExperimentConf
     """Every run of the grid, resolved: benchmark x variant x seed, in that order,
     each distinct config once."""
     g = load_grid(grid)
+    size = grid_size(g)
+    if size > MAX_GRID_RUNS:
+        raise ConfigError(f"grid {g.name!r} holds {size} runs ({len(g.benchmarks)} benchmarks x "
+                          f"{len(g.variants)} variants x {len(g.seeds)} seeds), more than "
+                          f"{MAX_GRID_RUNS}: each is resolved before any starts; split it "
+                          f"into several grid files")
     for b in g.benchmarks:
         if b is not None and b not in BENCHMARKS:
             raise ConfigError(f"unknown benchmark {b!r}; valid benchmarks: "
@@ -195,6 +232,11 @@ def expand_grid(grid: str | os.PathLike | Mapping | Grid) -> list[ExperimentConf
     return list(out.values())
 
 
+def grid_size(grid: Grid) -> int:
+    """Runs of the grid before equal configs are merged: benchmarks x variants x seeds."""
+    return len(grid.benchmarks) * len(grid.variants) * len(grid.seeds)
+
+
 def plan(cfgs: Iterable[ExperimentConfig], results_dir: str | os.PathLike,
          force: bool = False) -> tuple[list[ExperimentConfig], list[ExperimentConfig]]:
     """``(done, todo)``: runs with a valid result file, and the rest (missing, corrupt,
@@ -206,7 +248,7 @@ def plan(cfgs: Iterable[ExperimentConfig], results_dir: str | os.PathLike,
             todo.append(cfg)
             continue
         try:
-            read_result(path)
+            read_result(path, cfg)
         except CorruptResultError:
             todo.append(cfg)
         else:

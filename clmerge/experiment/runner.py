@@ -41,7 +41,8 @@ from clmerge.experiment.allocator import keep_freed_memory
 from clmerge.experiment.atomic import check_output_folder, file_lock, remove_stale_tmp
 from clmerge.experiment.config import ExperimentConfig
 from clmerge.experiment.provenance import device_name, git_commit, versions
-from clmerge.experiment.results import CorruptResultError, read_result, result_path, write_result
+from clmerge.experiment.results import (CorruptResultError, read_result, result_path, set_aside,
+                                        write_result)
 from clmerge.experiment.seeding import seed_everything, seed_worker
 from clmerge.experiment.variants import variant_label
 from clmerge.plugins.diagnostics import DiagnosticsPlugin
@@ -307,7 +308,8 @@ def _resume(run: Run, objects: dict, R: list, R_til: list) -> int:
     """Restore the run's last checkpoint, if any: the first experience still to train."""
     if run.checkpoint_dir is None:
         return 0
-    restored = checkpoint.load(run.checkpoint_dir, run.cfg.config_hash(), run.model, objects)
+    restored = checkpoint.load(run.checkpoint_dir, run.cfg.config_hash(), run.model, objects,
+                               run.stream.n_experiences)
     if restored is None:
         return 0
     done, extra = restored
@@ -421,12 +423,14 @@ def get_or_run(cfg: ExperimentConfig, out_dir=DEFAULT_RESULTS, force: bool = Fal
 
     The computation holds a lock next to the result (``<result>.lock``), so a second
     process asking for the same run waits and then loads the first one's result instead
-    of computing it again. A result file that cannot be used is reported and recomputed.
+    of computing it again. A result file that cannot be used (unreadable, out of range,
+    or another config's: :func:`~clmerge.experiment.results.read_result`) is reported in
+    one line, set aside as ``<name>.corrupt`` and recomputed.
     """
     path = result_path(cfg, out_dir)
     if path.exists() and not force:
         try:
-            return read_result(path)
+            return read_result(path, cfg)
         except CorruptResultError as e:
             print(f"recomputing: {e}", flush=True)
     check_output_folder(out_dir)
@@ -439,8 +443,10 @@ def get_or_run(cfg: ExperimentConfig, out_dir=DEFAULT_RESULTS, force: bool = Fal
     try:
         with file_lock(path, on_wait=waiting):
             if path.exists() and not force:  # computed by the process we waited for
-                with contextlib.suppress(CorruptResultError):
-                    return read_result(path)
+                try:
+                    return read_result(path, cfg)
+                except CorruptResultError:
+                    set_aside(path)   # kept as <name>.corrupt, never read again
             remove_stale_tmp(path.parent, path.name)
             ckpt = checkpoint_path(cfg, out_dir)
             if force:  # recompute from scratch, not from a checkpoint of an earlier attempt
@@ -448,7 +454,7 @@ def get_or_run(cfg: ExperimentConfig, out_dir=DEFAULT_RESULTS, force: bool = Fal
             result = run_experiment(cfg, progress=progress, checkpoint_dir=ckpt)
             write_result(result, path)
             _remove_checkpoints(ckpt)  # the result now holds everything
-            return read_result(path)
+            return read_result(path, cfg)
     except BaseException:
         for folder in created:  # a run that wrote nothing leaves no empty folders
             with contextlib.suppress(OSError):

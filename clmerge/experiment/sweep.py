@@ -65,8 +65,9 @@ Design, and why:
   ``timeout_min``, ``signal_delay_s``, ``stderr_to_stdout`` and ``setup`` and ignores
   the rest, so one grid runs both ways. A failed job raises :class:`SweepError`
   naming the run and its log file, after the other jobs have finished.
-* **The table** is ``load_results`` of the results folder, keeping the grid's files,
-  in grid order (benchmark, then variant, then seed): one row per run with its config,
+* **The table** holds the grid's own runs only: each run's file is read for its config
+  (method, benchmark, seed and config hash checked against the file's own config), in
+  grid order (benchmark, then variant, then seed): one row per run with its config,
   ``cil_*``/``til_*`` metrics and costs. The CLI prints :data:`TABLE_COLUMNS` and
   writes the whole frame to ``<results_dir>/sweep-<name>.csv``.
 * Progress: a live bar on a terminal, one line per finished run in a log or notebook.
@@ -85,9 +86,11 @@ from clmerge.experiment.config import ExperimentConfig
 from clmerge.experiment.executors import (DEFAULT_TIMEOUT_MIN, SweepError,  # noqa: F401
                                           _check_devices, _failed, compute_local,
                                           compute_submitit, local_workers, slurm_parameters)
-from clmerge.experiment.grid import (Executor, Grid, describe, expand_grid,  # noqa: F401
-                                     format_plan, load_grid, plan)
-from clmerge.experiment.results import load_results, result_path
+from clmerge.experiment.grid import (MAX_GRID_RUNS, Executor, Grid,  # noqa: F401
+                                     describe, expand_grid, format_plan, grid_size,
+                                     load_grid, plan)
+from clmerge.experiment.results import (CorruptResultError, read_result, result_path,
+                                        result_row, warn_skipped)
 
 TABLE_COLUMNS = ["variant", "benchmark", "seed", "cil_A_last", "cil_A_avg",
                  "cil_forgetting", "til_A_last", "til_A_avg", "til_forgetting",
@@ -95,14 +98,20 @@ TABLE_COLUMNS = ["variant", "benchmark", "seed", "cil_A_last", "cil_A_avg",
 
 
 def collect(cfgs: list[ExperimentConfig], results_dir: str | os.PathLike) -> pd.DataFrame:
-    """The tidy rows (``load_results``) of ``cfgs``' result files, in ``cfgs``' order."""
-    wanted = [str(result_path(c, results_dir)) for c in cfgs]
-    df = load_results(results_dir)
-    if df.empty:
-        return df
-    order = {p: i for i, p in enumerate(wanted)}
-    df = df[df["path"].isin(order)]
-    return df.sort_values("path", key=lambda s: s.map(order)).reset_index(drop=True)
+    """The tidy rows (``load_results``' columns) of ``cfgs``' result files, in ``cfgs``'
+    order: each file is read for its own config (``read_result(path, cfg)``), so a file
+    of another config under a grid run's name, or any other file of the folder, never
+    enters the table; an unusable file is skipped with one warning line."""
+    rows = []
+    for cfg in cfgs:
+        path = result_path(cfg, results_dir)
+        if not path.exists():
+            continue
+        try:
+            rows.append(result_row(path, read_result(path, cfg)))
+        except CorruptResultError as e:
+            warn_skipped(e)
+    return pd.DataFrame(rows)
 
 
 def run_sweep(grid: str | os.PathLike | Mapping | Grid, executor: str | None = None,

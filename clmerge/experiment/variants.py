@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 from clmerge.errors import ConfigError
-from clmerge.experiment.config import ExperimentConfig, make_config
+from clmerge.experiment.config import ExperimentConfig, make_config, short
 from clmerge.strategies.methods import validate_method_args
 
 _VARIANT = re.compile(r"^(?P<method>[a-z0-9_]+?)(?P<full>_full)?(?P<ft>@ft)?(\[(?P<args>[^\]]*)\])?$")
@@ -45,7 +45,11 @@ def parse_variant(label: str) -> tuple[str, dict]:
         overrides["start"] = "finetuned"
     for kv in filter(None, (m["args"] or "").split(",")):
         k, _, v = kv.partition("=")
-        overrides[f"{method}.{k.strip()}"] = v.strip()
+        key = f"{method}.{k.strip()}"
+        if key in overrides:
+            raise ConfigError(f"variant {label!r} sets option {k.strip()!r} twice "
+                              f"({overrides[key]!r} and {v.strip()!r}); give it once")
+        overrides[key] = v.strip()
     return method, overrides
 
 
@@ -53,4 +57,9 @@ def variant_config(label: str, profile: str, benchmark: str | None = None, seed:
                    overrides: dict | None = None) -> ExperimentConfig:
     """The config of one variant label at one seed."""
     method, ov = parse_variant(label)
-    return make_config(method, benchmark, profile, seed, {**(overrides or {}), **ov})
+    overrides = dict(overrides or {})
+    for k, v in ov.items():
+        if k in overrides and str(overrides[k]).lower() != str(v).lower():
+            raise ConfigError(f"variant {label!r} sets {k}={v}, and the overrides set "
+                              f"{k}={short(overrides[k])}; give it once")
+    return make_config(method, benchmark, profile, seed, {**overrides, **ov})

@@ -68,7 +68,8 @@ class CoFiMAOptions:
         "help": "lower clamp on both Fishers, > 0 (keeps 0/0 out of the merge)"})
     fisher: str = field(default="per_sample", metadata={"help": "per_sample or per_batch"})
     fisher_samples: int = field(default=1024, metadata={
-        "help": "training samples of the current task used for its Fisher"})
+        "help": "training samples of the current task used for its Fisher",
+        "max": 10_000_000, "why": "each sample is a forward and backward pass"})
 
     def __post_init__(self):
         if not 0.0 <= self.alpha <= 1.0:

@@ -87,7 +87,8 @@ class PMOptions:
     fisher: str = field(default="per_sample", metadata={"help": "per_sample or per_batch"})
     fisher_samples: int = field(default=128, metadata={
         "help": "training samples of the current task used for its Fisher (a seeded, "
-                "class-stratified draw)"})
+                "class-stratified draw)",
+        "max": 10_000_000, "why": "each sample is a forward and backward pass"})
     fisher_estimator: str = field(default="empirical", metadata={
         "help": "empirical (true labels, the paper's) or true (expectation over labels drawn "
                 "from the model's predictive distribution: the Fisher information)"})
@@ -101,7 +102,8 @@ class PMOptions:
         "help": "hooks (per-sample gradients from one forward/backward, float64 "
                 "log-likelihood) or vmap (torch.func, float32 log-likelihood)"})
     fisher_batch_size: int = field(default=0, metadata={
-        "help": "samples per Fisher forward/backward pass; 0: the training batch size"})
+        "help": "samples per Fisher forward/backward pass; 0: the training batch size",
+        "max": 1_000_000, "why": "a pass holds the gradients of every sample in memory"})
     storage: str = field(default="running", metadata={
         "help": "running: O(1) sums S_F, S_Ftheta; stored: every theta*_i and F_i (paper)"})
     clip: bool = field(default=True, metadata={"help": "clip a_t to [0, 1]"})

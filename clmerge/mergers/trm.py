@@ -120,13 +120,15 @@ TERMS = ("ta", "pc", "gr")
 @dataclass
 class TRMOptions:
     snapshots: int = field(default=4, metadata={
-        "help": "K: points of the task's trajectory used as directions (the last is theta*_t)"})
+        "help": "K: points of the task's trajectory used as directions (the last is theta*_t)",
+        "max": 64, "why": "each snapshot holds a copy of the mergeable weights"})
     trajectory: bool = field(default=True, metadata={
         "help": "use the K-1 intermediate trajectory directions (false: only d_K)"})
     accumulated: bool = field(default=True, metadata={
         "help": "add the accumulated vector theta_hat_{t-1} - theta_0 as a direction"})
     random_directions: int = field(default=0, metadata={
-        "help": "Gaussian directions added, each with |d_K|'s norm on every weight"})
+        "help": "Gaussian directions added, each with |d_K|'s norm on every weight",
+        "max": 64, "why": "each direction holds a copy of the mergeable weights"})
     normalise: str = field(default="norm", metadata={
         "help": "rescale every direction to |d_K| on every weight (norm), also make them "
                 "orthogonal per weight first (orthonormal), or leave them (none)"})
@@ -146,7 +148,9 @@ class TRMOptions:
         "help": "inputs of L_PC: current (the task's own), augmented (mixtures + noise) or "
                 "inverted (current inputs moved towards old classes under the old model)"})
     invert_steps: int = field(default=5, metadata={
-        "help": "signed-gradient steps that synthesise each inverted input"})
+        "help": "signed-gradient steps that synthesise each inverted input",
+        "max": 1000, "why": "each step is a forward and backward pass of the old model on "
+                            "every inverted batch"})
     invert_step: float = field(default=0.05, metadata={
         "help": "size of one inversion step, in standard deviations of the inputs"})
     g0_scale: float = field(default=1.0, metadata={
@@ -156,18 +160,25 @@ class TRMOptions:
     gr_head: str = field(default="fresh", metadata={
         "help": "head of L_GR's loss: fresh (a newly initialised head, as the next task "
                 "starts) or current (the trained head t: the literal reading)"})
-    gr_every: int = field(default=5, metadata={"help": "evaluate L_GR every this many steps"})
+    gr_every: int = field(default=5, metadata={"help": "evaluate L_GR every this many steps",
+                                               "max": 100_000, "why": "the most steps"})
     gr_samples: int = field(default=0, metadata={
         "help": "samples of the held-out minibatch used by L_GR (0: all, the training "
-                "batch size g0 was measured at)"})
-    steps: int = field(default=50, metadata={"help": "Adam steps on the coefficients"})
+                "batch size g0 was measured at)",
+        "max": 1_000_000, "why": "the largest training batch"})
+    steps: int = field(default=50, metadata={
+        "help": "Adam steps on the coefficients",
+        "max": 100_000, "why": "each step is a forward and backward pass on the task's "
+                               "batches (the default, 50, takes seconds)"})
     lr: float = field(default=0.02, metadata={"help": "Adam learning rate of the coefficients"})
     eval_every: int = field(default=10, metadata={
-        "help": "evaluate the whole objective on the fixed set every this many steps"})
+        "help": "evaluate the whole objective on the fixed set every this many steps",
+        "max": 100_000, "why": "the most steps"})
     keep_best: bool = field(default=True, metadata={
         "help": "return the evaluated iterate with the lowest objective (false: the last)"})
     batches: int = field(default=4, metadata={
-        "help": "current-task minibatches the objectives cycle over (+1 held out for L_GR)"})
+        "help": "current-task minibatches the objectives cycle over (+1 held out for L_GR)",
+        "max": 1000, "why": "the batches are held in memory for the whole merge"})
     seed: int = field(default=0, metadata={
         "help": "offset of the merge's random draws (added to the run's seed)"})
 

@@ -99,6 +99,12 @@ class MethodSpec:
                 raise ConfigError(f"unknown option {name}.{str(k)[:40]}; valid options of "
                                   f"{name!r}: {', '.join(fields) or 'none'}")
             out[k] = coerce_option(f"option {name}.{k}", out[k], v)
+        for k in args:   # upper bounds of the options that cost time or memory
+            limit = fields[k].metadata.get("max")
+            if limit is not None and out[k] > limit:
+                raise ConfigError(f"option {name}.{k} must be <= {limit} "
+                                  f"({fields[k].metadata.get('why', 'its budget')}); "
+                                  f"got {short(out[k])}")
         try:
             opts(**out)  # the Options dataclass validates ranges in __post_init__
         except ValueError as e:
