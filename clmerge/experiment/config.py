@@ -381,13 +381,15 @@ class DuplicateKeyError(yaml.YAMLError):
 
 class _UniqueKeyLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` that refuses a mapping giving a key twice (PyYAML keeps the
-    last one in silence)."""
+    last one in silence). Keys brought in by a merge (``<<: *base``) may be given again:
+    that is what a merge is for."""
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
-            self.flatten_mapping(node)
             seen: dict = {}
             for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
                 key = self.construct_object(key_node, deep=True)
                 try:
                     first = seen.get(key)
