@@ -13,6 +13,7 @@ Real mergers through the driver are checked against their rules after every task
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -95,7 +96,7 @@ class Spy(Merger):
         dense = {k: w.detach().clone() for k, w in self.weights.items()}
         adapter = ({k: float(B.detach().abs().sum()) for k, (A, B) in lora_pairs(self.model).items()}
                    if self.lora is not None else {})
-        self.seen.append({"t": ctx.t, "theta0": ctx.theta0, "merged": ctx.merged,
+        self.seen.append({"t": ctx.t, "seed": context_seed(ctx), "theta0": ctx.theta0, "merged": ctx.merged,
                           "start": ctx.start, "finetuned": ctx.finetuned, "dense": dense,
                           "adapter_B": adapter, "model": ctx.model, "weights": ctx.weights})
         return {k: 0.5 * ctx.merged[k] + 0.25 * ctx.finetuned[k] + 0.125 * ctx.theta0[k] + 0.1
@@ -103,6 +104,11 @@ class Spy(Merger):
 
     def state_bytes(self):
         return 7 * len(self.seen)
+
+
+def context_seed(ctx):
+    """The run's seed as the merger reads it from its context."""
+    return ctx.seed
 
 
 class Source:
@@ -126,7 +132,7 @@ def test_the_driver_hands_over_the_right_weights_and_writes_back_the_merge(finet
     ids = {k: id(w) for k, w in weights.items()}
     spy = Spy(model, lora, weights)
     plugin = MergePlugin(spy, weights, theta0, lora=lora, start=start,
-                         state_sources=[Source(5), Source(11)])
+                         state_sources=[Source(5), Source(11)], seed=17)
     previous = {k: w.detach().clone() for k, w in weights.items()}
     finetuned_prev = None
     for t in range(3):
@@ -138,9 +144,12 @@ def test_the_driver_hands_over_the_right_weights_and_writes_back_the_merge(finet
         else:
             same(at_start, previous)
         finetuned = train(model, lora, weights, t)
+        t0 = time.perf_counter()
         plugin.after_training_exp(s)
+        elapsed = time.perf_counter() - t0
         seen = spy.seen[t]
         assert seen["t"] == t and seen["model"] is model and seen["weights"] is weights
+        assert seen["seed"] == 17
         same(seen["theta0"], theta0)
         same(seen["merged"], previous)
         same(seen["start"], at_start)
@@ -166,7 +175,7 @@ def test_the_driver_hands_over_the_right_weights_and_writes_back_the_merge(finet
         assert rec["task_vector_norm"] == pytest.approx(float(torch.sqrt(sum(
             ((seen["finetuned"][k] - at_start[k]).double() ** 2).sum() for k in want))),
             rel=1e-5)
-        assert rec["merge_seconds"] >= 0
+        assert 0 <= rec["merge_seconds"] <= elapsed
         previous, finetuned_prev = want, seen["finetuned"]
 
 
@@ -198,6 +207,17 @@ def test_the_driver_returns_copies_the_merger_cannot_reach():
         plugin.after_training_exp(s)
         written.append({k: w.detach().clone() for k, w in weights.items()})
     same(leaky.merged_seen[1], written[0])
+
+
+def test_the_seed_defaults_to_0():
+    model, lora, weights, theta0 = setup("full")
+    spy = Spy(model, lora, weights)
+    plugin = MergePlugin(spy, weights, theta0)
+    s = strategy(model, 0)
+    plugin.before_training_exp(s)
+    train(model, lora, weights, 0)
+    plugin.after_training_exp(s)
+    assert spy.seen[0]["seed"] == 0
 
 
 def test_the_merge_data_of_task_t_is_gone_after_its_merge():
