@@ -339,12 +339,19 @@ def _run_joint(run: Run):
 
 @torch.no_grad()
 def _features(run: Run, stream) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Backbone features (float32), labels and experience ids of every sample of
+    ``stream``, the backbone's forward under the config's autocast (``amp``)."""
     run.model.eval()
+    dtype = resolve_amp(run.cfg.amp, run.cfg.device)
+    cast = (torch.autocast(device_type=torch.device(run.cfg.device).type, dtype=dtype)
+            if dtype is not None else contextlib.nullcontext())
     feats, ys, exps = [], [], []
     for e in stream:
         loader = torch.utils.data.DataLoader(e.dataset.eval(), batch_size=run.cfg.eval_batch_size)
         for x, y, *_ in loader:
-            feats.append(run.model.backbone(x.to(run.cfg.device)).cpu().numpy())
+            with cast:
+                f = run.model.backbone(x.to(run.cfg.device))
+            feats.append(f.float().cpu().numpy())
             ys.append(y.numpy())
             exps.append(np.full(len(y), e.current_experience))
     return np.concatenate(feats), np.concatenate(ys), np.concatenate(exps)
