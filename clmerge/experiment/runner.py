@@ -51,7 +51,7 @@ from clmerge.plugins.metrics import CIL_KEY, TIL_KEY, TaskIncrementalAccuracy, a
 from clmerge.plugins.progress import ProgressPlugin
 from clmerge.plugins.schedule import CosineEpochSchedule
 from clmerge.strategies.methods import MethodSpec, get_method
-from clmerge.strategies.template import MergingTemplate, resolve_amp
+from clmerge.strategies.template import MergingTemplate, in_chunks, resolve_amp
 
 DEFAULT_RESULTS = Path(__file__).resolve().parents[2] / "data" / "results"
 # where chapters write what they compute unless told otherwise (clmerge.report.study)
@@ -350,7 +350,7 @@ def _features(run: Run, stream) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         loader = torch.utils.data.DataLoader(e.dataset.eval(), batch_size=run.cfg.eval_batch_size)
         for x, y, *_ in loader:
             with cast:
-                f = run.model.backbone(x.to(run.cfg.device))
+                f = in_chunks(run.model.backbone, x.to(run.cfg.device))
             feats.append(f.float().cpu().numpy())
             ys.append(y.numpy())
             exps.append(np.full(len(y), e.current_experience))

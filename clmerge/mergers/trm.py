@@ -259,125 +259,160 @@ class TrajectoryRegularizedMerger(Merger):
 
     # -- the merge ---------------------------------------------------------------------
     def merge(self, ctx: MergeContext) -> td.TensorDict:
+        """theta_hat_t = theta(c*): the problem is set up (:meth:`problem`), c optimised
+        (:meth:`optimise`) in eval mode, with attention in its plain (math) kernel (L_GR
+        differentiates a gradient, and the fused CPU kernels have no second derivative)
+        and no weight of the model requiring a gradient (only c is optimised), then the
+        returned point and its record are written (:meth:`finish`). The model's mode and
+        flags are restored afterwards."""
+        model = ctx.model
+        was_training = model.training
+        flags = [(p, p.requires_grad) for p in model.parameters()]
+        with sdpa_kernel([SDPBackend.MATH]), contextlib.ExitStack() as stack:
+            stack.callback(model.train, was_training)
+            stack.callback(_restore_flags, flags)
+            model.eval()
+            for p, _ in flags:
+                p.requires_grad_(False)
+            problem = self.problem(ctx)
+            result = self.optimise(problem)
+        return self.finish(problem, result)
+
+    def problem(self, ctx: MergeContext) -> "MergeProblem":
+        """The fixed data of merge t: the rescaled directions and their subspace, the
+        initial coefficients, the fitting and held-out minibatches, the L_GR head, g0,
+        and the L_PC inputs with the teacher's logits on them (under the model's current
+        mode: the merge calls it in eval mode)."""
         o = self.options
         raw, names, init = self.directions(ctx)
         dirs = rescale_directions(raw, names.index("dK"), o.normalise)
         space = CoefficientSubspace(ctx.merged, dirs, per_module=o.coefficients == "per_module")
-        c0 = space.initial(init)
         batches = ctx.extras.get("batches") or []
         if o.steps > 0 and len(batches) < 2:
             raise ValueError("trm needs at least two recorded minibatches of the current task "
                              "(the trajectory plugin keeps them)")
         fit, held_out = self.split_batches(batches, o.batches)
-        model = ctx.model
-        names_in_backbone = parameter_names(model.backbone, ctx.weights)
-        old = list(range(ctx.t))
-        cls = model.classes_per_exp[ctx.t]
-
-        def features(theta, x):
-            params = {names_in_backbone[k]: v for k, v in theta.items()}
-            return torch.func.functional_call(model.backbone, params, (x,))
-
-        def head_logits(feats, heads):
-            return torch.cat([model.heads[h](feats) for h in heads], dim=1)
-
-        def local_labels(y):
-            classes = torch.tensor(cls, device=y.device)
-            return (y[:, None] == classes[None, :]).float().argmax(1)
-
         gr_head = (self.responsiveness_head(ctx) if o.gr > 0 and held_out is not None
                    else None)
-        xh = yh = None
-        if gr_head is not None:
-            xh, yh = held_out
-            if o.gr_samples:
-                xh, yh = xh[:o.gr_samples], yh[:o.gr_samples]
-        g0 = self.g0(ctx)
-        was_training = model.training
-        model.eval()
-        curve: dict[str, list] = {"step": []}
-        first = best = {}
-        c_best, best_step = c0, 0
-        c = c0.clone()
-        # L_GR differentiates a gradient: attention must run in its plain (math) kernel,
-        # the fused CPU kernels have no second derivative
-        with sdpa_kernel([SDPBackend.MATH]), contextlib.ExitStack() as stack:
-            stack.callback(model.train, was_training)
-            pc_x, teacher = self.consistency_inputs(ctx, fit, features, head_logits, old)
+        if gr_head is not None and o.gr_samples:
+            held_out = (held_out[0][:o.gr_samples], held_out[1][:o.gr_samples])
+        p = MergeProblem(model=ctx.model, names=parameter_names(ctx.model.backbone, ctx.weights),
+                         t=ctx.t, space=space, c0=space.initial(init), directions=names,
+                         fit=fit, held_out=held_out if gr_head is not None else None,
+                         gr_head=gr_head, g0=self.g0(ctx))
+        p.pc_x, p.teacher = self.consistency_inputs(ctx, fit, p.features, p.head_logits, p.old)
+        return p
 
-            def terms_at(c, step=None, train=False):
-                """Objective terms at c: on minibatch ``step`` (training) or on the whole
-                fixed set (evaluation)."""
-                theta = space.combine(c)
-                terms = {}
-                if step is None:
-                    xs = [torch.cat([b[0] for b in fit])] if fit else []
-                    ys = [torch.cat([b[1] for b in fit])] if fit else []
-                    px = [torch.cat(pc_x)] if teacher else []
-                    tz = [torch.cat(teacher)] if teacher else []
-                else:
-                    i = step % len(fit)
-                    xs, ys = [fit[i][0]], [fit[i][1]]
-                    px = [pc_x[i]] if teacher else []
-                    tz = [teacher[i]] if teacher else []
-                if o.ta > 0 and xs:
-                    terms["ta"] = F.cross_entropy(head_logits(features(theta, xs[0]), [ctx.t]),
-                                                  local_labels(ys[0]))
-                if px:
-                    terms["pc"] = prediction_consistency(
-                        head_logits(features(theta, px[0]), old), tz[0], o.tau)
-                if gr_head is not None and (step is None or step % o.gr_every == 0):
-                    loss_h = F.cross_entropy(gr_head(features(theta, xh)), local_labels(yh))
-                    if train:
-                        terms["gr"], terms["grad_norm"] = gradient_hinge(
-                            loss_h, list(theta.values()), g0)
-                    else:
-                        norm = gradient_norm(loss_h, list(theta.values()), create_graph=False)
-                        terms["grad_norm"] = norm
-                        terms["gr"] = torch.relu(norm.new_tensor(g0) - norm)
-                return terms
+    def terms_on_minibatch(self, p: "MergeProblem", c: torch.Tensor, step: int) -> dict:
+        """The objective's terms at c on fitting minibatch ``step mod |fit|`` (L_TA, and
+        L_PC on that minibatch's consistency inputs) and, every ``gr_every`` steps, the
+        hinge L_GR on the held-out minibatch with its graph kept (a training step)."""
+        o = self.options
+        theta = p.space.combine(c)
+        i = step % len(p.fit)
+        terms = {}
+        if o.ta > 0:
+            x, y = p.fit[i]
+            terms["ta"] = F.cross_entropy(p.head_logits(p.features(theta, x), [p.t]),
+                                          p.local_labels(y))
+        if p.teacher:
+            terms["pc"] = prediction_consistency(
+                p.head_logits(p.features(theta, p.pc_x[i]), p.old), p.teacher[i], o.tau)
+        if p.gr_head is not None and step % o.gr_every == 0:
+            terms["gr"], terms["grad_norm"] = gradient_hinge(
+                p.responsiveness_loss(theta), list(theta.values()), p.g0)
+        return terms
 
-            def total(terms):
-                parts = [getattr(o, k) * terms[k] for k in TERMS if k in terms and getattr(o, k) > 0]
-                return sum(parts) if parts else None
+    def terms_on_fixed_set(self, p: "MergeProblem", c: torch.Tensor) -> dict:
+        """The objective's terms at c on the whole fixed set: L_TA on all fitting
+        minibatches at once, L_PC on all consistency inputs, L_GR on the held-out
+        minibatch (the gradient norm is taken, no second derivative), as plain values:
+        L_TA and L_PC are evaluated without a graph."""
+        o = self.options
+        theta = p.space.combine(c.detach().clone().requires_grad_(True))  # L_GR: d/dtheta
+        terms = {}
+        with torch.no_grad():
+            if o.ta > 0 and p.fit:
+                x = torch.cat([b[0] for b in p.fit])
+                y = torch.cat([b[1] for b in p.fit])
+                terms["ta"] = F.cross_entropy(p.head_logits(p.features(theta, x), [p.t]),
+                                              p.local_labels(y))
+            if p.teacher:
+                terms["pc"] = prediction_consistency(
+                    p.head_logits(p.features(theta, torch.cat(p.pc_x)), p.old),
+                    torch.cat(p.teacher), o.tau)
+        if p.gr_head is not None:
+            norm = gradient_norm(p.responsiveness_loss(theta), list(theta.values()),
+                                 create_graph=False)
+            terms["grad_norm"] = norm
+            terms["gr"] = torch.relu(norm.new_tensor(p.g0) - norm)
+        return terms
 
-            def evaluate(c, step):
-                cc = c.detach().clone().requires_grad_(True)  # L_GR needs d/dtheta
-                terms = terms_at(cc)
-                values = {k: float(v.detach()) for k, v in terms.items()}
-                tot = total(terms)
-                values["total"] = float(tot.detach()) if tot is not None else 0.0
-                curve["step"].append(step)
-                for k, v in values.items():
-                    curve.setdefault(k, []).append(v)
-                return values
+    def total(self, terms: dict) -> torch.Tensor | None:
+        """l_TA L_TA + l_PC L_PC + l_GR L_GR over the terms present with a positive
+        weight (None if there is none)."""
+        o = self.options
+        parts = [getattr(o, k) * terms[k] for k in TERMS if k in terms and getattr(o, k) > 0]
+        return sum(parts) if parts else None
 
-            if fit:
-                first = best = evaluate(c0, 0)
-            trainable = fit and o.steps > 0 and total(terms_at(c0.clone().requires_grad_(True),
-                                                                 0)) is not None
-            if trainable:
-                c = c0.clone().requires_grad_(True)
-                opt = torch.optim.Adam([c], lr=o.lr)
-                for step in range(o.steps):
-                    loss = total(terms_at(c, step, train=True))
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                    if o.bound > 0:
-                        with torch.no_grad():
-                            c.clamp_(-o.bound, o.bound)
-                    if (step + 1) % o.eval_every == 0 or step + 1 == o.steps:
-                        values = evaluate(c, step + 1)
-                        if not o.keep_best or values["total"] < best["total"]:
-                            best, c_best, best_step = values, c.detach().clone(), step + 1
-        c = c_best.detach()
-        merged = {k: v.detach() for k, v in space.combine(c).items()}
+    def has_objective(self, p: "MergeProblem") -> bool:
+        """Whether a training step has any term to descend: L_TA (weight > 0), L_PC (old
+        tasks, weight > 0) or L_GR (a held-out minibatch, weight > 0), on fitting data."""
+        o = self.options
+        return bool(p.fit) and (o.ta > 0 or bool(p.teacher) or p.gr_head is not None)
+
+    def evaluate(self, p: "MergeProblem", c: torch.Tensor, step: int, curve: dict) -> dict:
+        """The terms and the total at c on the fixed set, as floats, appended to the
+        objective curve at ``step``."""
+        terms = self.terms_on_fixed_set(p, c)
+        values = {k: float(v.detach()) for k, v in terms.items()}
+        tot = self.total(terms)
+        values["total"] = float(tot.detach()) if tot is not None else 0.0
+        curve["step"].append(step)
+        for k, v in values.items():
+            curve.setdefault(k, []).append(v)
+        return values
+
+    def optimise(self, p: "MergeProblem") -> "Optimum":
+        """Projected Adam on c from c0: each step descends the terms on one minibatch
+        and clamps c to [-bound, bound]; the fixed-set objective is evaluated at the
+        start, every ``eval_every`` steps and at the end, and the best evaluated iterate
+        is kept (``keep_best``; else the last evaluated one)."""
+        o = self.options
+        out = Optimum(c=p.c0)
+        if not p.fit:
+            return out
+        out.start = out.end = self.evaluate(p, p.c0, 0, out.curve)
+        if o.steps == 0 or not self.has_objective(p):
+            return out
+        c = p.c0.clone().requires_grad_(True)
+        opt = torch.optim.Adam([c], lr=o.lr)
+        for step in range(o.steps):
+            loss = self.total(self.terms_on_minibatch(p, c, step))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if o.bound > 0:
+                with torch.no_grad():
+                    c.clamp_(-o.bound, o.bound)
+            if (step + 1) % o.eval_every == 0 or step + 1 == o.steps:
+                values = self.evaluate(p, c, step + 1, out.curve)
+                if not o.keep_best or values["total"] < out.end["total"]:
+                    out.end, out.c, out.step = values, c.detach().clone(), step + 1
+        return out
+
+    def finish(self, p: "MergeProblem", result: "Optimum") -> td.TensorDict:
+        """theta(c*) (detached), with the merge's record: the coefficient on d_K, every
+        direction's (mean over weights), g0, the objective at the start and at the
+        returned point, its step, and the evaluated curve."""
+        c = result.c.detach()
+        merged = {k: v.detach() for k, v in p.space.combine(c).items()}
         per_dir = c.mean(1) if c.dim() == 2 else c
-        self.record(coefficient=float(per_dir[names.index("dK")]),
-                    coefficients={n: float(v) for n, v in zip(names, per_dir)},
-                    g0=g0, objectives_start=first, objectives_end=best,
-                    best_step=best_step, objective_curve=curve if len(curve["step"]) else {})
+        self.record(coefficient=float(per_dir[p.directions.index("dK")]),
+                    coefficients={n: float(v) for n, v in zip(p.directions, per_dir)},
+                    g0=p.g0, objectives_start=result.start, objectives_end=result.end,
+                    best_step=result.step,
+                    objective_curve=result.curve if len(result.curve["step"]) else {})
         return merged
 
     # -- the pieces ----------------------------------------------------------------------
@@ -424,3 +459,66 @@ class TrajectoryRegularizedMerger(Merger):
         head = head.to(current.weight.device)
         head.requires_grad_(False)
         return head
+
+
+def _restore_flags(flags) -> None:
+    for p, flag in flags:
+        p.requires_grad_(flag)
+
+
+@dataclass
+class MergeProblem:
+    """The fixed data of one TRM merge and the model functions its terms use.
+
+    ``features(theta, x)``: the backbone's features with the mergeable weights set to
+    ``theta`` (``names``: their names in the backbone); ``head_logits(f, heads)``: the
+    concatenated logits of ``heads``; ``local_labels(y)``: y as an index into task t's
+    classes; ``responsiveness_loss(theta)``: L_GR's cross-entropy on the held-out
+    minibatch through ``gr_head``. ``pc_x`` / ``teacher``: L_PC's inputs per fitting
+    minibatch and the old heads' logits of theta_hat_{t-1} on them (``[]`` / None when
+    L_PC is off or there is no old task)."""
+
+    model: object
+    names: dict
+    t: int
+    space: CoefficientSubspace
+    c0: torch.Tensor
+    directions: list
+    fit: list
+    held_out: tuple | None
+    gr_head: object
+    g0: float
+    pc_x: list = field(default_factory=list)
+    teacher: list | None = None
+
+    @property
+    def old(self) -> list[int]:
+        return list(range(self.t))
+
+    def features(self, theta: td.TensorDict, x: torch.Tensor) -> torch.Tensor:
+        params = {self.names[k]: v for k, v in theta.items()}
+        return torch.func.functional_call(self.model.backbone, params, (x,))
+
+    def head_logits(self, feats: torch.Tensor, heads) -> torch.Tensor:
+        return torch.cat([self.model.heads[h](feats) for h in heads], dim=1)
+
+    def local_labels(self, y: torch.Tensor) -> torch.Tensor:
+        classes = torch.tensor(self.model.classes_per_exp[self.t], device=y.device)
+        return (y[:, None] == classes[None, :]).float().argmax(1)
+
+    def responsiveness_loss(self, theta: td.TensorDict) -> torch.Tensor:
+        x, y = self.held_out
+        return F.cross_entropy(self.gr_head(self.features(theta, x)), self.local_labels(y))
+
+
+@dataclass
+class Optimum:
+    """The optimisation's outcome: the returned coefficients ``c`` and the step they
+    were reached at, the fixed-set objective at the start and there (``{}`` without
+    fitting data), and the evaluated curve."""
+
+    c: torch.Tensor
+    step: int = 0
+    start: dict = field(default_factory=dict)
+    end: dict = field(default_factory=dict)
+    curve: dict = field(default_factory=lambda: {"step": []})

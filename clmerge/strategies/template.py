@@ -28,6 +28,13 @@ optimizer state stay float32, and bfloat16 needs no gradient scaler. ``amp=None`
 CPU default) changes nothing. On a CUDA device the template also enables TF32 for
 float32 matmuls and cuDNN convolutions (:func:`enable_tf32`, process-wide).
 
+**Evaluation in chunks**: an evaluation minibatch (and the head initialisation's) goes
+through the model ``EVAL_CHUNK`` samples at a time and the outputs are concatenated
+(:func:`in_chunks`). Every sample's output is computed by the same operations on its
+own row either way (the model mixes no samples in evaluation mode), so the outputs are
+the same; the chunks' activations stay in the core's caches, which a 500-sample
+minibatch's do not (the MLP's hidden activations alone are 50 MB for the letters ViT).
+
 **Data loaders**: ``num_workers`` worker processes for the training and evaluation
 loaders (training: persistent for the experience's epochs; each worker seeded by
 ``worker_init_fn``, which the runner sets to :func:`clmerge.experiment.seeding.
@@ -44,6 +51,15 @@ import torch
 from clmerge.avalanche_api import SupervisedTemplate
 
 AMP_DTYPES = {"bf16": torch.bfloat16}
+EVAL_CHUNK = 50  # samples per forward pass in evaluation
+
+
+def in_chunks(fn, x: torch.Tensor, chunk: int = EVAL_CHUNK) -> torch.Tensor:
+    """``fn(x)`` computed ``chunk`` rows at a time and concatenated (``fn`` must treat
+    rows independently, as a model in evaluation mode does)."""
+    if len(x) <= chunk:
+        return fn(x)
+    return torch.cat([fn(part) for part in x.split(chunk)])
 
 
 def resolve_amp(setting: str, device) -> torch.dtype | None:
@@ -96,7 +112,9 @@ class MergingTemplate(SupervisedTemplate):
 
     def forward(self):
         with self.autocast():
-            return super().forward()
+            if self.is_training:
+                return super().forward()
+            return in_chunks(self.model, self.mb_x)
 
     def criterion(self):
         with self.autocast():  # autocast runs cross-entropy in float32
@@ -153,7 +171,8 @@ class MergingTemplate(SupervisedTemplate):
                                              batch_size=self.eval_mb_size, shuffle=False)
         sums: dict[int, torch.Tensor] = {}
         for x, y, *_ in loader:
-            f = torch.nn.functional.normalize(model.backbone(x.to(self.device)), dim=-1)
+            f = torch.nn.functional.normalize(in_chunks(model.backbone, x.to(self.device)),
+                                              dim=-1)
             for c in y.unique().tolist():
                 s = f[y.to(self.device) == c].sum(0)
                 sums[c] = sums[c] + s if c in sums else s

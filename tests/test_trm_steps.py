@@ -1,0 +1,205 @@
+"""TRM's merge step by step (clmerge/mergers/trm.py): the problem it sets up, the terms
+on a minibatch and on the fixed set, the total, the optimisation and the returned point,
+each against a formula written here on a one-layer backbone f(x) = tanh(W x + b) with one
+linear head per task."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clmerge.mergers.base import MergeContext
+from clmerge.mergers.trm import TRMOptions, TrajectoryRegularizedMerger
+
+KEYS = ("enc.weight", "enc.bias")
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.backbone = nn.Sequential(nn.Linear(4, 5), nn.Tanh())
+        self.heads = nn.ModuleList([nn.Linear(5, 2) for _ in range(3)])
+        self.classes_per_exp = [[0, 1], [2, 3], [4, 5]]
+
+
+def context(t=1, n_batches=5, batch=8, seed=0):
+    """Merge context of task t on ``Net``: merged, 3 trajectory snapshots, theta*_t and
+    ``n_batches`` recorded minibatches (the last of full size is held out)."""
+    model = Net()
+    weights = {"enc.weight": model.backbone[0].weight, "enc.bias": model.backbone[0].bias}
+    g = torch.Generator().manual_seed(10 + t)
+    theta0 = {k: w.detach().clone() for k, w in weights.items()}
+    merged = {k: v + 0.2 * torch.randn(v.shape, generator=g) for k, v in theta0.items()}
+    traj = [{k: 0.3 * (j + 1) * torch.randn(v.shape, generator=g) for k, v in merged.items()}
+            for j in range(3)]
+    finetuned = {k: merged[k] + 0.5 * torch.randn(v.shape, generator=g)
+                 for k, v in merged.items()}
+    with torch.no_grad():
+        for k, w in weights.items():
+            w.copy_(finetuned[k])
+    cls = torch.tensor(model.classes_per_exp[t])
+    batches = [(torch.randn(batch, 4, generator=g), cls[torch.randint(0, 2, (batch,), generator=g)])
+               for _ in range(n_batches)]
+    extras = {"seed": seed, "trajectory": traj, "batches": batches, "g0_series": [0.5, 3.0, 1.0]}
+    return MergeContext(t=t, theta0=theta0, merged=merged, start=merged, finetuned=finetuned,
+                        model=model, weights=weights, extras=extras, seed=seed)
+
+
+def feats(theta, x):
+    return torch.tanh(x @ theta["enc.weight"].T + theta["enc.bias"])
+
+
+def logits(model, f, heads):
+    return torch.cat([f @ model.heads[h].weight.T + model.heads[h].bias for h in heads], 1)
+
+
+def local(y, cls):
+    return torch.tensor([cls.index(int(v)) for v in y])
+
+
+def theta_at(ctx, p, c):
+    """base + sum_j c_j D_j written out (per-module coefficients)."""
+    return {k: ctx.merged[k] + sum(c[j, m] * p.space.directions[j][k]
+                                   for j in range(c.shape[0]))
+            for m, k in enumerate(p.space.keys)}
+
+
+def kl(student, teacher, tau):
+    pt = F.softmax(teacher / tau, 1)
+    return tau ** 2 * (pt * (F.log_softmax(teacher / tau, 1)
+                             - F.log_softmax(student / tau, 1))).sum(1).mean()
+
+
+def problem(options, **kw):
+    ctx = context(**kw)
+    m = TrajectoryRegularizedMerger(options)
+    ctx.model.eval()
+    return ctx, m, m.problem(ctx)
+
+
+def test_problem_holds_the_split_batches_the_start_and_the_teacher():
+    ctx, m, p = problem(TRMOptions(batches=3, pc_inputs="current", gr_samples=5))
+    batches = ctx.extras["batches"]
+    assert [b[0] for b in p.fit] == [b[0] for b in batches[1:4]]
+    assert torch.equal(p.held_out[0], batches[4][0][:5])
+    assert p.directions == ["d1", "d2", "d3", "dK", "acc"]
+    assert p.c0.shape == (5, 2)
+    assert torch.equal(p.c0[3], torch.full((2,), 0.5)) and float(p.c0[[0, 1, 2, 4]].abs().sum()) == 0
+    assert p.g0 == 1.0                       # the median of the series
+    for x, z in zip(p.pc_x, p.teacher):
+        torch.testing.assert_close(z, logits(ctx.model, feats(ctx.merged, x), [0]))
+
+
+@pytest.mark.parametrize("step", [0, 1, 2, 3, 4])
+def test_terms_on_a_minibatch_are_the_written_out_losses(step):
+    o = TRMOptions(batches=3, pc_inputs="current", gr_every=2, tau=2.0)
+    ctx, m, p = problem(o)
+    c = (p.c0 + 0.1 * torch.randn(p.c0.shape, generator=torch.Generator().manual_seed(step))
+         ).requires_grad_(True)
+    got = m.terms_on_minibatch(p, c, step)
+    th = theta_at(ctx, p, c.detach())
+    x, y = p.fit[step % 3]
+    want_ta = F.cross_entropy(logits(ctx.model, feats(th, x), [1]), local(y, [2, 3]))
+    torch.testing.assert_close(got["ta"], want_ta)
+    want_pc = kl(logits(ctx.model, feats(th, x), [0]),
+                 logits(ctx.model, feats(ctx.merged, x), [0]), o.tau)
+    torch.testing.assert_close(got["pc"], want_pc)
+    assert ("gr" in got) == (step % 2 == 0)
+    if "gr" in got:
+        tw = {k: v.clone().requires_grad_(True) for k, v in th.items()}
+        xh, yh = p.held_out
+        loss = F.cross_entropy(feats(tw, xh) @ p.gr_head.weight.T + p.gr_head.bias,
+                               local(yh, [2, 3]))
+        grads = torch.autograd.grad(loss, list(tw.values()))
+        norm = torch.sqrt(sum((g ** 2).sum() for g in grads))
+        torch.testing.assert_close(got["grad_norm"], norm)
+        torch.testing.assert_close(got["gr"], torch.relu(torch.tensor(p.g0) - norm))
+        assert got["gr"].requires_grad     # the hinge is descended through the gradient
+
+
+def test_terms_on_the_fixed_set_are_the_losses_over_all_fitting_data():
+    o = TRMOptions(batches=3, pc_inputs="current", g0_scale=100.0)
+    ctx, m, p = problem(o)
+    c = p.c0 + 0.2
+    got = m.terms_on_fixed_set(p, c)
+    th = theta_at(ctx, p, c)
+    x = torch.cat([b[0] for b in p.fit])
+    y = torch.cat([b[1] for b in p.fit])
+    torch.testing.assert_close(got["ta"], F.cross_entropy(logits(ctx.model, feats(th, x), [1]),
+                                                           local(y, [2, 3])))
+    torch.testing.assert_close(got["pc"], kl(logits(ctx.model, feats(th, x), [0]),
+                                             logits(ctx.model, feats(ctx.merged, x), [0]), o.tau))
+    assert float(got["gr"]) == pytest.approx(p.g0 - float(got["grad_norm"]), rel=1e-6)
+    assert not got["ta"].requires_grad and not got["pc"].requires_grad
+
+
+@pytest.mark.parametrize("weights,terms,want", [
+    ((1.0, 1.0, 1.0), {"ta": 2.0, "pc": 3.0, "gr": 5.0}, 10.0),
+    ((0.5, 2.0, 0.0), {"ta": 2.0, "pc": 3.0, "gr": 5.0}, 7.0),
+    ((1.0, 1.0, 3.0), {"ta": 2.0, "grad_norm": 9.0}, 2.0),
+    ((0.0, 0.0, 0.0), {"ta": 2.0, "pc": 3.0}, None),
+])
+def test_total_is_the_weighted_sum_of_the_present_terms(weights, terms, want):
+    ta, pc, gr = weights
+    m = TrajectoryRegularizedMerger(TRMOptions(ta=ta, pc=pc, gr=gr))
+    got = m.total({k: torch.tensor(v) for k, v in terms.items()})
+    assert (got is None) if want is None else float(got) == want
+
+
+@pytest.mark.parametrize("t,ta,pc,gr,want", [
+    (1, 1.0, 0.0, 0.0, True), (0, 0.0, 1.0, 0.0, False), (1, 0.0, 1.0, 0.0, True),
+    (0, 0.0, 0.0, 1.0, True), (0, 0.0, 0.0, 0.0, False)])
+def test_has_objective_says_whether_a_step_has_a_term(t, ta, pc, gr, want):
+    ctx, m, p = problem(TRMOptions(ta=ta, pc=pc, gr=gr), t=t)
+    assert m.has_objective(p) is want
+    if want:   # the step's total exists exactly when has_objective says so
+        assert m.total(m.terms_on_minibatch(p, p.c0.clone().requires_grad_(True), 0)) is not None
+
+
+@pytest.mark.parametrize("keep_best", [True, False])
+def test_optimise_evaluates_on_schedule_stays_bounded_and_keeps_the_best(keep_best):
+    o = TRMOptions(steps=7, eval_every=3, lr=0.3, bound=0.6, keep_best=keep_best,
+                   pc_inputs="current")
+    ctx, m, p = problem(o)
+    r = m.optimise(p)
+    assert r.curve["step"] == [0, 3, 6, 7]
+    assert float(r.c.abs().max()) <= float(torch.tensor(0.6))  # the bound in float32
+    totals = r.curve["total"]
+    assert r.start["total"] == totals[0]
+    if keep_best:
+        assert r.end["total"] == min(totals) and r.curve["step"][totals.index(min(totals))] == r.step
+    else:
+        assert r.step == 7 and r.end["total"] == totals[-1]
+
+
+def test_optimise_without_steps_returns_the_start():
+    ctx, m, p = problem(TRMOptions(steps=0))
+    r = m.optimise(p)
+    assert torch.equal(r.c, p.c0) and r.step == 0 and r.curve["step"] == [0]
+
+
+def test_finish_returns_the_point_of_the_coefficients_and_records_them():
+    ctx, m, p = problem(TRMOptions(steps=3))
+    r = m.optimise(p)
+    got = m.finish(p, r)
+    want = theta_at(ctx, p, r.c)
+    for k in KEYS:
+        torch.testing.assert_close(got[k], want[k])
+    rec = m.records[-1]
+    assert rec["coefficient"] == pytest.approx(float(r.c[3].mean()))
+    assert rec["best_step"] == r.step and rec["objectives_end"] == r.end
+
+
+def test_merge_restores_the_model_mode_and_gradient_flags():
+    ctx = context()
+    ctx.model.train()
+    ctx.model.heads[1].weight.requires_grad_(True)
+    ctx.model.backbone[0].bias.requires_grad_(False)
+    flags = [p.requires_grad for p in ctx.model.parameters()]
+    TrajectoryRegularizedMerger(TRMOptions(steps=2)).merge(ctx)
+    assert ctx.model.training
+    assert [p.requires_grad for p in ctx.model.parameters()] == flags
+    assert all(p.grad is None for p in ctx.model.parameters())
