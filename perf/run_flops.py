@@ -3,7 +3,8 @@
 On one CPU thread (as every run), in one process:
 
 1. the peak: the best of ``--reps`` products of two n x n matrices (n = ``--peak-n``),
-   in float32 and in bfloat16 (2 n^3 FLOPs each), and the same rate at the GEMM shapes
+   in float32 and in bfloat16 (2 n^3 FLOPs each; CPU time, so that a shared machine's other work is not counted), and
+   the same rate at the GEMM shapes
    the model's evaluation and training actually run (M = tokens of a minibatch, K = N =
    the ViT's width and MLP width), which bounds what a phase built of them can reach;
 2. the phases of the quick profile's ``split_glyphs`` runs (seed 0), through the real
@@ -12,12 +13,13 @@ On one CPU thread (as every run), in one process:
    evaluation of tasks 0..t and the merge are timed as the run times them, and their
    FLOPs counted by ``torch.utils.flop_counter.FlopCounterMode`` on a repetition of the
    same computation (one training step on a full minibatch x the steps taken; the
-   evaluation again; the merge again on the same context, its record dropped). The
+   evaluation again; the merge again on a copy of the merger, before the timed merge:
+   see :func:`merge_flops`). The
    counter has no formula for the CPU's fused attention kernels; this script
    registers torch's own SDPA formulas for them.
 
-Prints, per phase: GFLOP, seconds, achieved GFLOP/s and its ratio to the float32 peak
-(and to the rate at the phase's own GEMM shapes). Run it on an idle machine; it prints
+Prints, per phase: GFLOP, wall and CPU seconds (the process's own), achieved GFLOP per
+CPU second and its ratio to the float32 peak. Run it on an idle machine; it prints
 the load average before and after.
 
     .venv/bin/python perf/run_flops.py [--experiences 2] [--peak-n 1024] [--reps 30]
@@ -26,6 +28,8 @@ the load average before and after.
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import os
 import time
 
@@ -58,9 +62,9 @@ def matmul_rate(m: int, k: int, n: int, dtype: torch.dtype, reps: int) -> float:
     a @ b  # warm up (allocations, kernel choice)
     best = float("inf")
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         a @ b
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, time.process_time() - t0)
     return 2 * m * k * n / best / 1e9
 
 
@@ -90,46 +94,73 @@ def training_step_flops(run: Run, experience, t: int) -> float:
     return gflop
 
 
+def merge_flops(merger, ctx, method: str) -> float:
+    """GFLOP of ``merger.merge(ctx)``, counted on a copy (its state and records stay
+    untouched). TRM's merge is counted at 0 and at ``eval_every`` steps and extrapolated:
+    every block of ``eval_every`` steps costs the same (its steps, their L_GR steps when
+    ``gr_every`` divides ``eval_every``, and one evaluation), so the merge's FLOPs are
+    F(0) + (steps / eval_every) (F(eval_every) - F(0))."""
+    if method != "trm":
+        return counted(lambda: copy.deepcopy(merger).merge(ctx))[0]
+    o = merger.options
+    if o.steps % o.eval_every or o.eval_every % o.gr_every:
+        raise SystemExit("run_flops extrapolates TRM's FLOPs only when eval_every divides "
+                         "steps and gr_every divides eval_every")
+    f = {}
+    for steps in (0, o.eval_every):
+        m = copy.deepcopy(merger)
+        m.options = dataclasses.replace(o, steps=steps)
+        f[steps] = counted(lambda: m.merge(ctx))[0]
+    return f[0] + o.steps // o.eval_every * (f[o.eval_every] - f[0])
+
+
 def phases(method: str, experiences: int) -> list[dict]:
     """Timed and counted phases of the first ``experiences`` of one run of ``method``."""
     cfg = make_config(method, "split_glyphs", "quick", 0)
     rows = []
     with cpu_threads(cfg):
         run = Run(cfg)
-        merger, merge, diag, strategy = run.merger, run.merge, run.diagnostics, run.strategy
+        merger, diag, strategy = run.merger, run.diagnostics, run.strategy
         own_merge = merger.merge
-        merge_flops: list[float] = []
+        merges: list[tuple[float, float, float, float]] = []
 
-        def merge_twice(ctx):
-            gflop, _ = counted(lambda: own_merge(ctx))
-            merger.records.pop()
-            merge_flops.append(gflop)
-            return own_merge(ctx)
-        merger.merge = merge_twice
+        def merge_counted(ctx):
+            c0 = time.process_time()
+            gflop = merge_flops(merger, ctx, method)
+            c1, t0 = time.process_time(), time.perf_counter()
+            out = own_merge(ctx)
+            merges.append((gflop, time.perf_counter() - t0, time.process_time() - c1, c1 - c0))
+            return out
+        merger.merge = merge_counted
         for t in range(experiences):
             exp = run.stream.train_stream[t]
             strategy.train_heads = [t]
+            c0 = time.process_time()
             strategy.train(exp)
+            train_cpu = time.process_time() - c0 - merges[t][2] - merges[t][3]
             train_s = diag.records[t]["train_seconds"]
             steps = diag.records[t]["train_steps"]
             step_gflop = training_step_flops(run, exp, t)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             run.evaluate(t)
-            eval_s = time.perf_counter() - t0
-            eval_gflop, eval_ops = counted(lambda: run.evaluate(t))
+            eval_s, eval_cpu = time.perf_counter() - t0, time.process_time() - c0
+            eval_gflop, _ = counted(lambda: run.evaluate(t))
             n_eval = sum(len(e.dataset) for e in run.stream.test_stream[: t + 1])
             rows += [
                 {"phase": "training", "method": method, "t": t, "gflop": step_gflop * steps,
-                 "seconds": train_s, "note": f"{steps} steps x {step_gflop:.2f} GFLOP"},
+                 "seconds": train_s, "cpu": train_cpu,
+                 "note": f"{steps} steps x {step_gflop:.2f} GFLOP; head init not counted"},
                 {"phase": "evaluation", "method": method, "t": t, "gflop": eval_gflop,
-                 "seconds": eval_s, "note": f"{n_eval} test samples, tasks 0..{t}"},
+                 "seconds": eval_s, "cpu": eval_cpu,
+                 "note": f"{n_eval} test samples, tasks 0..{t}"},
                 {"phase": f"{method} merge", "method": method, "t": t,
-                 "gflop": merge_flops[t], "seconds": merge.records[t]["merge_seconds"],
-                 "note": f"merge/train {merge.records[t]['merge_seconds'] / train_s:.2f}"},
+                 "gflop": merges[t][0], "seconds": merges[t][1], "cpu": merges[t][2],
+                 "note": f"merge/train {merges[t][1] / train_s:.2f} wall, "
+                         f"{merges[t][2] / train_cpu:.2f} CPU"},
             ]
             for r in rows[-3:]:
                 print(f"  {r['phase']:>12} t={t}: {r['gflop']:8.2f} GFLOP {r['seconds']:7.2f} s "
-                      f"({r['note']})", flush=True)
+                      f"wall {r['cpu']:7.2f} s CPU ({r['note']})", flush=True)
     return rows
 
 
@@ -155,26 +186,27 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--reps", type=int, default=30)
     a = ap.parse_args(argv)
     keep_freed_memory()
-    print(f"load average before: {_load()}")
+    print(f"load average before: {_load()}", flush=True)
     torch.set_num_threads(1)
     n = a.peak_n
     peak = {"fp32": matmul_rate(n, n, n, torch.float32, a.reps),
             "bf16": matmul_rate(n, n, n, torch.bfloat16, a.reps)}
-    print(f"{device_name('cpu')}, {torch.get_num_threads()} thread")
+    print(f"{device_name('cpu')}, {torch.get_num_threads()} thread", flush=True)
     print(f"peak (best of {a.reps}, {n} x {n} @ {n} x {n}): fp32 {peak['fp32']:.1f} GFLOP/s, "
-          f"bf16 {peak['bf16']:.1f} GFLOP/s (x{peak['bf16'] / peak['fp32']:.2f})")
+          f"bf16 {peak['bf16']:.1f} GFLOP/s (x{peak['bf16'] / peak['fp32']:.2f})", flush=True)
     shapes = model_shapes_rate(a.reps)
     for k, v in shapes.items():
-        print(f"  fp32 at the model's shape, {k}: {v:.1f} GFLOP/s ({v / peak['fp32']:.0%} of peak)")
+        print(f"  fp32 at the model's shape, {k}: {v:.1f} GFLOP/s ({v / peak['fp32']:.0%} of peak)", flush=True)
     rows = []
     for method in ("trm", "pm"):
         print(f"{method} run, quick profile, split_glyphs, seed 0:", flush=True)
         rows += phases(method, a.experiences)
-    print(f"\n{'phase':>12} {'t':>2} {'GFLOP':>8} {'s':>7} {'GFLOP/s':>8} {'of fp32 peak':>12}")
+    print(f"\n{'phase':>12} {'t':>2} {'GFLOP':>8} {'wall s':>7} {'CPU s':>7} "
+          f"{'GFLOP/CPU s':>11} {'of fp32 peak':>12}")
     for r in rows:
-        rate = r["gflop"] / r["seconds"]
-        print(f"{r['phase']:>12} {r['t']:>2} {r['gflop']:8.2f} {r['seconds']:7.2f} {rate:8.2f} "
-              f"{rate / peak['fp32']:12.1%}")
+        rate = r["gflop"] / r["cpu"]
+        print(f"{r['phase']:>12} {r['t']:>2} {r['gflop']:8.2f} {r['seconds']:7.2f} {r['cpu']:7.2f} "
+              f"{rate:11.2f} {rate / peak['fp32']:12.1%}")
     print(f"load average after: {_load()}")
 
 

@@ -1,7 +1,7 @@
 """Estimate the wall time of sweep grids from the per-run seconds recorded in results.
 
     python perf/sweep_estimate.py examples/final/*.yaml [--workers 2] [--default-seconds 90]
-        [--extra-results data/calibration/results]
+        [--extra-results data/calibration/results] [--scale trm=0.6 --scale 0.8]
 
 Every result file records its run's wall-clock seconds (``provenance.wall_seconds``, one
 CPU thread). A run of a grid is estimated by the mean recorded seconds of the same variant
@@ -9,7 +9,10 @@ on the same benchmark and profile, else of the same method there, else of any ru
 benchmark, then the same three on the benchmark's calibration stream
 (``<benchmark>_calibration``: same renderer and sizes), else ``--default-seconds``.
 Results are read from the grid's results folder and every ``--extra-results`` folder. The estimate assumes ``--workers`` runs at a time
-with no idle tail: total seconds / workers. Printed per grid: runs, runs already done,
+with no idle tail: total seconds / workers. ``--scale METHOD=FACTOR`` multiplies the
+recorded seconds of METHOD's runs by FACTOR, ``--scale FACTOR`` those of every other
+method (to project the recorded seconds onto code whose speed-up per method was
+measured, e.g. by ``perf/run_time.py --compare``). Printed per grid: runs, runs already done,
 the estimate for all runs (a full recomputation) and for the missing ones.
 """
 
@@ -54,12 +57,29 @@ def run_seconds(cfg, table: pd.DataFrame, default: float) -> tuple[float, str]:
     return default, "default"
 
 
-def estimate(grid_path: str, workers: int, default: float, extra=()) -> dict:
+def parse_scale(items: list[str]) -> dict[str, float]:
+    """``["trm=0.5", "0.8"]`` -> {"trm": 0.5, "*": 0.8} (``*``: every other method)."""
+    out = {}
+    for item in items:
+        method, _, factor = item.rpartition("=")
+        try:
+            out[method or "*"] = float(factor)
+        except ValueError:
+            raise SystemExit(f"--scale takes METHOD=FACTOR or FACTOR; got {item!r}") from None
+    return out
+
+
+def scaled(table: pd.DataFrame, scale: dict[str, float]) -> pd.DataFrame:
+    factor = table["method"].map(lambda m: scale.get(m, scale.get("*", 1.0)))
+    return table.assign(seconds=table["seconds"] * factor)
+
+
+def estimate(grid_path: str, workers: int, default: float, extra=(), scale=None) -> dict:
     grid = load_grid(grid_path)
     cfgs = expand_grid(grid)
     done, todo = plan(cfgs, grid.results_dir)
-    table = pd.concat([recorded_seconds(d) for d in (grid.results_dir, *extra)],
-                      ignore_index=True)
+    table = scaled(pd.concat([recorded_seconds(d) for d in (grid.results_dir, *extra)],
+                             ignore_index=True), scale or {})
     secs = {c.run_name(): run_seconds(c, table, default) for c in cfgs}
     total = sum(s for s, _ in secs.values())
     missing = sum(secs[c.run_name()][0] for c in todo)
@@ -77,8 +97,11 @@ def main(argv=None) -> int:
                     help="seconds of a run with no recorded run to go by (default 90)")
     ap.add_argument("--extra-results", action="append", default=[], type=Path,
                     help="another folder of result files to take recorded seconds from")
+    ap.add_argument("--scale", action="append", default=[], metavar="[METHOD=]FACTOR",
+                    help="multiply the recorded seconds of METHOD (or of every other method)")
     args = ap.parse_args(argv)
-    rows = [estimate(g, args.workers, args.default_seconds, args.extra_results)
+    scale = parse_scale(args.scale)
+    rows = [estimate(g, args.workers, args.default_seconds, args.extra_results, scale)
             for g in args.grids]
     out = pd.DataFrame(rows).set_index("grid")
     total = out[["runs", "done", "all runs, h", "missing runs, h"]].sum()

@@ -121,3 +121,23 @@ def test_sweep_estimate_falls_back_from_variant_to_calibration_to_default():
     assert est.run_seconds(make_config("trm", "split_glyphs", "quick", 0),
                            table[table["method"] == "trm"], 9.0) == (70.0, "variant (calibration)")
     assert est.run_seconds(cfg, table.iloc[:0], 9.0) == (9.0, "default")
+
+
+def test_sweep_estimate_scales_the_recorded_seconds_per_method():
+    import importlib.util
+
+    import pandas as pd
+
+    spec = importlib.util.spec_from_file_location("sweep_estimate",
+                                                  ROOT / "perf" / "sweep_estimate.py")
+    est = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(est)
+    table = pd.DataFrame([("quick", "split_glyphs", "trm", "trm", 100.0),
+                          ("quick", "split_glyphs", "seq", "seq", 50.0),
+                          ("quick", "split_glyphs", "pm", "pm", 80.0)],
+                         columns=["profile", "benchmark", "method", "variant", "seconds"])
+    assert est.parse_scale(["trm=0.5", "0.8"]) == {"trm": 0.5, "*": 0.8}
+    assert est.scaled(table, {"trm": 0.5, "*": 0.8})["seconds"].tolist() == [50.0, 40.0, 64.0]
+    assert est.scaled(table, {"seq": 2.0})["seconds"].tolist() == [100.0, 100.0, 80.0]
+    with pytest.raises(SystemExit):
+        est.parse_scale(["trm=fast"])
