@@ -111,8 +111,10 @@ class ExperimentConfig:
     start: str = _f("merged", "where task t starts: the merged model (default) or the previous "
                     "fine-tuned model (MagMax protocol)", choices=("merged", "finetuned"))
     device: str = _f("cpu", "torch device", choices=("cpu", "cuda"))
-    amp: str = _f("auto", "mixed precision of training forwards: auto (bf16 autocast on CUDA, "
-                  "off on the CPU), bf16, or off", choices=("auto", "bf16", "off"))
+    amp: str = _f("auto", "mixed precision of the model's forwards (training, evaluation, and "
+                  "nmc's and probe's features): auto (bf16 autocast on CUDA, off on the CPU), "
+                  "bf16 (autocast on any device, torch's CPU autocast on the CPU), or off",
+                  choices=("auto", "bf16", "off"))
     num_workers: int = _f(0, "DataLoader worker processes for training data (pinned memory on "
                           "CUDA)", minimum=0, maximum=256,
                           why="each worker is a process holding a copy of the dataset")
