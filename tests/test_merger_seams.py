@@ -34,6 +34,7 @@ from clmerge.mergers.sequential import Sequential
 from clmerge.mergers.task_arithmetic import TaskArithmetic, TaskArithmeticOptions
 from clmerge.mergers.ties import Ties, TiesOptions
 from clmerge.mergers.trm import TRMOptions, TrajectoryRegularizedMerger
+from clmerge.tensormath.trajectory_subspace import random_direction
 
 SHAPES = {"enc.weight": (4, 3), "enc.bias": (4,), "dec.weight": (2, 4)}
 NUMEL = sum(math.prod(s) for s in SHAPES.values())          # 24 entries
@@ -746,6 +747,11 @@ def trm_stream(options, *, seed=0, T=3):
             {k: finetuned[k] - merged[k] for k in merged}]
         if options.accumulated and t > 0:
             dirs.append({k: merged[k] - theta0[k] for k in merged})
+        if options.random_directions:       # drawn as documented: kind 0 of merge t
+            gen = torch.Generator().manual_seed(
+                ((seed * 1_000_003 + options.seed) * 1009 + t) * 8 + 0)
+            d_last = {k: finetuned[k] - merged[k] for k in merged}
+            dirs += [random_direction(d_last, gen) for _ in range(options.random_directions)]
         got = merger.merge(ctx)
         assert merger.state_bytes() == 0
         out.append((ctx, got, dirs, merger.records[-1]))
@@ -764,16 +770,27 @@ def span_residual(vectors, target):
 TRM_FAST = dict(steps=12, lr=0.1, eval_every=4, gr_every=2, batches=3)
 
 
-@pytest.mark.parametrize("normalise", ["norm", "orthonormal", "none"])
-@pytest.mark.parametrize("coefficients", ["per_module", "global"])
-def test_trm_merge_lies_in_the_span_of_its_directions(normalise, coefficients):
-    options = TRMOptions(normalise=normalise, coefficients=coefficients, **TRM_FAST)
-    for ctx, got, dirs, rec in trm_stream(options):
+@pytest.mark.parametrize("normalise,coefficients,randoms", [
+    ("norm", "per_module", 0), ("orthonormal", "per_module", 0), ("none", "per_module", 0),
+    ("norm", "global", 0), ("orthonormal", "global", 0), ("none", "global", 0),
+    ("norm", "per_module", 2)])
+def test_trm_merge_lies_in_the_span_of_its_directions(normalise, coefficients, randoms):
+    options = TRMOptions(normalise=normalise, coefficients=coefficients,
+                         random_directions=randoms, seed=1, **TRM_FAST)
+    for ctx, got, dirs, rec in trm_stream(options, seed=2):
         for k in got:
-            res, _ = span_residual([d[k] for d in dirs], got[k] - ctx.merged[k])
+            res, coef = span_residual([d[k] for d in dirs], got[k] - ctx.merged[k])
             assert res < 1e-5, (k, res)
+            if randoms:                   # the random directions take part
+                assert float(coef[-randoms:].abs().max()) > 1e-4
+        if normalise == "none":
+            # global: one coefficient per direction on every weight together
+            flat = [torch.cat([d[k].reshape(-1) for k in got]) for d in dirs]
+            res, _ = span_residual(flat, torch.cat([(got[k] - ctx.merged[k]).reshape(-1)
+                                                    for k in got]))
+            assert (res < 1e-5) == (coefficients == "global"), res
         assert set(rec["coefficients"]) == {"d1", "d2", "d3", "dK"} | (
-            {"acc"} if ctx.t > 0 else set())
+            {"acc"} if ctx.t > 0 else set()) | {f"r{j + 1}" for j in range(randoms)}
 
 
 def test_trm_coefficients_stay_within_their_bound():
@@ -797,12 +814,72 @@ def test_trm_coefficients_stay_within_their_bound():
 @pytest.mark.parametrize("init", [0.5, 1.0])
 def test_trm_without_optimisation_is_the_point_on_d_K(normalise, init):
     """steps = 0: theta_hat_t = theta_hat_{t-1} + init_last (theta*_t - theta_hat_{t-1})
-    whatever the rescaling (d_K is its reference); init 1 gives theta*_t."""
-    options = TRMOptions(steps=0, init_last=init, normalise=normalise)
+    whatever the rescaling (d_K is its reference) and the other directions (they start at
+    0); init 1 gives theta*_t."""
+    options = TRMOptions(steps=0, init_last=init, normalise=normalise, random_directions=1)
     for ctx, got, dirs, rec in trm_stream(options):
         want = {k: ctx.merged[k] + init * (ctx.finetuned[k] - ctx.merged[k]) for k in got}
         assert_dict_close(got, want, tol=1e-6)
         assert rec["coefficient"] == init
+
+
+@pytest.mark.parametrize("terms", [(1.0, 1.0, 1.0), (0.5, 2.0, 0.0), (1.0, 0.0, 3.0),
+                                   (0.0, 1.0, 1.0)])
+def test_trm_objective_at_its_start_is_the_three_terms(terms):
+    """The objective recorded at the start point theta_hat_{t-1} + 0.5 d_K, from the
+    stated terms: L_TA the cross-entropy of head t on the fitting minibatches (labels
+    local to the task), L_PC tau^2 KL(teacher || student) of the old heads on the same
+    inputs (pc_inputs=current; the teacher is theta_hat_{t-1}), L_GR max(0, g0 - |grad|)
+    of a fresh head's loss on the held-out minibatch (g0 the median first-step norm)."""
+    import copy
+
+    ta_w, pc_w, gr_w = terms
+    options = TRMOptions(steps=0, pc_inputs="current", batches=3, tau=1.5, ta=ta_w, pc=pc_w,
+                         gr=gr_w, seed=4)
+    seed = 6
+    for ctx, got, dirs, rec in trm_stream(options, seed=seed):
+        t, model = ctx.t, ctx.model
+        theta = {k: (ctx.merged[k] + 0.5 * (ctx.finetuned[k] - ctx.merged[k])).requires_grad_()
+                 for k in ctx.merged}
+
+        def features(w, x):
+            return torch.tanh(x @ w["enc.weight"].T + w["enc.bias"])
+
+        def local(y):
+            return torch.tensor([model.classes_per_exp[t].index(int(v)) for v in y])
+
+        batches = ctx.extras["batches"]
+        fit, (xh, yh) = batches[1:4], batches[4]
+        x = torch.cat([b[0] for b in fit])
+        y = torch.cat([b[1] for b in fit])
+        want = {}
+        if ta_w:
+            want["ta"] = float(nn.functional.cross_entropy(model.heads[t](features(theta, x)),
+                                                          local(y)))
+        if pc_w and t > 0:
+            old = lambda f: torch.cat([model.heads[h](f) for h in range(t)], dim=1)  # noqa: E731
+            teacher = torch.softmax(old(features(ctx.merged, x)) / 1.5, dim=1)
+            student = torch.log_softmax(old(features(theta, x)) / 1.5, dim=1)
+            kl = (teacher * (teacher.log() - student)).sum(1).mean()
+            want["pc"] = float(kl) * 1.5 ** 2
+        if gr_w:
+            head = copy.deepcopy(model.heads[t])
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(((seed * 1_000_003 + 4) * 1009 + t) * 8 + 1)
+                head.reset_parameters()
+            loss = nn.functional.cross_entropy(head(features(theta, xh)), local(yh))
+            grads = torch.autograd.grad(loss, list(theta.values()))
+            want["grad_norm"] = float(torch.sqrt(sum((g ** 2).sum() for g in grads)))
+            want["gr"] = max(0.0, 1.0 - want["grad_norm"])      # median of [0.5, 2, 1]
+        want["total"] = sum(w * want.get(k, 0.0)
+                            for k, w in (("ta", ta_w), ("pc", pc_w), ("gr", gr_w)))
+        assert rec["objectives_start"] == pytest.approx(want, rel=1e-4, abs=1e-6)
+        assert rec["best_step"] == 0
+
+
+def test_trm_without_recorded_gradient_norms_has_no_hinge_reference():
+    ctx = make_ctx(0, {}, {}, {}, {})
+    assert TrajectoryRegularizedMerger().g0(ctx) == 0.0
 
 
 def test_trm_with_every_term_off_does_not_move():
@@ -863,6 +940,8 @@ def test_the_trm_draws_are_pinned_and_apart():
                 assert got == ((run_seed * 1_000_003 + offset) * 1009 + t) * 8 + purpose
                 seeds.add(got)
     assert len(seeds) == 2 * 4 * 4
+    bare = MergeContext(t=1, theta0={}, merged={}, start={}, finetuned={})   # no task data
+    assert _generator(bare, 0, 2).initial_seed() == (0 * 1009 + 1) * 8 + 2
 
 
 @pytest.mark.parametrize("counts,n,quotas", [
