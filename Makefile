@@ -7,9 +7,25 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PROFILE ?= quick
 
-.PHONY: env lock book test smoke-chapters smoke-book pretrain clean
+.PHONY: env system lock book test smoke-chapters smoke-book pretrain clean
 
-env: $(STAMP)
+env: $(STAMP) system
+
+# Debian packages outside the Python environment: MathJax, served with the book so that its
+# math shows offline (libjs-mathjax), and Chromium, which the checks over the built HTML
+# drive headless (tests/test_book_html.py). Installed as root when missing; otherwise
+# named, and the book falls back to MathJax's CDN and those checks skip.
+system:
+	@missing=""; \
+	test -f /usr/share/javascript/mathjax/MathJax.js || missing="libjs-mathjax fonts-mathjax"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	  else \
+	    echo "missing Debian packages: $$missing (as root: apt-get install -y $$missing)"; \
+	  fi; \
+	fi
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

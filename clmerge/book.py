@@ -53,6 +53,15 @@ CHAPTERS = ROOT / "chapters"
 BOOK_FILES = ["_config.yml", "_toc.yml", "references.bib"]
 PAGE_SUFFIXES = (".md", ".png", ".svg")
 # Parameters `clmerge book` sets itself, and the option that sets each.
+# MathJax 2 as Debian's libjs-mathjax installs it (`make env` installs the package), and the
+# part of it the book's pages load (TeX in, CommonHTML out with its TeX web fonts), staged
+# in _mathjax/mathjax, which `html_extra_path` copies to the built book's mathjax/ (not into
+# _static: jupyter-book adds every *.js there to every page), so that the built book
+# typesets its math offline.
+MATHJAX = Path("/usr/share/javascript/mathjax")
+MATHJAX_PARTS = ["MathJax.js", "config/TeX-AMS_CHTML.js", "extensions", "jax/input/TeX",
+                 "jax/output/CommonHTML", "jax/element", "localization/en",
+                 "fonts/HTML-CSS/TeX/woff"]
 RESERVED = {"profile": "--profile", "results_dir": "--results-dir", "force": "--force",
             "clmerge_version": None}
 
@@ -340,8 +349,24 @@ def prepare_chapters(dest: Path, profile: str, force: bool = False,
                                 parameters={**base, **extra.get(nb.stem, {})},
                                 prepare_only=True, kernel_name="python3", progress_bar=False,
                                 log_output=False)
+        hide_injected_parameters(target)
         written.append(target)
     return written
+
+
+def hide_injected_parameters(path: Path) -> None:
+    """Tag the cell papermill injected (``injected-parameters``) ``remove-cell``: the page
+    shows the chapter's own parameters cell, not the values ``clmerge book`` set (the
+    execution appendix names the profile and the version). Tags are not part of the
+    execution cache's key."""
+    import nbformat  # the book extra
+
+    nb = nbformat.read(str(path), as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            cell.metadata["tags"] = [*tags, "remove-cell"]
+    nbformat.write(nb, str(path))
 
 
 def stage_source(dest: Path | None = None) -> Path:
@@ -360,6 +385,7 @@ def stage_source(dest: Path | None = None) -> Path:
             shutil.copy2(ROOT / name, src / name)
     if (ROOT / "_static").is_dir():   # the book's CSS (jupyter-book includes _static/*.css)
         shutil.copytree(ROOT / "_static", src / "_static")
+    stage_mathjax(src)
     for md in ROOT.glob("*.md"):
         if md.name != "README.md":
             shutil.copy(md, src / md.name)
@@ -368,6 +394,37 @@ def stage_source(dest: Path | None = None) -> Path:
         if f.suffix in PAGE_SUFFIXES:
             shutil.copy(f, src / "chapters" / f.name)
     return src
+
+
+def stage_mathjax(src: Path, mathjax: Path | None = None) -> bool:
+    """Copy MathJax's :data:`MATHJAX_PARTS` into ``src/_mathjax/mathjax``, which
+    ``_config.yml``'s ``html_extra_path`` copies to the built book and ``mathjax_path``
+    points at. Without the package, the staged
+    ``_config.yml`` drops its MathJax settings, so the pages load Sphinx's default MathJax
+    from its CDN (math then needs a network), and one line says so. True when copied."""
+    mathjax = mathjax or MATHJAX
+    if not (mathjax / "MathJax.js").is_file():
+        import yaml
+
+        config_path = src / "_config.yml"
+        config = yaml.safe_load(config_path.read_text())
+        sphinx_config = config.get("sphinx", {}).get("config", {})
+        for key in ("mathjax_path", "mathjax2_config", "myst_update_mathjax",
+                    "html_extra_path"):
+            sphinx_config.pop(key, None)
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        print(f"no MathJax at {mathjax} (Debian's libjs-mathjax; `make env` installs it): "
+              "the pages load MathJax from its CDN, so math needs a network to show")
+        return False
+    target = src / "_mathjax" / "mathjax"
+    for part in MATHJAX_PARTS:
+        source = mathjax / part
+        if source.is_dir():
+            shutil.copytree(source, target / part, dirs_exist_ok=True)
+        else:
+            (target / part).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target / part)
+    return True
 
 
 def build_html(src: Path) -> int:

@@ -5,6 +5,7 @@ Nothing here executes a notebook (papermill runs with prepare_only), so it is fa
 
 import re
 import shutil
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -89,13 +90,21 @@ def test_chapter_parameters_read_multiline_defaults():
     assert "**`03_trajectory_regularized_merging`**" in book.parameters_markdown()
 
 
-def test_every_chapter_declares_clmerge_version_and_prints_it():
+HIDDEN = {"hide-input", "remove-input", "hide-cell", "remove-cell"}
+
+
+def test_every_chapter_opens_with_text_and_hides_its_code():
+    """A chapter opens with its text (question and answer), then its parameters cell
+    (collapsed); every other code cell is hidden, and the last one names the version."""
     for path in book.chapter_paths():
         assert "clmerge_version" in book.chapter_parameters(path), path.name
         nb = nbformat.read(str(path), 4)
+        assert nb.cells[0].cell_type == "markdown", path.name
         code = [c for c in nb.cells if c.cell_type == "code"]
         assert "parameters" in code[0].metadata.get("tags", []), path.name
-        assert "clmerge.__version__" in code[1].source, path.name
+        shown = [c.source[:40] for c in code[1:] if not HIDDEN & set(c.metadata.get("tags", []))]
+        assert not shown, f"{path.name}: code cells shown: {shown}"
+        assert "clmerge.__version__" in code[-1].source, path.name
         assert not any(c.outputs for c in code), f"{path.name} is committed with outputs"
 
 
@@ -152,7 +161,9 @@ def test_staged_chapters_carry_the_injected_parameters(tmp_path, monkeypatch):
         # the injected cell follows the parameters cell; nothing else is added (the page's
         # download runs anywhere: no hidden cell moves the kernel)
         tags = [c.metadata.get("tags", []) for c in nb.cells]
-        assert tags.index(["injected-parameters"]) == tags.index(["parameters"]) + 1
+        injected = next(i for i, t in enumerate(tags) if "injected-parameters" in t)
+        assert "parameters" in tags[injected - 1]
+        assert "remove-cell" in tags[injected]      # the page shows the chapter's own cell
         assert len(nb.cells) == len(nbformat.read(str(book.CHAPTERS / path.name), 4).cells) + 1
         assert "chdir" not in "".join(c.source for c in nb.cells)
         assert not any(c.get("outputs") for c in nb.cells)   # nothing executed
@@ -166,6 +177,35 @@ def test_staged_chapters_carry_the_injected_parameters(tmp_path, monkeypatch):
     moved = book.prepare_chapters(tmp_path / "c", "smoke", results_dir=str(results),
                                   only=["04_comparison"], params={"seeds": [0, 1]})
     assert all(_cache_key(p) != _cache_key(q) for p, q in zip(written, moved))
+
+
+def test_stage_source_serves_mathjax_or_falls_back_to_its_cdn(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    fake = tmp_path / "mathjax"
+    for part in book.MATHJAX_PARTS:
+        target = fake / part
+        if part.endswith(".js"):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text("// js")
+        else:
+            target.mkdir(parents=True, exist_ok=True)
+            (target / "x.js").write_text("// js")
+    monkeypatch.setattr(book, "MATHJAX", fake)
+    src = book.stage_source(tmp_path / "with")
+    config = yaml.safe_load((src / "_config.yml").read_text())["sphinx"]["config"]
+    # Sphinx resolves mathjax_path under _static/; html_extra_path lands at the book's root
+    (extra,) = config["html_extra_path"]
+    assert ((src / extra) / Path(config["mathjax_path"]).relative_to("..")).is_file()
+    assert (src / extra / "mathjax" / "jax" / "output" / "CommonHTML" / "x.js").is_file()
+    assert not (src / "_static" / "mathjax").exists()   # jupyter-book would load every file
+
+    monkeypatch.setattr(book, "MATHJAX", tmp_path / "absent")
+    src = book.stage_source(tmp_path / "without")
+    config = yaml.safe_load((src / "_config.yml").read_text())["sphinx"]["config"]
+    assert "mathjax_path" not in config and "html_extra_path" not in config
+    assert not (src / "_mathjax").exists()
+    assert "no MathJax" in capsys.readouterr().out
 
 
 def test_stage_source_copies_pages_not_chapters(tmp_path):

@@ -8,7 +8,17 @@ a stale local build must not decide a test run.
 - every figure in a page's outputs has a numbered caption;
 - no page shows a traceback, an error output or a stderr stream;
 - a cell's printed lines are one output block, not one block per line;
-- every internal link resolves to a file of the build, and its #fragment to an id there.
+- every internal link resolves to a file of the build, and its #fragment to an id there;
+
+and, with every page open in headless Chromium at 1280 px (``tests/chromium.py``; set
+``CLMERGE_BOOK_SHOTS`` to a folder to keep a full-page screenshot of each):
+
+- no element is wider than the text column, and none scrolls part of itself out of view;
+- no variant label as code spells it (``pm[eps=0.3]``, ``magmax@ft``) outside code, no
+  table header with an underscore, no table cell showing NaN;
+- no two figure captions of the book are the same;
+- every script is served with the book, and the math is typeset (no TeX source shown);
+- the index's brief starts on the first screen and has at most 250 words.
 """
 
 from __future__ import annotations
@@ -127,3 +137,149 @@ def test_every_internal_link_resolves(name):
                 unquote(parts.fragment) not in _ids(target):
             broken.append(href)
     assert not broken, f"{name}: links that do not resolve: {sorted(set(broken))}"
+
+
+# ---------------------------------------------------------------- in a browser, at 1280 px
+# Every page is opened once in headless Chromium (tests/chromium.py) at 1280 x 800, after
+# MathJax has typeset it, and measured by PAGE_REPORT below. Without Chromium the checks
+# skip, except in CI (CI=true), where they fail: CI installs it (`make env`).
+
+PAGE_REPORT = r"""
+(() => {
+  const art = document.querySelector('article') || document.querySelector('main')
+              || document.body;
+  const box = art.getBoundingClientRect();
+  const visible = el => !!(el.offsetParent || el.getClientRects().length);
+  const name = el => el.tagName.toLowerCase() + (el.className && el.className.baseVal === undefined
+                     ? '.' + String(el.className).trim().split(/\s+/).join('.') : '')
+                     + ': ' + (el.innerText || el.alt || el.src || '').trim().slice(0, 60);
+  const wide = [];
+  for (const el of art.querySelectorAll(
+      'table, img, figure, pre, div.highlight, .math, .cell_output > *, .output, p, li, h1, h2, h3')) {
+    if (!visible(el)) continue;
+    const r = el.getBoundingClientRect();
+    if (r.width === 0) continue;
+    const past = Math.round(r.right - box.right);
+    const clipped = el.scrollWidth - el.clientWidth;
+    if (past > 1) wide.push(`${name(el)} (${past} px past the column)`);
+    else if (clipped > 2 && getComputedStyle(el).overflowX !== 'visible')
+      wide.push(`${name(el)} (${clipped} px scrolled out of view)`);
+  }
+  // text a reader sees: not code (blocks or inline), not scripts
+  const texts = [];
+  const walker = document.createTreeWalker(art, NodeFilter.SHOW_TEXT);
+  for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+    const p = n.parentElement;
+    if (!p || !visible(p) || p.closest('pre, script, style, .MathJax_Preview')) continue;
+    if (p.closest('code')) continue;   // code is syntax to type: labels belong there
+    texts.push(n.textContent);
+  }
+  const text = texts.join(' ');
+  // a table cell that shows a missing number as NaN (an empty cell with a footnote is right)
+  const nan = [...art.querySelectorAll('td')].filter(visible).map(td => td.innerText.trim())
+              .filter(t => /^(nan|NaN)(\s*±.*)?$|±\s*(nan|NaN)$/.test(t));
+  // header text outside code (an environment variable in code is not a column name)
+  const header = [...art.querySelectorAll('th')].filter(visible).map(th => {
+    const copy = th.cloneNode(true);
+    copy.querySelectorAll('code').forEach(c => c.remove());
+    return copy.textContent.trim();
+  }).filter(t => t);
+  const captions = [...art.querySelectorAll('figcaption')].filter(visible)
+                  .map(c => c.innerText.replace(/\s+/g, ' ').trim());
+  const mathNodes = art.querySelectorAll('.math').length;
+  const typeset = art.querySelectorAll('.MathJax_CHTML, .mjx-chtml, mjx-container, .MathJax').length;
+  const scripts = [...document.scripts].map(s => s.src).filter(s => s && !s.startsWith('file:'));
+  const brief = art.querySelector('#in-brief li');
+  const briefText = art.querySelector('#in-brief') ? art.querySelector('#in-brief').innerText : '';
+  return {wide, text, nan, header, captions, mathNodes, typeset, scripts,
+          briefTop: brief ? brief.getBoundingClientRect().top + window.scrollY : null,
+          briefWords: briefText.split(/\s+/).filter(w => w).length,
+          viewport: window.innerHeight};
+})()
+"""
+
+
+@pytest.fixture(scope="module")
+def reports():
+    """{page: PAGE_REPORT's answer} for every page; screenshots into CLMERGE_BOOK_SHOTS
+    when that names a folder."""
+    import chromium
+
+    if chromium.executable() is None:
+        message = "no chromium on PATH: `make env` installs it (apt-get install chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    shots = os.environ.get("CLMERGE_BOOK_SHOTS")
+    out = {}
+    with chromium.Browser(width=1280, height=800) as browser:
+        for path in pages():
+            name = str(path.relative_to(HTML))
+            browser.open(path.as_uri())
+            browser.evaluate(chromium.MATH_READY)
+            out[name] = browser.evaluate(PAGE_REPORT)
+            if shots:
+                Path(shots).mkdir(parents=True, exist_ok=True)
+                browser.screenshot(Path(shots) / (name.removesuffix(".html")
+                                                  .replace("/", "__") + ".png"))
+    return out
+
+
+PAGE_NAMES = [str(p.relative_to(HTML)) for p in pages()] if HTML else []
+RAW_LABEL = re.compile(r"\b[a-z][a-z0-9_]*(?:@ft)?\[[^\]\s=]+=[^\]]*\]|\b[a-z][a-z0-9_]*@ft\b")
+
+
+@pytest.mark.parametrize("name", PAGE_NAMES)
+def test_nothing_is_wider_than_its_column(reports, name):
+    wide = reports[name]["wide"]
+    assert not wide, f"{name}: wider than the text column at 1280 px: {wide[:5]}"
+
+
+@pytest.mark.parametrize("name", PAGE_NAMES)
+def test_no_raw_variant_label_nor_nan_is_shown(reports, name):
+    text = reports[name]["text"]
+    labels = sorted(set(m.group(0) for m in RAW_LABEL.finditer(text)))
+    assert not labels, f"{name}: variant labels as code spells them: {labels[:8]}"
+    nan = reports[name]["nan"]
+    assert not nan, f"{name}: table cells showing NaN: {nan[:3]}"
+
+
+@pytest.mark.parametrize("name", PAGE_NAMES)
+def test_no_column_name_has_an_underscore(reports, name):
+    bad = sorted({h for h in reports[name]["header"] if re.search(r"\w_\w", h)})
+    assert not bad, f"{name}: table headers as code spells them: {bad[:8]}"
+
+
+@pytest.mark.parametrize("name", PAGE_NAMES)
+def test_math_is_typeset_by_a_local_mathjax(reports, name):
+    report = reports[name]
+    assert not report["scripts"], f"{name}: scripts loaded from the network: {report['scripts']}"
+    if report["mathNodes"]:
+        assert report["typeset"], f"{name}: {report['mathNodes']} math element(s), none typeset"
+        tex = re.findall(r".{0,30}\\[(\[].{0,30}", report["text"])
+        assert not tex, f"{name}: TeX source shown: {tex[:3]}"
+
+
+def test_no_two_captions_are_alike(reports):
+    seen: dict[str, str] = {}
+    same = []
+    for name, report in reports.items():
+        for caption in report["captions"]:
+            body = re.sub(r"^Fig\. ?\d+\.?\s*", "", caption)
+            if body in seen:
+                same.append(f"{seen[body]} and {name}: {body[:80]!r}")
+            seen.setdefault(body, name)
+    assert not same, f"identical captions: {same[:5]}"
+
+
+def test_the_first_bullet_of_the_brief_is_on_the_first_screen(reports):
+    report = reports["index.html"]
+    assert report["briefTop"] is not None, "the index has no bulleted 'In brief' section"
+    assert report["briefTop"] < report["viewport"], \
+        f"the brief's first bullet starts at {report['briefTop']:.0f} px, below the first " \
+        f"screen ({report['viewport']} px)"
+
+
+def test_the_brief_is_short(reports):
+    words = reports["index.html"]["briefWords"]
+    assert words <= 250, f"the index's 'In brief' has {words} words (at most 250)"

@@ -173,7 +173,7 @@ def test_verdicts_on_the_committed_results_follow_from_their_intervals(committed
     assert (long["verdict"] != findings.NOT_RUN).all(), long[["id", "why"]]
     assert _check_verdicts_follow_from_intervals(long) >= 12
     for statement in takeaways.findings(long):
-        assert "split_mnist5k" in statement or "[" in statement
+        assert "Split MNIST-5k" in statement or "[" in statement
 
 
 def test_takeaways_tie_each_statement_to_an_interval(committed_quick):
@@ -214,7 +214,7 @@ def test_regime_gains_are_paired_by_seed_and_lr():
     fig = regime.figure(g, "toy")
     assert len(fig.axes) >= 2
     statements = takeaways.regime(g)
-    assert 1 <= len(statements) <= 3 and "pm" in statements[0]
+    assert 1 <= len(statements) <= 3 and "P&M" in statements[0]
 
 
 def test_head_competition_pairs_the_newest_and_oldest_tasks_by_seed():

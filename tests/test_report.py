@@ -62,16 +62,43 @@ def test_panels_hold_at_most_six_lines_and_keep_every_variant(n, refs):
     ("pm", "P&M"),
     ("pm[p0=0.0,p_minus=0.5,p_plus=0.5]", "P&M, p0=0, p-=0.5, p+=0.5"),
     ("pm[eps=0.25]", "P&M, \u03b5=0.25"),
-    ("pm[perturbation=none]", "P&M, merge only"),
-    ("magmax@ft", "MagMax (from fine-tuned)"),
-    ("seq_full", "sequential (full FT)"),
-    ("trm[pc=0.0]", "TRM, no consistency term"),
-    ("trm[trajectory=false]", "TRM, no trajectory directions"),
+    ("pm[perturbation=none]", "P&M without perturbation"),
+    ("pm[perturbation=none,eps=0.3]", "P&M without perturbation, \u03b5=0.3"),
+    ("magmax@ft", "MagMax (fine-tuned start)"),
+    ("magmax_full@ft", "MagMax (full fine-tuning, fine-tuned start)"),
+    ("seq", "sequential LoRA"),
+    ("seq_full", "sequential full fine-tuning"),
+    ("trm[pc=0.0]", "TRM without the consistency term"),
+    ("trm[trajectory=false]", "TRM without trajectory directions"),
     ("newmethod[k=v]", "newmethod, k=v"),
+    ("newmethod[k_x=v]", "newmethod, k x=v"),
     ("not a label", "not a label"),
 ])
 def test_readable_names(label, name):
     assert readable(label) == name
+
+
+@pytest.mark.parametrize("name,shown", [
+    ("cil_A_last", "final class-incremental accuracy"),
+    ("til_A_avg std", "average task-incremental accuracy std"),
+    ("cil_forgetting", "class-incremental forgetting"),
+    ("A_last (%)", "final accuracy (%)"),
+    ("ours: split_mnist5k", "ours: Split MNIST-5k"),
+    ("a_closed_form", "a closed form"),
+    (3, 3),
+])
+def test_column_names_read_as_words(name, shown):
+    from clmerge.report.names import column
+
+    assert column(name) == shown
+
+
+@pytest.mark.parametrize("name,owned", [("TIES", "TIES'"), ("P&M", "P&M's"),
+                                        ("averaging", "averaging's")])
+def test_possessives_read_as_english(name, owned):
+    from clmerge.report.names import possessive
+
+    assert possessive(name) == owned
 
 
 @pytest.mark.parametrize("index_name,renamed", [
@@ -107,9 +134,9 @@ def test_tables_and_figures_from_smoke_results(results_dir):
     # shown as two tables (class- then task-incremental) with readable names
     html = summary._repr_html_()
     assert html.index("class-incremental") < html.index("task-incremental")
-    assert "P&amp;M" in html and "joint training" in html and ">pm<" not in html
+    assert "P&amp;M" in html and "joint fine-tuning" in html and ">pm<" not in html
     for _, table in summary.tables():
-        assert list(table.index) == ["joint training", "sequential", "P&M"]
+        assert list(table.index) == ["joint fine-tuning", "sequential LoRA", "P&M"]
     cost = tables.cost(df)
     assert cost.loc["seq", "persisted MiB"] == 0 and cost.loc["pm", "persisted MiB"] > 0
     # joint training keeps its training data: smoke's 32 float32 values per example

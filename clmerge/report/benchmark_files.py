@@ -48,8 +48,9 @@ def throughput_table(folder: str | Path | None = None) -> pd.DataFrame:
                 "command": " ".join(r["command"]),
             })
     if not rows:
-        return pd.DataFrame({"note": [f"not measured: no throughput*.json in {_shown(folder)}; "
-                                      f"on a GPU machine run: {COMMAND}"]})
+        return pd.DataFrame({"note": [f"not measured: no throughput*.json in {_shown(folder)}, "
+                                      f"since this build had no GPU; on a machine with one, "
+                                      f"{COMMAND} writes it."]})
     return labelled(pd.DataFrame(rows).set_index(["device", "method"]))
 
 

@@ -29,6 +29,8 @@ import numpy as np
 import pandas as pd
 
 from clmerge.report import statistics
+from clmerge.report.names import benchmark as bench_name
+from clmerge.report.names import readable
 from clmerge.report.start_diagnostics import task_frame
 
 CLAIMS_CSV = Path(__file__).resolve().parents[2] / "data" / "claims.csv"
@@ -122,9 +124,12 @@ def old_slope_til(runs: Runs, variant: str) -> pd.Series:
 
 
 METRICS: dict[str, Metric] = {
-    "cil_A_last": Metric("class-incremental A_last", "points", 1, _column_metric("cil_A_last")),
-    "til_A_last": Metric("task-incremental A_last", "points", 1, _column_metric("til_A_last")),
-    "cil_A_avg": Metric("class-incremental A_avg", "points", 1, _column_metric("cil_A_avg")),
+    "cil_A_last": Metric("final class-incremental accuracy", "points", 1,
+                          _column_metric("cil_A_last")),
+    "til_A_last": Metric("final task-incremental accuracy", "points", 1,
+                          _column_metric("til_A_last")),
+    "cil_A_avg": Metric("average class-incremental accuracy", "points", 1,
+                          _column_metric("cil_A_avg")),
     "til_forgetting": Metric("task-incremental forgetting", "points", 1,
                              _column_metric("til_forgetting")),
     "grad_ratio": Metric("start-of-task gradient norm, tasks 2..T / task 1", "ratio", 2,
@@ -274,7 +279,8 @@ def findings_table(claims: pd.DataFrame, long: pd.DataFrame) -> pd.DataFrame:
         if b.startswith("best:"):
             b = f"best of {len(candidates(b))} mergers"
         row = {"claim": f"{c['id']}. {c['claim']}",
-               "compared": f"{c['a']} − {b}" if b else c["a"],
+               "compared": (f"{readable(c['a'])} − {readable(b)}" if b
+                            else readable(c["a"])),
                "metric": METRICS[c["metric"]].label + f" ({METRICS[c['metric']].unit})",
                "paper": _paper_cell(c)}
         whys = []
@@ -286,6 +292,23 @@ def findings_table(claims: pd.DataFrame, long: pd.DataFrame) -> pd.DataFrame:
         row["why"] = " / ".join(whys)
         rows.append(row)
     return pd.DataFrame(rows).set_index("claim")
+
+
+def findings_tables(claims: pd.DataFrame, long: pd.DataFrame
+                    ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """:func:`findings_table` in parts that fit a page: the claims (claim, compared,
+    metric, paper), then per benchmark our reading (ours, verdict, why) indexed by the
+    claim's id; the benchmarks keyed by the names a reader reads."""
+    table = findings_table(claims, long)
+    per_bench = {}
+    for bench in dict.fromkeys(long["benchmark"]):
+        rows = []
+        for _, c in claims.iterrows():
+            r = long[(long["id"] == c["id"]) & (long["benchmark"] == bench)].iloc[0]
+            rows.append({"claim": c["id"], "ours": _ours_cell(r), "verdict": r["verdict"],
+                         "why": r["why"]})
+        per_bench[bench_name(bench)] = pd.DataFrame(rows).set_index("claim")
+    return table[["compared", "metric", "paper"]], per_bench
 
 
 def markdown_table(table: pd.DataFrame) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from clmerge.report.names import column as column_name
 from clmerge.report.names import readable
 from clmerge.report.tables import mean_metric
 
@@ -24,11 +25,11 @@ def budget_check(df: pd.DataFrame, seq: str = "seq", joint: str = "joint",
                      f"forgetting {_pct(mean_metric(df, seq, 'cil_forgetting'))}.")
     if seq in variants and joint in variants:
         a_seq, a_joint = (mean_metric(df, v, "cil_A_last") for v in (seq, joint))
-        lines.append(f"class-incremental A_last: {readable(seq)} {_pct(a_seq)} vs "
+        lines.append(f"final class-incremental accuracy: {readable(seq)} {_pct(a_seq)} vs "
                      f"{readable(joint)} {_pct(a_joint)}, a gap of "
                      f"{100 * (a_joint - a_seq):.1f} points.")
     if probe in variants:
-        lines.append(f"{readable(probe)} of the frozen pretrained features: "
+        lines.append(f"{readable(probe)} (a joint-softmax classifier on the frozen features): "
                      f"{_pct(mean_metric(df, probe, 'cil_A_last'))} class-incremental, "
                      f"{_pct(mean_metric(df, probe, 'til_A_last'))} task-incremental.")
     return "\n".join(lines) if lines else "no seq/joint/probe runs in this selection"
@@ -39,7 +40,7 @@ def ordering(df: pd.DataFrame, variants: list[str], column: str = "cil_A_last",
     """The variants sorted by the mean of ``column`` (percent), and the paper's order."""
     means = {v: mean_metric(df, v, column) for v in variants if v in set(df["variant"])}
     ranked = sorted(means, key=means.get)
-    text = f"measured order by {column} (mean over seeds): " + " < ".join(
+    text = f"measured order by {column_name(column)} (mean over seeds): " + " < ".join(
         f"{readable(v)} ({100 * means[v]:.1f})" for v in ranked)
     if expected:
         text += f"\npaper's order: {expected}"

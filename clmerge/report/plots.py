@@ -10,6 +10,7 @@ over seeds around the mean over seeds.
 
 from __future__ import annotations
 
+import textwrap
 import warnings
 
 import matplotlib.pyplot as plt
@@ -18,6 +19,7 @@ import pandas as pd
 import seaborn as sns
 
 from clmerge.experiment.results import read_result
+from clmerge.report.names import benchmark as benchmark_name
 from clmerge.report.names import readable
 from clmerge.report.storage import persisted_MiB
 from clmerge.report.style import (GREY, MARKERS, MAX_LINES, PROTOCOL_NAMES, base_method,
@@ -44,9 +46,11 @@ def stream_grid(stream, per_exp: int = 8, seed: int = 0):
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(str(int(y)), fontsize=8, pad=2)
-            if k == 0:
-                ax.set_ylabel(f"task {t + 1}\n{stream.classes_per_exp[t]}", fontsize=8)
-    fig.suptitle(f"{stream.name}: {T} tasks, classes in stream order", y=1.0)
+            if k == 0:   # the task, level with its row; the class ids stand above the images
+                ax.set_ylabel(f"task {t + 1}", fontsize=9, rotation=0, ha="right", va="center",
+                              labelpad=6)
+    fig.suptitle(f"{benchmark_name(stream.name)}: {T} tasks, {per_exp} training images "
+                 f"each (class id above)", y=1.0)
     fig.tight_layout()
     return fig
 
@@ -217,20 +221,31 @@ def coefficient_trajectories(df: pd.DataFrame, key: str = "coefficient"):
 
 def objective_curves(check: dict):
     """J(a) - min J for each task of a closed-form check, the closed form marked."""
-    fig, ax = plt.subplots(figsize=(6.8, 3.6))
+    fig, ax = plt.subplots(figsize=(6.8, 3.6), layout="constrained")
     rows = check["rows"]
-    for i, row in enumerate(rows):
-        c = palette(range(len(rows)))[i] if len(rows) <= 8 else GREY
+    # tasks in order along one colour scale (a colour bar, not a legend of look-alikes)
+    cmap = plt.get_cmap("viridis")
+    tasks = [row["task"] + 1 for row in rows]
+    norm = plt.Normalize(min(tasks), max(tasks) if max(tasks) > min(tasks) else min(tasks) + 1)
+    for row, task in zip(rows, tasks):
+        c = cmap(norm(task))
         cur = check["curves"][str(row["task"])]
-        ax.plot(cur["a"], cur["J"], color=c, label=f"task {row['task'] + 1}")
-        ax.axvline(row["a_closed_form"], color=c, ls="--", lw=1)
+        a, J = np.asarray(cur["a"], float), np.asarray(cur["J"], float)
+        ax.plot(a, J, color=c, lw=1.4)
+        # the closed form, on its curve
+        ax.plot([row["a_closed_form"]], [np.interp(row["a_closed_form"], a, J)], "v", color=c,
+                ms=6, mec="black", mew=0.5, zorder=4)
     ax.set_yscale("symlog", linthresh=1e-8)
     ax.set_ylim(bottom=0)
+    ax.set_xlim(0, 1)
     ax.set_xlabel("merge coefficient a")
     ax.set_ylabel("J(a) - min J  (symlog)")
-    ax.set_title("Fisher-quadratic objective; dashed: closed-form $a_t$", fontsize=10)
-    _legend(ax)
-    fig.tight_layout()
+    ax.set_title("Fisher-quadratic objective per task; triangle: the closed-form $a_t$",
+                 fontsize=10)
+    bar = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, pad=0.02)
+    bar.set_label("task t")
+    bar.locator = plt.MaxNLocator(integer=True)
+    bar.update_ticks()
     return fig
 
 
@@ -331,14 +346,16 @@ def _line_groups(variants, highlight, max_lines=MAX_LINES):
 
 
 def per_task_lines(tasks: pd.DataFrame, columns: dict, title: str = "", log: tuple = (),
-                   highlight=None):
+                   highlight=None, bands: bool = True):
     """One panel per column of a task frame (``report.start_diagnostics.task_frame``):
     value against task, mean over seeds with a +-1 std band over seeds, one line and
     marker per variant. Accuracy columns (``*_old``, ``*_current``) are shown in percent.
     More than six variants are split into rows of facets (each with its legend below),
     or, with ``highlight``, the highlighted ones are drawn in colour and the others in
-    grey without bands. ``columns`` maps a column to its axis label; columns in ``log``
-    get a log axis."""
+    grey without bands. ``columns`` maps a column to its panel's title (the y axis keeps
+    only the unit, so that long labels never collide); columns in ``log`` get a log axis.
+    ``bands=False`` draws the means alone; a band never reaches below 0 for a column whose
+    values are all non-negative."""
     variants = order(tasks["variant"])
     groups = _line_groups(variants, highlight)
     ncols = min(3, len(columns))
@@ -361,12 +378,16 @@ def per_task_lines(tasks: pd.DataFrame, columns: dict, title: str = "", log: tup
                 ax.plot(m.index, m.values, marker=None if grey else MARKERS[i % len(MARKERS)],
                         ms=4, color=colours[v], ls=linestyle(v), lw=1 if grey else 1.6,
                         label=None if grey else readable(v), zorder=1 if grey else 3)
-                if not grey:
-                    ax.fill_between(m.index, m - s, m + s, color=colours[v], alpha=0.12, lw=0)
+                if not grey and bands:
+                    low = m - s
+                    if (tasks[col].dropna() >= 0).all():
+                        low = low.clip(lower=0)
+                    ax.fill_between(m.index, low, m + s, color=colours[v], alpha=0.12, lw=0)
             if any(c == GREY for c in colours.values()):
                 ax.plot([], [], color=GREY, lw=1, label="other methods")
             ax.set_xlabel("task t")
-            ax.set_ylabel(label + (" (%)" if scale == 100 and "%" not in label else ""))
+            ax.set_title(textwrap.fill(label, 34), fontsize=9)
+            ax.set_ylabel("%" if scale == 100 or "%" in label else "")
             if col in log:
                 ax.set_yscale("log")
             ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
@@ -379,38 +400,40 @@ def per_task_lines(tasks: pd.DataFrame, columns: dict, title: str = "", log: tup
 
 
 def first_steps_curves(steps: pd.DataFrame, metric: str = "dense_grad_norm",
-                       label: str = "gradient norm |dL/dW|", highlight=None):
-    """``metric`` over the first training steps of each task (one panel per task, mean
-    over seeds, log scale): task 1 starts from the pretrained model, later tasks from
-    each method's merged model. With more than six variants only ``highlight`` (default:
-    sequential fine-tuning, P&M and TRM as published, when present) is in colour, the
-    others grey."""
+                       label: str = "gradient norm |dL/dW|", highlight=None, smooth: int = 5):
+    """``metric`` over the first training steps (log scale) in two panels: task 1, which
+    every method starts from the pretrained model, and tasks 2..T, which start from each
+    method's own model (mean over those tasks). Means over seeds, smoothed by a centred
+    rolling mean over ``smooth`` steps so that the level, not the step-to-step noise, is
+    what reads. With more than six variants only ``highlight`` (default: sequential
+    fine-tuning, P&M and TRM, when present) is in colour, the others grey."""
     tasks = sorted(steps["task"].unique())
     variants = order(steps["variant"])
     if highlight is None and len(variants) > MAX_LINES:
         highlight = [v for v in variants if v in ("seq", "pm", "trm")] or variants[:MAX_LINES]
     colours = palette(variants, highlight)
-    ncols = min(3, len(tasks))
-    nrows = -(-len(tasks) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.9 * ncols, 2.7 * nrows + 0.6),
-                             sharey=True, squeeze=False, layout="constrained")
-    for ax in axes.flat[len(tasks):]:
-        ax.remove()
-    for ax, t in zip(axes.flat, tasks):
-        sub = steps[steps["task"] == t]
-        for v in sorted(order(sub["variant"]), key=lambda v: colours[v] != GREY):
+    panels = [("task 1 (from the pretrained model)", steps[steps["task"] == tasks[0]])]
+    if len(tasks) > 1:
+        panels.append((f"tasks 2 to {tasks[-1]} (from each method's model), mean over tasks",
+                       steps[steps["task"] > tasks[0]]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6), sharey=True,
+                             squeeze=False, layout="constrained")
+    for ax, (title, sub) in zip(axes[0], panels):
+        for i, v in enumerate(sorted(order(sub["variant"]), key=lambda v: colours[v] != GREY)):
             m = sub[sub["variant"] == v].groupby("step")[metric].mean()
+            m = m.rolling(smooth, center=True, min_periods=1).mean() if smooth > 1 else m
             grey = colours[v] == GREY
-            ax.plot(m.index, m.values, color=colours[v], ls=linestyle(v), lw=1 if grey else 1.5,
+            ax.plot(m.index, m.values, color=colours[v], ls=linestyle(v), lw=1 if grey else 1.6,
+                    marker=None if grey else MARKERS[i % len(MARKERS)], markevery=8, ms=4,
                     label=None if grey else readable(v), zorder=1 if grey else 3)
         ax.set_yscale("log")
-        ax.set_title(f"task {t}" + (" (from pretrained)" if t == 1 else ""), fontsize=9)
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("training step")
-    for row in axes:
-        row[0].set_ylabel(label, fontsize=8)
+        ax.margins(x=0)
+    axes[0][0].set_ylabel(label, fontsize=9)
     if any(c == GREY for c in colours.values()):
-        axes.flat[0].plot([], [], color=GREY, lw=1, label="other methods")
-    _legend_below(fig, [axes.flat[0]])
+        axes[0][0].plot([], [], color=GREY, lw=1, label="other methods")
+    _legend_below(fig, [axes[0][0]])
     return fig
 
 

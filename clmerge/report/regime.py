@@ -146,29 +146,42 @@ def reference_levels(frame: pd.DataFrame) -> pd.DataFrame:
                             values="reference_level", aggfunc="first", sort=False).round(1)
     out = out[sorted(out.columns)]
     out.columns = [f"lr {x:g}" for x in out.columns]
-    return out
+    return labelled(out)
 
 
-def figure(frame: pd.DataFrame, benchmark: str, protocols=("cil", "til")):
+def figure(frame: pd.DataFrame, benchmark: str, protocols=("cil", "til"),
+           budget: float | None = None, what: str = "gain over sequential LoRA"):
     """Gain over seq (points, 95% paired interval as error bars) against the LoRA rate,
-    one panel per protocol; the top axis gives seq's task-incremental forgetting."""
+    one panel per protocol; the top axis gives seq's task-incremental forgetting;
+    ``budget``, the profile's own rate, is marked by a vertical band."""
     fig = plt.figure(figsize=(8.6, 4.4), layout="constrained")
-    _draw(fig, frame, benchmark, protocols)
+    _draw(fig, frame, benchmark, protocols, budget, what)
     return fig
 
 
-def figures(frame: pd.DataFrame, benchmarks, protocols=("cil", "til")):
-    """:func:`figure` for every benchmark, one row each, in one figure (one caption)."""
-    benchmarks = list(benchmarks)
+def figures(frame: pd.DataFrame, benchmarks, protocols=("cil", "til"),
+            budgets: Mapping[str, float] | None = None, what: str = "gain over sequential LoRA"):
+    """:func:`figure` for every benchmark, one row each, in one figure (one caption);
+    ``budgets``: the profile's rate per benchmark."""
+    benchmarks = [b for b in benchmarks if (frame["benchmark"] == b).any()] if len(frame) else []
+    if not benchmarks:
+        return None
     fig = plt.figure(figsize=(8.6, 4.4 * len(benchmarks)), layout="constrained")
     rows = np.atleast_1d(fig.subfigures(len(benchmarks), 1)) if len(benchmarks) > 1 else [fig]
     for sf, b in zip(rows, benchmarks):
-        _draw(sf, frame, b, protocols)
+        _draw(sf, frame, b, protocols, (budgets or {}).get(b), what)
     return fig
 
 
-def _draw(fig, frame: pd.DataFrame, benchmark: str, protocols):
+def profile_budgets(profile: str, benchmarks) -> dict[str, float]:
+    """The profile's own LoRA rate per benchmark: the budget every other chapter uses."""
+    return {b: float(make_config("seq", b, profile, 0).lr) for b in benchmarks}
+
+
+def _draw(fig, frame: pd.DataFrame, benchmark: str, protocols, budget: float | None = None,
+          what: str = "gain over sequential LoRA"):
     """One benchmark's panels into ``fig`` (a figure or a subfigure)."""
+    from clmerge.report.names import benchmark as bench_name
     from clmerge.report.names import readable
     from clmerge.report.style import palette
 
@@ -190,13 +203,18 @@ def _draw(fig, frame: pd.DataFrame, benchmark: str, protocols):
             ax.errorbar(x, dv["mean"], yerr=err, color=colours[v], ls=linestyle(v), marker="o",
                         ms=4, capsize=2.5, lw=1.3, label=readable(v))
         ax.axhline(0, color="0.3", lw=0.9, ls=":")
+        if budget is not None and lrs and min(lrs) <= budget <= max(lrs):
+            ax.axvspan(budget / 10 ** 0.1, budget * 10 ** 0.1, color="0.88", zorder=0, lw=0)
+            ax.annotate("the profile's\nbudget", (budget, 1), xycoords=("data", "axes fraction"),
+                        xytext=(0, -4), textcoords="offset points", ha="center", va="top",
+                        fontsize=7, color="0.35")
         ax.set_xscale("log")
         ax.set_xticks(lrs)
         ax.set_xticklabels([f"{x:g}" for x in lrs])
         ax.minorticks_off()
         ax.set_xlabel("LoRA learning rate (drift grows to the right)")
-        ax.set_ylabel("gain over sequential, A_last (points)")
-        ax.set_title(PROTOCOL_NAMES[proto], fontsize=10)
+        ax.set_ylabel(f"{what} (points)")
+        ax.set_title(PROTOCOL_NAMES.get(proto, proto), fontsize=10)
         drift = d.drop_duplicates("lr").set_index("lr")["drift"].reindex(lrs)
         top = ax.secondary_xaxis("top")
         top.set_xticks(lrs)
@@ -208,7 +226,7 @@ def _draw(fig, frame: pd.DataFrame, benchmark: str, protocols):
     if handles:
         fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 3),
                    frameon=False, fontsize=8)
-    fig.suptitle(f"{benchmark}: gain over sequential LoRA, mean and 95% paired interval "
+    fig.suptitle(f"{bench_name(benchmark)}: {what}, mean and 95% paired interval "
                  f"over {n} seeds", fontsize=10)
 
 

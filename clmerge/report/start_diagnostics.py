@@ -153,7 +153,7 @@ def steps_to_loss_summary(frame: pd.DataFrame, reference: str = "seq") -> pd.Dat
             row[f"ratio to {reference}"] = ratio.mean()
             row["ratio std"] = ratio.std(ddof=1) if len(ratio) > 1 else np.nan
         out.append(row)
-    return pd.DataFrame(out).set_index("variant").round(3)
+    return significant(pd.DataFrame(out).set_index("variant").round(3))
 
 
 # ---------------------------------------------------------------- the loss threshold

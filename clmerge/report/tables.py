@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from clmerge.report.names import readable, readable_index
+from clmerge.report.names import column, readable, readable_columns, readable_index
 from clmerge.report.style import PROTOCOL_NAMES, order
 
 METRICS = ["A_last", "A_avg", "forgetting"]
@@ -31,7 +31,7 @@ def number(x) -> str:
 def _html(frame: pd.DataFrame, float_format) -> str:
     """Readable method names in a first column; a ``command`` column that is the same on
     every row is written once under the table instead of in every row."""
-    shown = readable_index(pd.DataFrame(frame)).reset_index()
+    shown = readable_columns(readable_index(pd.DataFrame(frame)).reset_index())
     note = ""
     if "command" in shown.columns and shown["command"].nunique() == 1:
         note = f"<p>Measured by: <code>{html.escape(str(shown['command'].iloc[0]))}</code></p>"
@@ -94,8 +94,8 @@ class Summary(Shown):
             cols = [c for c in self.columns if c[0] in ("", proto)]
             t = pd.DataFrame(self[cols].values, index=self.index,
                              columns=[c[1].replace("_", " ") for c in cols])
-            t.columns = [{"A last": "A_last (%)", "A avg": "A_avg (%)",
-                          "forgetting": "forgetting (%)"}.get(c, c) for c in t.columns]
+            t.columns = [{"A last": "final accuracy (%)", "A avg": "average accuracy (%)",
+                          "forgetting": "forgetting (%)"}.get(c, column(c)) for c in t.columns]
             out.append((PROTOCOL_NAMES.get(proto.lower(), proto), readable_index(t)))
         return out
 
@@ -165,8 +165,7 @@ def paired(df: pd.DataFrame, reference: str, variants,
         for col in columns:
             per_seed = METRICS[col].per_seed
             iv = paired_interval(per_seed(runs, v), per_seed(runs, reference))
-            p, m = col.split("_", 1)
-            row[f"{SHORT_PROTOCOLS.get(p, p)} {m}"] = iv.text(1)
+            row[METRICS[col].label] = iv.text(1)
             row["seeds"] = iv.n
         rows.append(row)
     if not rows:
@@ -251,17 +250,77 @@ def cost_per_task(tasks: pd.DataFrame) -> pd.DataFrame:
 CALIBRATION = Path(__file__).resolve().parents[2] / "data" / "calibration" / "glyphs.csv"
 
 
+class Parts(Labelled):
+    """A wide frame shown as several narrower tables (at most 8 columns each), each
+    starting with the row's key; an empty cell (NaN) is explained by ``footnote``."""
+
+    parts: list[tuple[str, list[str]]] = []
+    footnote: str = ""
+
+    def _repr_html_(self):
+        frame = pd.DataFrame(self)
+        blocks = []
+        for title, cols in self.parts:
+            t = frame[[c for c in cols if c in frame.columns]].reset_index()
+            blocks.append(f"<p><b>{html.escape(title)}</b></p>"
+                          + t.to_html(index=False, na_rep="", float_format=number))
+        if self.footnote and frame.isna().to_numpy().any():
+            blocks.append(f"<p><small>{html.escape(self.footnote)}</small></p>")
+        return "".join(blocks)
+
+
+def parts(frame: pd.DataFrame, groups: list[tuple[str, list[str]]],
+          footnote: str = "") -> Parts:
+    out = Parts(frame)
+    out.parts, out.footnote = groups, footnote     # instance attributes, not columns
+    return out
+
+
 def calibration(path: str | Path = CALIBRATION) -> pd.DataFrame:
     """The committed calibration table (``clmerge.experiment.calibration``), one row per
-    candidate budget: seq and joint accuracy (percent), the targets and the chosen row."""
+    candidate budget (numbered from 1): the budget, then seq and joint accuracy and the
+    references (percent), then the targets and the chosen row, as three tables."""
     df = pd.read_csv(path)
-    cols = {"head": "head", "head_init": "head init", "lr": "LoRA lr", "epochs": "epochs", "batch_size": "batch",
-            "head_lr": "head lr", "seq_cil": "seq CIL", "seq_til": "seq TIL",
-            "seq_til_forgetting": "seq TIL forgetting", "joint_cil": "joint CIL",
-            "nmc_cil": "nmc CIL", "probe_cil": "probe CIL", "seq_over_nmc": "seq / nmc",
-            "joint_minus_nmc": "joint - nmc", "ratio_ok": "ratio in [0.75, 1.2]",
-            "joint_ok": "joint >= nmc + 5", "drift_ok": "TIL forgetting >= 1",
-            "chosen": "chosen"}
+    cols = {"head": "head", "head_init": "head init", "lr": "LoRA rate", "epochs": "epochs",
+            "batch_size": "batch", "head_lr": "head rate",
+            "seq_cil": "sequential, CIL", "seq_til": "sequential, TIL",
+            "seq_til_forgetting": "sequential, TIL forgetting", "joint_cil": "joint, CIL",
+            "nmc_cil": "class means, CIL", "probe_cil": "probe, CIL",
+            "seq_over_nmc": "sequential / class means", "joint_minus_nmc": "joint − class means",
+            "ratio_ok": "ratio in [0.75, 1.2]", "joint_ok": "joint ≥ class means + 5",
+            "drift_ok": "TIL forgetting ≥ 1", "chosen": "chosen"}
     out = df[[c for c in cols if c in df.columns]].rename(columns=cols)
-    return out.round({"seq / nmc": 2, "seq CIL": 1, "seq TIL": 1, "seq TIL forgetting": 1,
-                      "joint CIL": 1, "nmc CIL": 1, "probe CIL": 1, "joint - nmc": 1})
+    for c in ("LoRA rate", "head rate", "head init", "epochs", "batch"):
+        if c in out.columns:
+            out[c] = out[c].map(lambda x: f"{x:g}" if isinstance(x, float) else str(x))
+    if "sequential / class means" in out.columns:
+        out["sequential / class means"] = out["sequential / class means"].map("{:.2f}".format)
+    for c in ("ratio in [0.75, 1.2]", "joint ≥ class means + 5", "TIL forgetting ≥ 1",
+              "chosen"):
+        if c in out.columns:
+            out[c] = out[c].map(lambda x: "" if pd.isna(x) else ("yes" if x else "no"))
+    out.index = pd.RangeIndex(1, len(out) + 1, name="candidate")
+    names = list(out.columns)
+    return parts(out, [
+        ("The candidate budgets", names[:6]),
+        ("Accuracy on the calibration stream (%)", names[6:12]),
+        ("The targets", names[12:]),
+    ], footnote="Empty: joint fine-tuning was not run for that candidate, which had "
+                "already missed the ratio target.")
+
+
+def closed_form(check: dict) -> pd.DataFrame:
+    """P&M's closed-form check (``clmerge.experiment.pm_checks.closed_form_check``) as a
+    reader reads it: tasks from 1, coefficients to three decimals, and the gap between the
+    closed form and the brute-force search in scientific notation (it spans decades)."""
+    rows = pd.DataFrame(check["rows"])
+    out = pd.DataFrame({
+        "closed-form a": rows["a_closed_form"].map("{:.3f}".format),
+        "brute-force a": rows["a_brute_force"].map("{:.3f}".format),
+        "a the run recorded": rows["a_recorded"].map(
+            lambda x: "" if pd.isna(x) else f"{x:.3f}"),
+        "|closed form − brute force| (scientific notation)": rows["abs_diff"].map(
+            "{:.1e}".format),
+    })
+    out.index = pd.Index(rows["task"].astype(int) + 1, name="task")
+    return labelled(out)

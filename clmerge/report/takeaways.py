@@ -15,6 +15,9 @@ import pandas as pd
 
 from clmerge.report import statistics
 from clmerge.report.findings import METRICS, NOT_RUN, Runs, _pick_best
+from clmerge.report.names import benchmark as _bench
+from clmerge.report.names import column as _column
+from clmerge.report.names import possessive, readable
 
 MAX_STATEMENTS = 3
 REFERENCES = ("probe", "joint", "nmc")   # not continual methods: never "the best method"
@@ -59,7 +62,7 @@ def compare(df, a: str, b: str, metric: str = "cil_A_last", what: str | None = N
     iv = statistics.paired_interval(m.per_seed(runs, a), m.per_seed(runs, b))
     if iv.n == 0:
         return None
-    return (f"{what or f'{a} − {b}'}, {m.label}: "
+    return (f"{what or f'{readable(a)} − {readable(b)}'}, {_column(m.label)}: "
             f"{_number(iv, m.digits, m.unit, paired=True)}{_reading(iv, m.unit)}.")
 
 
@@ -72,7 +75,8 @@ def level(df, variant: str, metric: str, what: str | None = None) -> str | None:
     iv = statistics.interval(m.per_seed(runs, variant))
     if iv.n == 0:
         return None
-    return f"{what or variant}, {m.label}: {_number(iv, m.digits, m.unit, signed=False)}."
+    return (f"{what or readable(variant)}, {_column(m.label)}: "
+            f"{_number(iv, m.digits, m.unit, signed=False)}.")
 
 
 def ratio(df, a: str, b: str, metric: str = "cil_A_last", what: str | None = None
@@ -87,7 +91,8 @@ def ratio(df, a: str, b: str, metric: str = "cil_A_last", what: str | None = Non
     iv = statistics.interval(pa.loc[common] / pb.loc[common])
     if iv.n == 0:
         return None
-    return f"{what or f'{a} / {b}'}, {m.label}: {_number(iv, 2, '', signed=False)}."
+    return (f"{what or f'{readable(a)} / {readable(b)}'}, {_column(m.label)}: "
+            f"{_number(iv, 2, '', signed=False)}.")
 
 
 def _keep(statements) -> list[str]:
@@ -115,10 +120,10 @@ def setting(df) -> list[str]:
     runs = _runs(df)
     ref = "nmc" if "nmc" in runs.variants else "probe"
     return _keep([
-        level(runs, "seq", "til_forgetting", "sequential LoRA (seq)"),
-        compare(runs, "joint", "seq", "cil_A_last", "joint training − seq"),
+        level(runs, "seq", "til_forgetting"),
+        compare(runs, "joint", "seq", "cil_A_last"),
         ratio(runs, "seq", ref, "cil_A_last",
-              f"seq / {ref} (the frozen-feature reference)"),
+              f"sequential LoRA / {readable(ref)} (the frozen-feature reference)"),
     ])
 
 
@@ -127,8 +132,7 @@ def perturb_and_merge(df) -> list[str]:
     runs = _runs(df)
     return _keep([
         compare(runs, "pm", "seq", "cil_A_last"),
-        compare(runs, "pm", "pm[perturbation=none]", "cil_A_last",
-                "pm − merge only (perturbation=none)"),
+        compare(runs, "pm", "pm[perturbation=none]", "cil_A_last"),
         compare(runs, "pm", "seq", "til_A_last"),
     ])
 
@@ -140,7 +144,7 @@ def trajectory(df) -> list[str]:
     return _keep([
         compare(runs, "trm", "pm", "cil_A_last"),
         compare(runs, "trm", "trm[steps=0]", "cil_A_last",
-                "trm − its own starting point (trm[steps=0])"),
+                "TRM − its own starting point (no optimisation steps)"),
         compare(runs, "trm", "seq", "grad_ratio"),
     ])
 
@@ -155,16 +159,17 @@ def comparison(df, reference: str = "seq") -> list[str]:
     best = _pick_best(runs, m, methods) if reference in runs.variants else None
     if best:
         out.append(compare(runs, best, reference, "cil_A_last",
-                           f"the best method here ({best}) − {reference}"))
+                           f"the best method here ({readable(best)}) − {readable(reference)}"))
         ivs = {v: statistics.paired_interval(m.per_seed(runs, v), m.per_seed(runs, reference))
                for v in methods}
         above = sorted(v for v, iv in ivs.items() if iv.has_interval and iv.lo > 0)
         below = sorted(v for v, iv in ivs.items() if iv.has_interval and iv.hi < 0)
         out.append(f"Of {len(methods)} methods, {len(above)} "
-                   f"{'lies' if len(above) == 1 else 'lie'} above {reference} and "
-                   f"{len(below)} below it with a 95% interval excluding 0 (class-incremental "
-                   f"A_last, paired by seed)" + (f": above {', '.join(above)}" if above else "")
-                   + (f"; below {', '.join(below)}" if below else "") + ".")
+                   f"{'lies' if len(above) == 1 else 'lie'} above {readable(reference)} and "
+                   f"{len(below)} below it with a 95% interval excluding 0 (final "
+                   f"class-incremental accuracy, paired by seed)"
+                   + (f": above {', '.join(map(readable, above))}" if above else "")
+                   + (f"; below {', '.join(map(readable, below))}" if below else "") + ".")
     out.append(compare(runs, "pm", "average", "cil_A_last"))
     return _keep(out)
 
@@ -183,11 +188,12 @@ def ablations(df, base: str = "pm") -> list[str]:
         if ivs:
             top = max(ivs, key=lambda v: abs(ivs[v].mean))
             out.append(compare(runs, base, top, "cil_A_last",
-                               f"{base} − {top} (the largest ablation effect)"))
+                               f"{readable(base)} − {readable(top)} "
+                               f"(the largest ablation effect)"))
     out.append(compare(runs, "pm", "pm[alpha=per_module]", "cil_A_last",
                        "one global coefficient − one per module"))
     out.append(compare(runs, "magmax@ft", "magmax", "cil_A_last",
-                       "MagMax from the fine-tuned model − from the merged model"))
+                       "MagMax (fine-tuned start) − MagMax (merged start)"))
     return _keep(out)
 
 
@@ -201,13 +207,13 @@ def cost(tasks: pd.DataFrame, df) -> list[str]:
             continue
         per_seed = (sub["merge_seconds"] / sub["train_seconds"]).groupby(sub["seed"]).mean()
         iv = statistics.interval(per_seed)
-        out.append(f"{v}: a merge's time over the same task's training time: "
+        out.append(f"{possessive(readable(v))} merge time over the same task's training time: "
                    f"{_number(iv, 2, '', signed=False)}; one CPU thread per run.")
     mib = {v: METRICS["persisted_MiB"].per_seed(runs, v) for v in ("pm", "trm")
            if v in runs.variants}
     if mib:
         out.append("Bytes kept between tasks (max over tasks, mean over seeds): " + "; ".join(
-            f"{v} {s.mean():.1f} MiB" for v, s in mib.items()) + ".")
+            f"{readable(v)} {s.mean():.1f} MiB" for v, s in mib.items()) + ".")
     return _keep(out)
 
 
@@ -227,13 +233,16 @@ def regime(frame: pd.DataFrame) -> list[str]:
             r = at.loc[at["mean"].idxmax()]
             iv = statistics.Interval(r["mean"], r["lo"], r["hi"], r["sd"], int(r["n"]),
                                      r["half_width"])
-            out.append(f"{bench}, LoRA lr {lr:g}: the largest class-incremental gain over seq "
-                       f"is {r['variant']}'s, {_number(iv, 1, 'points', paired=True)}"
+            out.append(f"{_bench(bench)}, LoRA rate {lr:g}: the largest class-incremental "
+                       f"gain over sequential LoRA is "
+                       f"{possessive(readable(r['variant']))}, "
+                       f"{_number(iv, 1, 'points', paired=True)}"
                        f"{_reading(iv)}.")
         established = sub[sub["lo"] > 0]
-        out.append(f"{bench}: {len(established)} of {len(sub)} (method, lr) points have a "
-                   f"class-incremental gain over seq whose interval excludes 0"
-                   + (f" (at lr {', '.join(f'{x:g}' for x in sorted(set(established['lr'])))})"
+        out.append(f"{_bench(bench)}: {len(established)} of {len(sub)} (method, LoRA rate) "
+                   f"points have a class-incremental gain over sequential LoRA whose "
+                   f"interval excludes 0"
+                   + (f" (at rate {', '.join(f'{x:g}' for x in sorted(set(established['lr'])))})"
                       if len(established) else "") + ".")
     return out[:MAX_STATEMENTS]
 
@@ -246,7 +255,7 @@ def findings(long: pd.DataFrame) -> list[str]:
     out = []
     for bench, sub in long.groupby("benchmark", sort=False):
         counts = sub["verdict"].value_counts()
-        out.append(f"{bench}: " + ", ".join(f"{counts.get(v, 0)} {v}" for v in
+        out.append(f"{_bench(bench)}: " + ", ".join(f"{counts.get(v, 0)} {v}" for v in
                                              (*statistics.VERDICTS, NOT_RUN) if counts.get(v, 0))
                    + f" of {len(sub)} claims.")
     directional = long["rule"].map(lambda r: statistics.parse_rule(r)[0]
@@ -260,8 +269,8 @@ def findings(long: pd.DataFrame) -> list[str]:
         iv = statistics.Interval(r["mean"], r["lo"], r["hi"], r["sd"], int(r["n"]),
                                  r["detectable"])
         paper = "" if pd.isna(r["paper_mean"]) else f"; the paper: {r['paper_mean']:+.1f}"
-        vs = f"{r['a']} − {r['b']}" if r["b"] else r["a"]
-        out.append(f"Largest {verdict} effect: {r['id']} on {r['benchmark']} ({vs}), "
+        vs = f"{readable(r['a'])} − {readable(r['b'])}" if r["b"] else readable(r["a"])
+        out.append(f"Largest {verdict} effect: {r['id']} on {_bench(r['benchmark'])} ({vs}), "
                    f"{_number(iv, 1, 'points', paired=True)}{paper}.")
     return out[:MAX_STATEMENTS]
 

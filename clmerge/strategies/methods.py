@@ -190,10 +190,10 @@ register_method(MethodSpec("seq", "sequential fine-tuning, no merge (LoRA, or al
 register_method(MethodSpec("pm", "Perturb-and-Merge (arXiv 2505.22389): training with "
                                  "perturbation + Fisher closed-form merge coefficient",
                            merger=PerturbAndMergeMerger, plugins=_pm_plugins))
-register_method(MethodSpec("joint", "upper bound: one model trained on all experiences at once",
-                           kind="joint"))
-register_method(MethodSpec("probe", "linear probe of the frozen pretrained features on all "
-                                    "classes (bound on what any method reaches)", kind="probe"))
+register_method(MethodSpec("joint", "reference: the same LoRA and heads fine-tuned on all "
+                                    "experiences at once (joint fine-tuning)", kind="joint"))
+register_method(MethodSpec("probe", "reference: a joint-softmax classifier over all classes "
+                                    "trained on the frozen pretrained features", kind="probe"))
 register_method(MethodSpec("nmc", "nearest class mean of the frozen pretrained features, cosine "
                                   "similarity, class means added experience by experience (the "
                                   "papers' frozen-feature reference, arXiv 2210.04428)",
