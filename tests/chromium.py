@@ -43,6 +43,7 @@ class Browser:
         if binary is None:
             raise FileNotFoundError("no chromium on PATH (Debian: apt-get install chromium)")
         self.timeout = timeout
+        self.width, self.height = width, height
         self._profile = tempfile.mkdtemp(prefix="clmerge-chromium-")
         to_browser_r, self._to_browser = os.pipe()
         self._from_browser, from_browser_w = os.pipe()
@@ -123,10 +124,17 @@ class Browser:
         return result["result"].get("value")
 
     def screenshot(self, path: str | os.PathLike) -> None:
-        data = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True,
-                         clip={"x": 0, "y": 0, "scale": 1, "width": WIDTH,
-                               "height": self.evaluate(
-                                   "document.documentElement.scrollHeight")})["data"]
+        """The whole page at the window's width: the window is made as tall as the page
+        for the capture, then set back."""
+        height = int(self.evaluate("document.documentElement.scrollHeight"))
+        self.call("Emulation.setDeviceMetricsOverride", width=self.width, height=height,
+                  deviceScaleFactor=1, mobile=False)
+        try:
+            self.evaluate("window.scrollTo(0, 0)")
+            data = self.call("Page.captureScreenshot", format="png")["data"]
+        finally:
+            self.call("Emulation.setDeviceMetricsOverride", width=self.width,
+                      height=self.height, deviceScaleFactor=1, mobile=False)
         Path(path).write_bytes(base64.b64decode(data))
 
     def close(self) -> None:

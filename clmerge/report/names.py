@@ -151,8 +151,11 @@ def readable_columns(frame):
              for lvl, name in zip(out.columns.levels, out.columns.names)])
         out.columns.names = [column(n) for n in out.columns.names]
     else:
-        out.columns = out.columns.map(column)
-        out.columns.name = column(out.columns.name)
+        name = out.columns.name
+        out.columns = out.columns.map(
+            (lambda v: readable(v) if isinstance(v, str) else v) if name in ("variant", "method")
+            else column)
+        out.columns.name = column(name)
     return out
 
 

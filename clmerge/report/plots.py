@@ -359,10 +359,8 @@ def per_task_lines(tasks: pd.DataFrame, columns: dict, title: str = "", log: tup
     variants = order(tasks["variant"])
     groups = _line_groups(variants, highlight)
     ncols = min(3, len(columns))
-    if ncols == 1 and len(groups) > 1:   # one panel per group, side by side
-        fig = plt.figure(figsize=(3.1 * len(groups), 4.0), layout="constrained")
-        rows = [(sf, np.atleast_1d(sf.subplots(1, 1)))
-                for sf in np.atleast_1d(fig.subfigures(1, len(groups)))]
+    if ncols == 1 and len(groups) > 1:   # one wide panel per group, one under the other
+        fig, rows = _facet_rows(len(groups), 1, 7.2, 3.3)
     else:
         fig, rows = _facet_rows(len(groups), ncols, 3.0 * ncols + 0.8, 3.4)
     for (sf, axes), group in zip(rows, groups):
@@ -393,7 +391,7 @@ def per_task_lines(tasks: pd.DataFrame, columns: dict, title: str = "", log: tup
             ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
         for ax in axes[len(columns):]:
             ax.remove()
-        _legend_below(sf, axes[:len(columns)], ncol=2 if len(rows) > 1 and ncols == 1 else 3)
+        _legend_below(sf, axes[:len(columns)], ncol=3)
     if title:
         fig.suptitle(title, fontsize=10, fontweight="bold")
     return fig

@@ -82,6 +82,30 @@ def committed_table(benchmark: str | None, folder: str | Path = COMMITTED
     return table[keep]
 
 
+def shown(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`committed_table` as a reader reads it: accuracies in percent to one decimal,
+    a standard deviation only where there is more than one seed, merge seconds, the rank
+    and the chosen row; readable method names (at most 8 columns)."""
+    from clmerge.report.tables import labelled
+
+    out = pd.DataFrame(index=table.index)
+    out["seeds"] = table["seeds"]
+    several = (table["seeds"] > 1).any()
+    for col, name in (("cil_A_last", "final class-incremental (%)"),
+                      ("til_A_last", "final task-incremental (%)"),
+                      ("cil_A_avg", "average class-incremental (%)")):
+        mean = (100 * table[col]).map("{:.1f}".format)
+        if several and f"{col} std" in table:
+            std = (100 * table[f"{col} std"]).map(lambda x: "" if pd.isna(x) else f" ± {x:.1f}")
+            mean = mean + std
+        out[name] = mean
+    out["merge seconds"] = table["merge_seconds"].map("{:.2g}".format)
+    out["rank"] = table["rank"]
+    out["chosen"] = table["chosen"].map({True: "yes", False: ""})
+    out.index.name = "variant"
+    return labelled(out)
+
+
 def chosen_options(table: pd.DataFrame) -> dict[str, str]:
     """The TRM options of the chosen row (empty: the defaults stay)."""
     from clmerge.report.study import parse_variant
