@@ -115,3 +115,41 @@ def test_the_markdown_table_states_the_rule_and_the_command():
     assert "No cell of 2 qualifies" in text and C.COMMAND in text
     assert "| 15.7 | 32.1 | 19.3 | 16.4 | 1.23 | 1.3 | 0.49 | 2 |  |" in text
     assert text.count("**yes**") == 1
+
+
+BUDGETS = {"calibrated": 3e-3, "milder": 1e-3, "stronger": 1e-2}
+
+
+def test_the_evaluation_grids_hold_every_variant_the_claims_need(tmp_path):
+    from clmerge.experiment.grid import expand_grid
+    from clmerge.report import findings
+
+    grids = C.sweep_grids(BUDGETS)
+    assert sorted(grids) == ["renditions_calibrated.yaml", "renditions_milder_lr0.001.yaml",
+                             "renditions_stronger_lr0.01.yaml"]
+    cal = grids["renditions_calibrated.yaml"]
+    needed = set(findings.variants_needed(findings.load_claims())) | {"seq", "joint", "nmc"}
+    assert needed <= set(cal["variants"]) and cal["seeds"] == list(range(10))
+    assert "overrides" not in cal          # the profile's own (calibrated) budget
+    drift = {"seq", "average", "ties", "magmax", "pm", "pm[perturbation=none]",
+             "pm[perturbation=gaussian]", "trm"}
+    for name, lr in (("renditions_milder_lr0.001.yaml", 1e-3),
+                     ("renditions_stronger_lr0.01.yaml", 1e-2)):
+        g = grids[name]
+        assert set(g["variants"]) == drift and g["seeds"] == list(range(5))
+        assert g["overrides"] == {"lr": lr}
+    paths = C.write_sweep_grids(BUDGETS, tmp_path, forgetting={"calibrated": 3.2})
+    counts = {}
+    for p in paths:
+        cfgs = expand_grid(p)
+        assert {c.benchmark for c in cfgs} == {"glyph_renditions"}
+        counts[p.name] = len(cfgs)
+        lrs = {c.lr for c in cfgs}
+        assert len(lrs) == 1
+    assert counts == {"renditions_calibrated.yaml": 160, "renditions_milder_lr0.001.yaml": 40,
+                      "renditions_stronger_lr0.01.yaml": 40}
+    assert "forgets 3.2 task-incremental points" in paths[0].read_text()
+    # no budget, no file
+    assert list(C.sweep_grids({"calibrated": 3e-3, "milder": float("nan")})) == [
+        "renditions_calibrated.yaml"]
+

@@ -34,7 +34,7 @@ of 15 points, (b) of the range's width 0.4, (c) of 3 points, (d) of the range's 
 missing.
 
 **Budgets across drift** (:func:`drift_budgets`): at the chosen cell's data and epochs,
-seq runs at other LoRA rates (:data:`DRIFT_RATES`); the milder budget is the rate whose
+seq runs at the other LoRA rates of :data:`DRIFT_RATES`; the milder budget is the rate whose
 task-incremental forgetting is closest to half the chosen cell's, the stronger the one
 closest to double (distances on a log scale, ties to the lower rate).
 
@@ -76,9 +76,9 @@ TARGET_SEQ_OVER_NMC = 1.1          # the tie-break among qualifying cells
 CELL_KEYS = ("rendition_styles", "rendition_train_per_class", "epochs", "lr")
 DATA_KEYS = ("rendition_styles", "rendition_train_per_class")
 
-# One row per cell (seed 0). The first row is the issue's probe; the others move toward
-# higher accuracy (more plain glyphs in the mix, more images, more epochs) and more drift
-# (higher LoRA rates).
+# One row per cell (seed 0): two mixes of the same four styles (each style alike, and
+# plain glyphs twice as often), at LoRA rates from 3e-3 to 1e-2, with 60 training images
+# per class and 2 epochs (the budget a seq run affords: at most 150 s on one thread).
 _HARD = "plain,inverted,outline,low_contrast"
 _MILD = "plain:2,inverted,outline,low_contrast"
 GRID: list[dict] = [
@@ -86,10 +86,13 @@ GRID: list[dict] = [
     {"rendition_styles": _MILD, "rendition_train_per_class": 60, "epochs": 2, "lr": 1e-2},
     {"rendition_styles": _MILD, "rendition_train_per_class": 60, "epochs": 2, "lr": 3e-3},
     {"rendition_styles": _HARD, "rendition_train_per_class": 60, "epochs": 2, "lr": 1e-2},
+    {"rendition_styles": _MILD, "rendition_train_per_class": 60, "epochs": 2, "lr": 5e-3},
+    {"rendition_styles": _HARD, "rendition_train_per_class": 60, "epochs": 2, "lr": 5e-3},
 ]
 
-# The LoRA rates of the drift budgets, as factors of the chosen cell's.
-DRIFT_RATES = (0.25, 0.5, 2.0, 4.0)
+# The LoRA rates the drift budgets are chosen from (the regime map's rates and one
+# beyond); the chosen cell's own rate is the calibrated budget.
+DRIFT_RATES = (1e-3, 3e-3, 5e-3, 1e-2, 3e-2)
 
 # The references train nothing: their configs pin the budget so that one reference run
 # serves every cell with the same data.
@@ -204,16 +207,17 @@ def chosen_cell(df: pd.DataFrame) -> dict | None:
     return None if row.empty else {k: row.iloc[0][k] for k in CELL_KEYS}
 
 
-def drift_cells(cell: dict, factors=DRIFT_RATES) -> list[dict]:
+def drift_cells(cell: dict, rates=DRIFT_RATES) -> list[dict]:
     """The chosen cell at the other LoRA rates of :data:`DRIFT_RATES`."""
-    return [{**cell, "lr": float(f"{cell['lr'] * f:.6g}")} for f in factors]
+    return [{**cell, "lr": float(r)} for r in rates if not math.isclose(r, cell["lr"])]
 
 
-def drift_table(cell: dict, factors=DRIFT_RATES, results_dir: str | Path = RESULTS,
+def drift_table(cell: dict, rates=DRIFT_RATES, results_dir: str | Path = RESULTS,
                 seed: int = SEED) -> pd.DataFrame:
-    """seq's task-incremental forgetting at the chosen cell and at each drift rate."""
+    """seq's task-incremental forgetting at the chosen cell and at each drift rate
+    (NaN where the run is missing)."""
     rows = []
-    for c in [cell, *drift_cells(cell, factors)]:
+    for c in [cell, *drift_cells(cell, rates)]:
         seq = _load(cell_configs(c, seed)["seq"], Path(results_dir))
         rows.append({"lr": c["lr"], "seq_cil": _fig(seq, "cil"),
                      "seq_til_forgetting": _fig(seq, "til", "forgetting"),
@@ -238,6 +242,69 @@ def drift_budgets(drift: pd.DataFrame) -> dict[str, float]:
         best = others.assign(dist=dist).sort_values(["dist", "lr"], kind="stable")
         out[name] = float(best.iloc[0]["lr"])
     return out
+
+
+# The evaluation sweep on glyph_renditions. At the calibrated budget, 10 seeds of every
+# variant the findings page's claims compare (data/claims.csv: P1-P9, T1's candidates,
+# T2-T4's diagnostics come with these runs) and the references; at the milder and the
+# stronger budget, 5 seeds of the variants the regime figure reads.
+EVALUATION = "glyph_renditions"
+GRIDS_DIR = ROOT / "examples" / "final"
+CALIBRATED_SEEDS = list(range(10))
+DRIFT_SEEDS = list(range(5))
+CALIBRATED_VARIANTS = ["nmc", "probe", "joint", "seq", "average", "coma", "cofima",
+                       "task_arithmetic", "ties", "dare", "magmax", "pm",
+                       "pm[perturbation=none]", "pm[perturbation=gaussian]",
+                       "pm[alpha=per_module]", "trm"]
+DRIFT_VARIANTS = ["seq", "average", "ties", "magmax", "pm", "pm[perturbation=none]",
+                  "pm[perturbation=gaussian]", "trm"]
+
+
+def sweep_grids(budgets: dict[str, float]) -> dict[str, dict]:
+    """The evaluation grids (file name -> grid), one per budget of :func:`drift_budgets`:
+    the calibrated one is the profile's own budget (no override); the milder and the
+    stronger override the LoRA rate only."""
+    out = {}
+    for which in ("calibrated", "milder", "stronger"):
+        lr = budgets.get(which)
+        if lr is None or (isinstance(lr, float) and math.isnan(lr)):
+            continue
+        cal = which == "calibrated"
+        grid = {"profile": PROFILE, "name": f"final-renditions-{which}",
+                "benchmarks": [EVALUATION],
+                "seeds": CALIBRATED_SEEDS if cal else DRIFT_SEEDS,
+                "variants": CALIBRATED_VARIANTS if cal else DRIFT_VARIANTS,
+                "executor": {"kind": "local"}}
+        if not cal:
+            grid["overrides"] = {"lr": float(lr)}
+        out[f"renditions_{which}.yaml" if cal else f"renditions_{which}_lr{lr:g}.yaml"] = grid
+    return out
+
+
+def write_sweep_grids(budgets: dict[str, float], folder: str | Path = GRIDS_DIR,
+                      forgetting: dict[str, float] | None = None) -> list[Path]:
+    """Write :func:`sweep_grids` as YAML files with a header that says where the budget
+    comes from."""
+    import yaml
+
+    paths = []
+    for name, grid in sweep_grids(budgets).items():
+        which = grid["name"].rsplit("-", 1)[1]
+        f = (forgetting or {}).get(which)
+        seen = "" if f is None else f", where seq forgets {f:.1f} task-incremental points"
+        head = [f"# The glyph renditions benchmark at its {which} budget (LoRA rate "
+                f"{budgets[which]:g}{seen} on the calibration twin, seed 0;",
+                "# chosen by clmerge/experiment/renditions_calibration.py, "
+                "data/calibration/renditions_drift.csv).",
+                "# Written by `python -m clmerge.experiment.renditions_calibration "
+                "--write-grids`; run with",
+                "#   clmerge sweep examples/final/renditions_*.yaml --workers 2", ""]
+        path = Path(folder) / name
+        path.write_text("\n".join(head) + yaml.safe_dump(grid, sort_keys=False,
+                                                          default_flow_style=None),
+                        encoding="utf-8")
+        paths.append(path)
+    return paths
 
 
 def markdown(df: pd.DataFrame, command: str = COMMAND) -> str:
@@ -272,13 +339,13 @@ def markdown(df: pd.DataFrame, command: str = COMMAND) -> str:
 
 def calibrate(grid: list[dict] = GRID, results_dir: str | Path = RESULTS,
               out: str | Path | None = TABLE, workers: int = 1, seed: int = SEED,
-              drift: bool = False) -> pd.DataFrame:
+              drift: bool = False, compute: bool = True) -> pd.DataFrame:
     """Run what is missing (seq, joint, nmc only), write and return the table; with
     ``drift``, then the seq runs of :func:`drift_cells` at the chosen cell, and the drift
-    table."""
+    table. ``compute=False`` runs nothing and writes the tables of the finished runs."""
     def run(cfgs):
         _, todo = plan(cfgs, results_dir)
-        if todo:
+        if todo and compute:
             compute_local(todo, results_dir, workers=workers, keep_going=True)
 
     order: dict[str, ExperimentConfig] = {}   # cell by cell: its reference, seq, joint
@@ -309,9 +376,26 @@ def main(argv=None) -> None:
     p.add_argument("--out", default=str(TABLE))
     p.add_argument("--drift", action="store_true",
                    help="then run seq at the drift rates around the chosen cell")
+    p.add_argument("--no-run", action="store_true",
+                   help="run nothing: write the tables of the finished runs")
+    p.add_argument("--write-grids", action="store_true",
+                   help="write the evaluation sweep grids of the three budgets to "
+                        "examples/final (from finished runs; runs nothing)")
     args = p.parse_args(argv)
+    if args.write_grids:
+        df = table(results_dir=args.results_dir)
+        cell = chosen_cell(df)
+        if cell is None:
+            raise SystemExit("no cell has all four numbers yet; run the calibration first")
+        d = drift_table(cell, results_dir=args.results_dir)
+        budgets = drift_budgets(d)
+        forgetting = {w: float(d.loc[d["lr"] == lr, "seq_til_forgetting"].iloc[0])
+                      for w, lr in budgets.items() if not math.isnan(lr)}
+        for path in write_sweep_grids(budgets, forgetting=forgetting):
+            print(path)
+        return
     df = calibrate(results_dir=args.results_dir, out=args.out, workers=args.workers,
-                   drift=args.drift)
+                   drift=args.drift, compute=not args.no_run)
     with pd.option_context("display.width", 250, "display.max_columns", 40):
         print(df.round(3).to_string(index=False))
 
