@@ -55,6 +55,7 @@ from clmerge import cli
 from clmerge.book import BUILD
 from clmerge.errors import ConfigError
 from clmerge.experiment.atomic import file_lock
+from clmerge.experiment.checkpoint import _checksum as state_checksum
 from clmerge.experiment.config import make_config
 from clmerge.experiment.executors import temporary_environ
 from clmerge.experiment.results import _checksum, read_result, result_path
@@ -501,6 +502,8 @@ def _damage_checkpoint(folder: Path, damage: str, canary: Path) -> None:
         meta["objects"][first]["process"] = {
             "__object__": "subprocess:Popen",
             "attrs": {"args": {"__seq__": "list", "items": ["touch", str(canary)]}}}
+        # the checksum recomputed (anyone can): the class itself must be refused
+        meta["checksum"] = state_checksum(meta)
         state.write_text(json.dumps(meta))
     elif damage == "truncate":
         tensors.write_bytes(tensors.read_bytes()[: tensors.stat().st_size // 2])

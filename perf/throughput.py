@@ -255,7 +255,7 @@ def _measure(args, argv) -> dict:
 
     cfg = make_config("pm", BENCHMARK, "paper", 0, {
         "backbone": BACKBONE, "pretrained": False, "device": args.device,
-        "batch_size": args.batch, "image_size": args.image_size, "epochs": 1,
+        "batch_size": args.batch, "epochs": 1,
         "n_experiences": N_EXPERIENCES, "amp": args.amp, "num_workers": args.num_workers,
         "pm.fisher": args.fisher, "pm.fisher_samples": args.fisher_batches * args.batch,
         "pm.fisher_engine": args.fisher_engine, "pm.fisher_estimator": args.fisher_estimator,

@@ -1,5 +1,6 @@
 """The glyph streams, the nearest-class-mean reference and the cosine head."""
 
+import dataclasses
 import unicodedata
 
 import numpy as np
@@ -137,10 +138,13 @@ def test_cosine_head_config_is_hash_neutral_at_its_default():
 
 def test_means_initialised_cosine_heads_without_training_are_the_nmc_classifier():
     """Oracle: with nothing trained (both learning rates 0), cosine heads initialised at
-    the class means make seq's matrices those of nmc (argmax of s * cos is argmax cos)."""
+    the class means make seq's matrices those of nmc (argmax of s * cos is argmax cos).
+
+    A learning rate of 0 is refused by ``make_config`` (a run that moves nothing); the
+    untrained run is the resolved config with both rates set to 0 afterwards."""
     nmc = run_experiment(make_config("nmc", profile="smoke"), progress=False)
-    seq = run_experiment(make_config("seq", profile="smoke", overrides={
-        "head": "cosine", "head_init": "means", "lr": 0.0, "head_lr": 0.0}), progress=False)
+    seq = run_experiment(dataclasses.replace(make_config("seq", profile="smoke", overrides={
+        "head": "cosine", "head_init": "means"}), lr=0.0, head_lr=0.0), progress=False)
     for a, b in ((nmc["R"], seq["R"]), (nmc["R_til"], seq["R_til"])):
         for ra, rb in zip(a, b):
             assert rb == pytest.approx(ra, abs=0.01)   # float32 vs float64 near-ties

@@ -145,7 +145,7 @@ def test_finite_difference_meets_double_backward_through_attention():
     attention (the fused CPU kernels have no second derivative)."""
     from clmerge.experiment.pm_checks import line_check
     cfg = make_config("pm", "split_digits", profile="smoke", overrides={
-        "backbone": "vit_letters", "image_size": 28, "n_experiences": 2, "lora_rank": 4})
+        "backbone": "vit_letters", "n_experiences": 2, "lora_rank": 4})
     res = line_check(cfg, experience=1, n_samples=64, alphas=[0.0, 1.0],
                      eps_list=[1e-1, 1e-2, 1e-3])
     c = res["curvature"]

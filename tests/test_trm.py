@@ -512,7 +512,7 @@ def test_trm_merges_an_attention_backbone(head):
     """L_GR's second derivative goes through attention (the fused CPU attention kernels
     have none; the merge runs attention in its plain kernel), with either head protocol."""
     cfg = make_config("trm", "split_digits", profile="smoke", overrides={
-        "backbone": "vit_letters", "image_size": 28, "n_experiences": 2, "head": head,
+        "backbone": "vit_letters", "n_experiences": 2, "head": head,
         "trm.steps": 2, "trm.eval_every": 1, "trm.gr_every": 1})
     r = run_experiment(cfg, progress=False)
     assert all(t["objectives_end"]["total"] <= t["objectives_start"]["total"] for t in r["tasks"])

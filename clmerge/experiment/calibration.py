@@ -34,6 +34,7 @@ Command line (writes ``data/calibration/glyphs.csv``; runs already in
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import pandas as pd
@@ -73,15 +74,23 @@ def budget_configs(budget: dict, seed: int = SEED) -> dict[str, ExperimentConfig
             for m in ("seq", "joint")}
 
 
-# The references train nothing; their configs pin the budget settings so that their file
-# names do not change when the profile's budget does.
+# The references train nothing, so the budget settings do not change their numbers; their
+# configs hold these fixed values so that their file names do not change when the
+# profile's budget does.
 REFERENCE_BUDGET = {"head": "linear", "head_init": "random", "lr": 1e-3, "epochs": 2,
                     "batch_size": 32, "head_lr": 0.01}
 
 
 def reference_configs(seed: int = SEED) -> dict[str, ExperimentConfig]:
-    """The frozen-feature references (independent of the training budget)."""
-    return {m: make_config(m, BENCHMARK, PROFILE, seed, overrides=dict(REFERENCE_BUDGET))
+    """The frozen-feature references (independent of the training budget).
+
+    Each is the profile's config of the method with no override, and the settings of
+    :data:`REFERENCE_BUDGET` (which a method that trains nothing does not use, so
+    ``make_config`` refuses them as overrides) then fixed in the resolved config: they
+    name the file and change no number.
+    """
+    return {m: dataclasses.replace(make_config(m, BENCHMARK, PROFILE, seed),
+                                   **REFERENCE_BUDGET)
             for m in ("nmc", "probe")}
 
 
