@@ -435,6 +435,19 @@ def test_dare_default_seed_is_the_run_seed():
         assert_dict_close(got, want)
 
 
+
+@pytest.mark.parametrize("seed", [5, 2**62 + 3, 2**63 - 1])
+def test_dare_generator_seed_is_the_documented_one(seed):
+    """Task t's mask generator is seeded with (seed * 1000003 + t) mod 2**63, read back
+    from the generator itself (torch's CPU generator keeps only the low 32 bits for its
+    draws, so the masks alone cannot tell a modulus of 2**63 from 2**64; a CUDA
+    generator draws from all 64)."""
+    merger = Dare(DareOptions(p=0.3, seed=seed))
+    for t in range(4):
+        got = merger.generator(t, "cpu").initial_seed()
+        assert got == (seed * 1_000_003 + t) % 2**63
+
+
 # ------------------------------------------------------------------ Fisher-based mergers
 def fisher_stream(seed=0, zeros_at=None):
     """Per-task diagonal Fishers (float64, non-negative, spread over decades so the
@@ -963,6 +976,22 @@ def test_the_fisher_sample_gives_the_largest_remainders_the_extra_samples(counts
             assert got[1] == 4 and got[0] + got[2] == 6 and got[2] in (5, 6)
         else:
             assert [got[c] for c in range(len(counts))] == quotas
+
+
+def test_the_fisher_sample_spreads_a_single_item_class_evenly():
+    """Item i of class c sits at key (i + u) / q_c, u ~ U[0, 1): a class with one item
+    in the sample (key u) is equally likely at each of the positions among the nine
+    items of a class with q = 9 (keys (j + u_j) / 9), so over 300 seeds each of the ten
+    positions occurs (expected 30 times each; a key of (i - u) / q_c would put it first
+    or second almost always)."""
+    from collections import Counter
+
+    from clmerge.mergers.fisher_context import fisher_rng, stratified_order
+
+    y = [0] + [1] * 9
+    where = Counter(stratified_order(y, 10, fisher_rng(seed, 0)).index(0) for seed in range(300))
+    assert sorted(where) == list(range(10))
+    assert min(where.values()) >= 10, where
 
 
 @pytest.mark.parametrize("sampling", ["stratified", "sequential"])

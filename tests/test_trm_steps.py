@@ -80,6 +80,29 @@ def problem(options, **kw):
     return ctx, m, m.problem(ctx)
 
 
+def test_directions_are_the_recorded_ones_from_where_training_started():
+    """d_k = theta_start + s_k - theta_hat_{t-1} for the recorded snapshots s_k (offsets
+    from where task t's training started), d_K = theta*_t - theta_hat_{t-1} and
+    acc = theta_hat_{t-1} - theta_0, named d1.., dK, acc; every coefficient starts at 0
+    but d_K's (init_last). The start differs from theta_hat_{t-1} here, as under the
+    fine-tuned start protocol."""
+    import dataclasses
+
+    ctx = context(t=1)
+    g = torch.Generator().manual_seed(5)
+    start = {k: v + 0.3 * torch.randn(v.shape, generator=g) for k, v in ctx.merged.items()}
+    ctx = dataclasses.replace(ctx, start=start)
+    dirs, names, init = TrajectoryRegularizedMerger(TRMOptions(init_last=0.7)).directions(ctx)
+    want = [{k: start[k] + s[k] - ctx.merged[k] for k in KEYS} for s in ctx.extras["trajectory"]]
+    want += [{k: ctx.finetuned[k] - ctx.merged[k] for k in KEYS},
+             {k: ctx.merged[k] - ctx.theta0[k] for k in KEYS}]
+    assert names == ["d1", "d2", "d3", "dK", "acc"] and init == [0.0, 0.0, 0.0, 0.7, 0.0]
+    assert len(dirs) == len(want)
+    for d, w in zip(dirs, want):
+        for k in KEYS:
+            torch.testing.assert_close(d[k], w[k])
+
+
 def test_problem_holds_the_split_batches_the_start_and_the_teacher():
     ctx, m, p = problem(TRMOptions(batches=3, pc_inputs="current", gr_samples=5))
     batches = ctx.extras["batches"]
@@ -136,6 +159,18 @@ def test_terms_on_the_fixed_set_are_the_losses_over_all_fitting_data():
     assert not got["ta"].requires_grad and not got["pc"].requires_grad
 
 
+@pytest.mark.parametrize("ta,pc,gr", [(0.0, 1.0, 1.0), (1.0, 0.0, 1.0), (1.0, 1.0, 0.0)])
+def test_a_term_of_weight_zero_is_not_computed(ta, pc, gr):
+    """A term whose weight is 0 adds nothing to the total and is not evaluated (no
+    forward spent on it), on a minibatch and on the fixed set."""
+    ctx, m, p = problem(TRMOptions(batches=3, pc_inputs="current", gr_every=1, ta=ta, pc=pc,
+                                   gr=gr))
+    c = p.c0.clone().requires_grad_(True)
+    want = {k for k, w in (("ta", ta), ("pc", pc), ("gr", gr)) if w > 0}
+    for got in (m.terms_on_minibatch(p, c, 0), m.terms_on_fixed_set(p, c)):
+        assert set(got) - {"grad_norm"} == want
+
+
 @pytest.mark.parametrize("weights,terms,want", [
     ((1.0, 1.0, 1.0), {"ta": 2.0, "pc": 3.0, "gr": 5.0}, 10.0),
     ((0.5, 2.0, 0.0), {"ta": 2.0, "pc": 3.0, "gr": 5.0}, 7.0),
@@ -173,6 +208,43 @@ def test_optimise_evaluates_on_schedule_stays_bounded_and_keeps_the_best(keep_be
         assert r.end["total"] == min(totals) and r.curve["step"][totals.index(min(totals))] == r.step
     else:
         assert r.step == 7 and r.end["total"] == totals[-1]
+
+
+def test_optimise_clamps_both_ends_and_bound_zero_is_unbounded():
+    """Each step clamps c to [-bound, bound]: with a large step (lr 0.5, 10 Adam steps of
+    about lr each) coefficients end at both ends; bound = 0 clamps nothing, and the same
+    steps carry some coefficient beyond 1."""
+    o = dict(steps=10, eval_every=5, lr=0.5, keep_best=False, pc_inputs="current", gr=0.0)
+    ctx, m, p = problem(TRMOptions(bound=0.3, **o))
+    c = m.optimise(p).c
+    assert float(c.max()) == pytest.approx(0.3) and float(c.min()) == pytest.approx(-0.3)
+    ctx, m, p = problem(TRMOptions(bound=0.0, **o))
+    assert float(m.optimise(p).c.abs().max()) > 1.0
+
+
+@pytest.mark.parametrize("steps,step_size", [(3, 0.05), (2, 0.2)])
+def test_inverted_consistency_inputs_are_drawn_as_documented(steps, step_size):
+    """pc_inputs = inverted: each fitting minibatch x is moved by ``invert_steps``
+    signed-gradient steps of ``invert_step`` std(x) towards old classes drawn uniformly
+    from the run's draw of kind 3 (targets over the old tasks' classes, one per input),
+    within x's range, under the teacher theta_hat_{t-1} and the old heads."""
+    from clmerge.mergers.trm import _generator
+
+    o = TRMOptions(batches=3, pc_inputs="inverted", invert_steps=steps, invert_step=step_size,
+                   seed=2)
+    ctx, m, p = problem(o)
+    gen = _generator(ctx, 2, 3)
+    for (x, _), got in zip(p.fit, p.pc_x):
+        targets = torch.randint(0, 2, (len(x),), generator=gen)
+        lo, hi, scale = x.min(), x.max(), float(x.std()) * step_size
+        want = x.clone()
+        for _ in range(steps):
+            want.requires_grad_(True)
+            loss = F.cross_entropy(logits(ctx.model, feats(ctx.merged, want), [0]), targets)
+            (g,) = torch.autograd.grad(loss, want)
+            want = (want.detach() - scale * g.sign()).clamp(lo, hi)
+        torch.testing.assert_close(got, want)
+        assert not torch.equal(got, x)
 
 
 def test_optimise_without_steps_returns_the_start():

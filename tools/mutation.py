@@ -5,12 +5,15 @@ Usage (from the repository root, on one core)::
     nice -n 10 python tools/mutation.py [--out tools/mutation_report.md] [--only PATH ...]
                                         [--timeout 120] [--list]
 
-Files mutated: ``clmerge/mergers/*.py``, ``clmerge/tensormath/*.py`` and
-``clmerge/plugins/merge.py``. Two kinds of mutants:
+Files mutated: those matching ``TARGET_GLOBS`` (the mergers, the tensor maths and the
+merge driver, wherever they lie under ``clmerge/``). Two kinds of mutants:
 
-- standard mutants (``STANDARD`` below), written by hand per merger: the merged weights
-  replaced by the fine-tuned ones, by the previous merged ones, by the pretrained ones;
-  a coefficient forced to 0 or to 1; a sign flipped; a state update skipped;
+- standard mutants: the merged weights replaced by the fine-tuned ones, by the previous
+  merged ones, by the pretrained ones; a coefficient forced to 0 or to 1; a sign flipped;
+  a state update skipped. Most are generated from the syntax tree by code pattern (see
+  the comment above ``SPECIFIC``), the rest (``SPECIFIC``) are written by hand as a code
+  pattern and its replacement; a pattern that no longer matches is listed under "Not
+  applied" in the report, never silently dropped;
 - operator mutants, one per site, generated from the syntax tree: ``+`` <-> ``-``,
   ``*`` <-> ``/``, ``**`` -> ``*``, ``//`` -> ``/``, ``&`` <-> ``|``, augmented
   assignments likewise; a comparison negated (``<`` -> ``>=``, ``==`` -> ``!=``, ``is``
@@ -21,7 +24,7 @@ Files mutated: ``clmerge/mergers/*.py``, ``clmerge/tensormath/*.py`` and
   arguments of shape calls (``sum(0)``, ``reshape(-1)``, ``dim=1``, ...).
 
 Every mutant is applied to a private copy of the tree (never to the working tree) and
-judged by a fast subset of the tests chosen by the mutated file (``TESTS``), run with
+judged by a fast subset of the tests chosen by the mutated file's name (``TESTS``), run with
 ``-x`` under a per-mutant timeout: a failing test, an error or a timeout kills it. The
 runs are forked from one process that has already imported the heavy third-party
 modules (torch, numpy, avalanche, peft), so a mutant costs its tests' time only; the
@@ -38,6 +41,7 @@ import compileall
 import gc
 import io
 import os
+import re
 import py_compile
 import shutil
 import signal
@@ -49,15 +53,31 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TARGETS = sorted([*ROOT.glob("clmerge/mergers/*.py"), *ROOT.glob("clmerge/tensormath/*.py"),
-                  ROOT / "clmerge/plugins/merge.py"])
-TARGETS = [p.relative_to(ROOT).as_posix() for p in TARGETS if p.name != "__init__.py"]
+# the files mutated, found by pattern so that a file moved inside the package is still
+# found: (what, glob under the repository root)
+TARGET_GLOBS = (("mergers", "clmerge/**/mergers/*.py"), ("tensormath", "clmerge/**/tensormath/*.py"),
+                ("merge driver", "clmerge/**/plugins/merge.py"))
+
+
+def find_targets() -> tuple[list[str], list[str]]:
+    """The target files, and one sentence for each pattern that matched none."""
+    found, missing = set(), []
+    for what, pattern in TARGET_GLOBS:
+        hits = [q for q in ROOT.glob(pattern) if q.name != "__init__.py"]
+        if not hits:
+            missing.append(f"no file matches {pattern} ({what})")
+        found.update(q.relative_to(ROOT).as_posix() for q in hits)
+    return sorted(found), missing
+
+
+TARGETS, MISSING_TARGETS = find_targets()
 
 SEAMS = "tests/test_merger_seams.py"
 PLUGIN = "tests/test_merge_plugin_seam.py"
 RULES = "tests/test_merge_rules.py"
 PM_MATH = "tests/test_pm_math.py"
 FISHER = "tests/test_fisher_estimators.py"
+TRM_STEPS = "tests/test_trm_steps.py"
 TRM_UNIT = tuple(f"tests/test_trm.py::{name}" for name in (
     "test_combine_is_the_weighted_sum_of_directions", "test_initial_point_and_shape_checks",
     "test_random_direction_has_the_reference_norm_on_every_weight",
@@ -71,206 +91,95 @@ TRM_UNIT = tuple(f"tests/test_trm.py::{name}" for name in (
     "test_inverted_inputs_move_towards_their_targets_within_the_input_range",
     "test_the_fresh_responsiveness_head_is_a_new_head_of_the_same_kind"))
 
-# the fast tests that judge a mutant of each file, cheapest and most likely to fail first
+# the fast tests that judge a mutant of each file (by file name, wherever it lies),
+# cheapest and most likely to fail first; a test file or test that does not exist is
+# left out (and said), a file not named here gets DEFAULT_TESTS
 TESTS: dict[str, tuple] = {
-    "clmerge/mergers/base.py": (SEAMS, PLUGIN),
-    "clmerge/mergers/fisher_context.py": (SEAMS, FISHER),
-    "clmerge/mergers/trm.py": (SEAMS, TRM_UNIT),
-    "clmerge/plugins/merge.py": (PLUGIN,),
-    "clmerge/tensormath/merge_rules.py": (SEAMS, RULES),
-    "clmerge/tensormath/tensordict.py": (SEAMS, RULES, PM_MATH),
-    "clmerge/tensormath/pm_coefficient.py": (SEAMS, PM_MATH),
-    "clmerge/tensormath/fisher.py": (SEAMS, PM_MATH, FISHER),
-    "clmerge/tensormath/trajectory_subspace.py": (SEAMS, TRM_UNIT),
+    "base.py": (SEAMS, PLUGIN),
+    "fisher_context.py": (SEAMS, FISHER),
+    "trm.py": (SEAMS, TRM_STEPS, TRM_UNIT),
+    "merge.py": (PLUGIN, SEAMS),
+    "merge_rules.py": (SEAMS, RULES),
+    "tensordict.py": (SEAMS, RULES, PM_MATH),
+    "pm_coefficient.py": (SEAMS, PM_MATH),
+    "fisher.py": (SEAMS, PM_MATH, FISHER),
+    "trajectory_subspace.py": (SEAMS, TRM_STEPS, TRM_UNIT),
 }
-DEFAULT_TESTS = (SEAMS, PLUGIN)
+DEFAULT_TESTS = (SEAMS, PLUGIN, RULES)
 
-# (file, exact source text, replacement, what it is); the text must occur exactly once
-STANDARD = [
-    # average
-    ("clmerge/mergers/average.py", "return running_average(ctx.merged, ctx.finetuned, self.count)",
-     "return ctx.finetuned", "returns theta*_t"),
-    ("clmerge/mergers/average.py", "return running_average(ctx.merged, ctx.finetuned, self.count)",
-     "return ctx.merged", "returns theta_hat_{t-1}"),
-    ("clmerge/mergers/average.py", "return running_average(ctx.merged, ctx.finetuned, self.count)",
-     "return ctx.theta0", "returns theta_0"),
-    ("clmerge/mergers/average.py", "        self.count += 1\n", "        self.count = 1\n",
-     "state update skipped (count stays 1)"),
-    # sequential
-    ("clmerge/mergers/sequential.py", "return ctx.finetuned", "return ctx.merged",
-     "returns theta_hat_{t-1}"),
-    ("clmerge/mergers/sequential.py", "return ctx.finetuned", "return ctx.theta0",
-     "returns theta_0"),
-    # task arithmetic
-    ("clmerge/mergers/task_arithmetic.py", "return self.sum.merged(ctx.theta0, lam)",
-     "return ctx.finetuned", "returns theta*_t"),
-    ("clmerge/mergers/task_arithmetic.py", "return self.sum.merged(ctx.theta0, lam)",
-     "return ctx.merged", "returns theta_hat_{t-1}"),
-    ("clmerge/mergers/task_arithmetic.py", "return self.sum.merged(ctx.theta0, lam)",
-     "return ctx.theta0", "returns theta_0"),
-    ("clmerge/mergers/task_arithmetic.py", "return self.sum.merged(ctx.theta0, lam)",
-     "return self.sum.merged(ctx.theta0, 0.0)", "coefficient forced to 0"),
-    ("clmerge/mergers/task_arithmetic.py", "return self.sum.merged(ctx.theta0, lam)",
-     "return self.sum.merged(ctx.theta0, 1.0)", "coefficient forced to 1"),
-    ("clmerge/mergers/task_arithmetic.py", "self.sum.update(sub(ctx.finetuned, ctx.theta0))",
-     "self.sum.update(sub(ctx.theta0, ctx.finetuned))", "sign of tau flipped"),
-    ("clmerge/mergers/task_arithmetic.py", "self.sum.update(sub(ctx.finetuned, ctx.theta0))",
-     "self.sum.value = None; self.sum.update(sub(ctx.finetuned, ctx.theta0))",
-     "state update skipped (sum restarted)"),
-    # TIES
-    ("clmerge/mergers/ties.py", "return ties_merge(ctx.theta0, self.task_vectors, k=o.k, lam=o.lam,",
-     "return ctx.finetuned\n        return ties_merge(ctx.theta0, self.task_vectors, k=o.k, lam=o.lam,",
-     "returns theta*_t"),
-    ("clmerge/mergers/ties.py", "return ties_merge(ctx.theta0, self.task_vectors, k=o.k, lam=o.lam,",
-     "return ctx.merged\n        return ties_merge(ctx.theta0, self.task_vectors, k=o.k, lam=o.lam,",
-     "returns theta_hat_{t-1}"),
-    ("clmerge/mergers/ties.py", "return ties_merge(ctx.theta0, self.task_vectors, k=o.k, lam=o.lam,",
-     "return ctx.theta0\n        return ties_merge(ctx.theta0, self.task_vectors, k=o.k, lam=o.lam,",
-     "returns theta_0"),
-    ("clmerge/mergers/ties.py", "k=o.k, lam=o.lam,", "k=o.k, lam=0.0,", "coefficient forced to 0"),
-    ("clmerge/mergers/ties.py", "k=o.k, lam=o.lam,", "k=o.k, lam=1.0,", "coefficient forced to 1"),
-    ("clmerge/mergers/ties.py", "self.task_vectors.append(sub(ctx.finetuned, ctx.theta0))",
-     "self.task_vectors.append(sub(ctx.theta0, ctx.finetuned))", "sign of tau flipped"),
-    ("clmerge/mergers/ties.py", "self.task_vectors.append(sub(ctx.finetuned, ctx.theta0))",
-     "self.task_vectors = [sub(ctx.finetuned, ctx.theta0)]",
-     "state update skipped (only the last task vector kept)"),
-    # MagMax
-    ("clmerge/mergers/magmax.py", "return self.acc.merged(ctx.theta0, lam=o.lam)",
-     "return ctx.finetuned", "returns theta*_t"),
-    ("clmerge/mergers/magmax.py", "return self.acc.merged(ctx.theta0, lam=o.lam)",
-     "return ctx.merged", "returns theta_hat_{t-1}"),
-    ("clmerge/mergers/magmax.py", "return self.acc.merged(ctx.theta0, lam=o.lam)",
-     "return ctx.theta0", "returns theta_0"),
-    ("clmerge/mergers/magmax.py", "return self.acc.merged(ctx.theta0, lam=o.lam)",
-     "return self.acc.merged(ctx.theta0, lam=0.0)", "coefficient forced to 0"),
-    ("clmerge/mergers/magmax.py", "return self.acc.merged(ctx.theta0, lam=o.lam)",
-     "return self.acc.merged(ctx.theta0, lam=1.0)", "coefficient forced to 1"),
-    ("clmerge/mergers/magmax.py", "tau = sub(ctx.finetuned, ctx.theta0)",
-     "tau = sub(ctx.theta0, ctx.finetuned)", "sign of tau flipped"),
-    ("clmerge/mergers/magmax.py", "        self.acc.update(tau)\n",
-     "        self.acc.value = None\n        self.acc.update(tau)\n",
-     "state update skipped (running max restarted)"),
-    ("clmerge/mergers/magmax.py", "return magmax(ctx.theta0, self.task_vectors, lam=o.lam)",
-     "return magmax(ctx.theta0, [tau], lam=o.lam)", "keep_all: earlier task vectors ignored"),
-    # CoMA
-    ("clmerge/mergers/coma.py", "return coma(ctx.merged, ctx.finetuned, self.options.alpha)",
-     "return ctx.finetuned", "returns theta*_t"),
-    ("clmerge/mergers/coma.py", "return coma(ctx.merged, ctx.finetuned, self.options.alpha)",
-     "return ctx.merged", "returns theta_hat_{t-1}"),
-    ("clmerge/mergers/coma.py", "return coma(ctx.merged, ctx.finetuned, self.options.alpha)",
-     "return ctx.theta0", "returns theta_0"),
-    ("clmerge/mergers/coma.py", "return coma(ctx.merged, ctx.finetuned, self.options.alpha)",
-     "return coma(ctx.merged, ctx.finetuned, 0.0)", "coefficient forced to 0"),
-    ("clmerge/mergers/coma.py", "return coma(ctx.merged, ctx.finetuned, self.options.alpha)",
-     "return coma(ctx.merged, ctx.finetuned, 1.0)", "coefficient forced to 1"),
-    ("clmerge/mergers/coma.py", "return coma(ctx.merged, ctx.finetuned, self.options.alpha)",
-     "return coma(ctx.finetuned, ctx.merged, self.options.alpha)", "roles swapped (1 - alpha)"),
-    ("clmerge/mergers/coma.py", "return clone(ctx.finetuned)", "return clone(ctx.theta0)",
-     "first task returns theta_0"),
-    # DARE
-    ("clmerge/mergers/dare.py", "return running_average(ctx.merged, add(ctx.merged, dropped), self.count)",
-     "return ctx.finetuned", "returns theta*_t"),
-    ("clmerge/mergers/dare.py", "return running_average(ctx.merged, add(ctx.merged, dropped), self.count)",
-     "return ctx.merged", "returns theta_hat_{t-1}"),
-    ("clmerge/mergers/dare.py", "return running_average(ctx.merged, add(ctx.merged, dropped), self.count)",
-     "return ctx.theta0", "returns theta_0"),
-    ("clmerge/mergers/dare.py", "dropped = dare(delta, self.options.p, self.generator(ctx.t, device))",
-     "dropped = dare(delta, 0.0, self.generator(ctx.t, device))", "drop rate forced to 0"),
-    ("clmerge/mergers/dare.py", "delta = sub(ctx.finetuned, ctx.merged)",
-     "delta = sub(ctx.merged, ctx.finetuned)", "sign of Delta flipped"),
-    ("clmerge/mergers/dare.py", "        self.count += 1\n", "        self.count = 1\n",
-     "state update skipped (count stays 1)"),
-    ("clmerge/mergers/dare.py", "self.generator(ctx.t, device)", "self.generator(0, device)",
+# Standard mutants are of two sources.
+#
+# Generated from the syntax tree (``_StandardSites``), so that they follow the code as it
+# moves:
+# - in every ``merge(self, ctx)`` method of a merger, each returned value replaced by
+#   ``ctx.finetuned`` (theta*_t), ``ctx.merged`` (theta_hat_{t-1}) and ``ctx.theta0``
+#   (theta_0), unless it already is that value (or its clone);
+# - a coefficient forced to 0 and to 1: in a merger, each read of a float field of its
+#   Options (``o.lam``, ``self.options.alpha``, ...) outside ``self.record(...)``; in the
+#   tensor maths, each float parameter of a function, set at the top of its body;
+# - a sign flipped: the arguments of ``sub(a, b)`` swapped, ``add(a, b)`` made
+#   ``sub(a, b)``, the coefficient of ``axpy(y, a, x)`` and ``scale(x, c)`` negated;
+# - a state update skipped: in a class, outside ``__init__``, each assignment to
+#   ``self.<name>`` (``=``, ``+=``, ...) and each ``self.<name>.update/append/extend(...)``
+#   replaced by ``pass``.
+#
+# Written by hand (``SPECIFIC``): (file name, code pattern, replacement, what it is). The
+# pattern is matched with any run of white space standing for any other; it must occur
+# exactly once in the file of that name; one that does not is reported as not applied.
+SPECIFIC = [
+    ("coma.py", "coma(ctx.merged, ctx.finetuned, self.options.alpha)",
+     "coma(ctx.finetuned, ctx.merged, self.options.alpha)", "roles swapped (1 - alpha)"),
+    ("magmax.py", "magmax(ctx.theta0, self.task_vectors, lam=o.lam)",
+     "magmax(ctx.theta0, [tau], lam=o.lam)", "keep_all: earlier task vectors ignored"),
+    ("dare.py", "self.generator(ctx.t, device)", "self.generator(0, device)",
      "one mask for every task"),
-    # CoFiMA
-    ("clmerge/mergers/cofima.py", "        self.fisher_prev = fisher_t\n        return merged",
-     "        self.fisher_prev = fisher_t\n        return ctx.finetuned", "returns theta*_t"),
-    ("clmerge/mergers/cofima.py", "        self.fisher_prev = fisher_t\n        return merged",
-     "        self.fisher_prev = fisher_t\n        return ctx.merged", "returns theta_hat_{t-1}"),
-    ("clmerge/mergers/cofima.py", "        self.fisher_prev = fisher_t\n        return merged",
-     "        self.fisher_prev = fisher_t\n        return ctx.theta0", "returns theta_0"),
-    ("clmerge/mergers/cofima.py", "alpha=o.alpha, fisher_floor", "alpha=0.0, fisher_floor",
-     "coefficient forced to 0"),
-    ("clmerge/mergers/cofima.py", "alpha=o.alpha, fisher_floor", "alpha=1.0, fisher_floor",
-     "coefficient forced to 1"),
-    ("clmerge/mergers/cofima.py", "        self.fisher_prev = fisher_t\n",
-     "        self.fisher_prev = self.fisher_prev or fisher_t\n",
+    ("cofima.py", "self.fisher_prev = fisher_t", "self.fisher_prev = self.fisher_prev or fisher_t",
      "state update skipped (first Fisher kept)"),
-    ("clmerge/mergers/cofima.py", "cofima(ctx.merged, ctx.finetuned, self.fisher_prev, fisher_t,",
+    ("cofima.py", "cofima(ctx.merged, ctx.finetuned, self.fisher_prev, fisher_t,",
      "cofima(ctx.merged, ctx.finetuned, fisher_t, self.fisher_prev,", "Fishers swapped"),
-    # P&M
-    ("clmerge/mergers/pm.py", "return td.axpy(ctx.merged, a, delta)", "return ctx.finetuned",
-     "returns theta*_t"),
-    ("clmerge/mergers/pm.py", "return td.axpy(ctx.merged, a, delta)", "return ctx.merged",
-     "returns theta_hat_{t-1}"),
-    ("clmerge/mergers/pm.py", "return td.axpy(ctx.merged, a, delta)", "return ctx.theta0",
-     "returns theta_0"),
-    ("clmerge/mergers/pm.py", "return td.axpy(ctx.merged, a, delta)",
-     "return td.axpy(ctx.merged, 0.0, delta)", "coefficient forced to 0"),
-    ("clmerge/mergers/pm.py", "return td.axpy(ctx.merged, a, delta)",
-     "return td.axpy(ctx.merged, 1.0, delta)", "coefficient forced to 1"),
-    ("clmerge/mergers/pm.py", "return td.axpy(ctx.merged, a, delta)",
-     "return td.axpy(ctx.merged, a, td.scale(delta, -1.0))", "sign of the update flipped"),
-    ("clmerge/mergers/pm.py", "delta = td.sub(ctx.finetuned, ctx.merged)",
-     "delta = td.sub(ctx.merged, ctx.finetuned)", "sign of Delta flipped"),
-    ("clmerge/mergers/pm.py", "        self.state.update(fisher_t, ctx.finetuned)\n", "",
-     "state update skipped"),
-    ("clmerge/mergers/pm.py", "        self.state.update(fisher_t, ctx.finetuned)\n",
-     "        self.state.update(fisher_t, ctx.merged)\n", "state updated with theta_hat_{t-1}"),
-    # TRM
-    ("clmerge/mergers/trm.py", "        return merged\n\n    # -- the pieces",
-     "        return ctx.finetuned\n\n    # -- the pieces", "returns theta*_t"),
-    ("clmerge/mergers/trm.py", "        return merged\n\n    # -- the pieces",
-     "        return ctx.merged\n\n    # -- the pieces", "returns theta_hat_{t-1}"),
-    ("clmerge/mergers/trm.py", "        return merged\n\n    # -- the pieces",
-     "        return ctx.theta0\n\n    # -- the pieces", "returns theta_0"),
-    ("clmerge/mergers/trm.py", "        init.append(o.init_last)", "        init.append(0.0)",
-     "initial coefficient forced to 0"),
-    ("clmerge/mergers/trm.py", "        init.append(o.init_last)", "        init.append(1.0)",
-     "initial coefficient forced to 1"),
-    ("clmerge/mergers/trm.py", "d_last = td.sub(ctx.finetuned, ctx.merged)",
+    ("pm.py", "self.state.update(fisher_t, ctx.finetuned)",
+     "self.state.update(fisher_t, ctx.merged)", "state updated with theta_hat_{t-1}"),
+    ("trm.py", "c.clamp_(-o.bound, o.bound)", "pass", "coefficient bound skipped"),
+    ("trm.py", "out.end, out.c, out.step = values, c.detach().clone(), step + 1",
+     "out.end, out.step = values, step + 1", "best iterate not kept"),
+    ("trm.py", "d_last = td.sub(ctx.finetuned, ctx.merged)",
      "d_last = td.sub(ctx.merged, ctx.finetuned)", "sign of d_K flipped"),
-    ("clmerge/mergers/trm.py", "                            c.clamp_(-o.bound, o.bound)",
-     "                            pass", "coefficient bound skipped"),
-    ("clmerge/mergers/trm.py", "                            best, c_best, best_step = values, c.detach().clone(), step + 1",
-     "                            best, best_step = values, step + 1", "best iterate not kept"),
-    # the merge driver
-    ("clmerge/plugins/merge.py", "        self._write(merged)\n", "", "merged weights not written back"),
-    ("clmerge/plugins/merge.py", "        self._write(merged)\n", "        self._write(finetuned)\n",
-     "theta*_t written back"),
-    ("clmerge/plugins/merge.py", "        self._write(merged)\n", "        self._write(self.merged)\n",
+    ("merge.py", "self._write(merged)", "pass", "merged weights not written back"),
+    ("merge.py", "self._write(merged)", "self._write(finetuned)", "theta*_t written back"),
+    ("merge.py", "self._write(merged)", "self._write(self.merged)",
      "theta_hat_{t-1} written back"),
-    ("clmerge/plugins/merge.py", "        self._write(merged)\n", "        self._write(self.theta0)\n",
-     "theta_0 written back"),
-    ("clmerge/plugins/merge.py", "        self.merged = td.clone(merged)\n", "",
-     "state update skipped (theta_hat kept at theta_0)"),
-    ("clmerge/plugins/merge.py", "        self.merged = td.clone(merged)\n",
-     "        self.merged = merged\n", "theta_hat kept by reference"),
-    ("clmerge/plugins/merge.py", "            self.lora.write_base(finetuned)\n", "            pass\n",
+    ("merge.py", "self._write(merged)", "self._write(self.theta0)", "theta_0 written back"),
+    ("merge.py", "self.merged = td.clone(merged)", "self.merged = merged",
+     "theta_hat kept by reference"),
+    ("merge.py", "self.lora.write_base(finetuned)", "pass",
      "LoRA adapter not folded in nor reset"),
-    ("clmerge/plugins/merge.py", "return td.add(td.clone(self.weights), self.lora.delta())",
-     "return td.sub(td.clone(self.weights), self.lora.delta())", "sign of the LoRA delta flipped"),
-    ("clmerge/plugins/merge.py", "return td.add(td.clone(self.weights), self.lora.delta())",
-     "return td.clone(self.weights)", "LoRA delta left out of theta*_t"),
-    ("clmerge/plugins/merge.py", "        self.start = td.clone(self.weights)\n", "",
-     "start not recorded"),
-    ("clmerge/plugins/merge.py", "self.finetuned_prev = finetuned if self.start_mode",
-     "self.finetuned_prev = self.merged if self.start_mode", "finetuned protocol writes theta_hat"),
+    ("merge.py", "self.finetuned_prev = finetuned if", "self.finetuned_prev = self.merged if",
+     "finetuned protocol writes theta_hat"),
 ]
 
-# mutant id -> why no input can tell it from the original
+# (file name, a piece of the mutated line, what the mutant is, why no input can tell it
+# from the original); matched by content, not by line number
 _CHUNKING = ("the per-sample gradient budget only sets the vmap chunk size, and the "
              "Fisher does not depend on the chunking (each sample's gradient is its own)")
-EQUIVALENT: dict[str, str] = {
-    "clmerge/mergers/fisher_context.py:36:* -> /": _CHUNKING,
-    "clmerge/mergers/fisher_context.py:36:2 -> 3": _CHUNKING,
-    "clmerge/mergers/fisher_context.py:36:** -> *": _CHUNKING,
-    "clmerge/mergers/fisher_context.py:36:30 -> 31": _CHUNKING,
-    "clmerge/mergers/pm.py:158:1.0 -> 2.0": (
-        "every F_t scaled by 2 / tr(F_t) instead of 1 / tr(F_t): a common factor of all "
-        "Fishers, which a_t (a ratio of sums linear in the Fishers) does not see; the "
-        "running sums feed nothing else"),
-}
+EQUIVALENT = [
+    ("fisher_context.py", "PER_SAMPLE_BUDGET = 2 * 2**30", "* -> /", _CHUNKING),
+    ("fisher_context.py", "PER_SAMPLE_BUDGET = 2 * 2**30", "2 -> 3", _CHUNKING),
+    ("fisher_context.py", "PER_SAMPLE_BUDGET = 2 * 2**30", "** -> *", _CHUNKING),
+    ("fisher_context.py", "PER_SAMPLE_BUDGET = 2 * 2**30", "30 -> 31", _CHUNKING),
+    ("pm.py", "fisher_t = td.scale(fisher_t, 1.0 / trace)", "1.0 -> 2.0",
+     "every F_t scaled by 2 / tr(F_t) instead of 1 / tr(F_t): a common factor of all "
+     "Fishers, which a_t (a ratio of sums linear in the Fishers) does not see; the "
+     "running sums feed nothing else"),
+]
+
+
+def equivalent_reason(m) -> str | None:
+    line = source_line(m)
+    for name, piece, what, why in EQUIVALENT:
+        if Path(m.path).name == name and piece in line and m.what == what:
+            return why
+    return None
+
 
 STRUCTURAL_CALLS = {
     "sum", "mean", "reshape", "view", "stack", "cat", "flatten", "transpose", "unsqueeze",
@@ -483,23 +392,206 @@ def operator_mutants(path: str) -> list[Mutant]:
     return out
 
 
-def standard_mutants(path: str) -> list[Mutant]:
-    src = (ROOT / path).read_bytes()
+class _StandardSites:
+    """The generated standard mutants of one module (see the comment above ``SPECIFIC``)."""
+
+    STATE_CALLS = {"update", "append", "extend"}
+    SIGN_CALLS = {"axpy": 1, "scale": 1}        # call name -> the argument negated
+
+    def __init__(self, path: str, src: bytes, tree: ast.Module):
+        self.path, self.src, self.tree = path, src, tree
+        self.sites = _Sites(src)                 # for its offsets
+        self.found: list[tuple[int, int, int, bytes, str]] = []
+        self.merger = "/mergers/" in f"/{path}"
+        self.maths = "/tensormath/" in f"/{path}"
+
+    def text(self, node) -> str:
+        s, e = self.sites.span(node)
+        return self.src[s:e].decode()
+
+    def add(self, node, new: str, what: str, span=None):
+        s, e = span or self.sites.span(node)
+        self.found.append((node.lineno, s, e, new.encode(), what))
+
+    def run(self):
+        floats = self.float_option_fields()
+        for node in ast.walk(self.tree):
+            if isinstance(node, ast.ClassDef) and not node.name.endswith("Options"):
+                for fn in node.body:
+                    if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                        if self.merger and fn.name == "merge" and len(fn.args.args) >= 2:
+                            self.returns(fn, fn.args.args[1].arg)
+                        if fn.name != "__init__":
+                            self.state_updates(fn)
+                        if self.merger:
+                            self.option_reads(fn, floats)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and self.maths:
+                self.float_parameters(node)
+            if isinstance(node, ast.Call):
+                self.signs(node)
+        return self.found
+
+    def float_option_fields(self) -> set[str]:
+        out = set()
+        for node in ast.walk(self.tree):
+            if isinstance(node, ast.ClassDef) and node.name.endswith("Options"):
+                for stmt in node.body:
+                    if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
+                            and ast.unparse(stmt.annotation) == "float"):
+                        out.add(stmt.target.id)
+        return out
+
+    @staticmethod
+    def own_nodes(fn):
+        """The nodes of a function's body, nested functions and classes left out."""
+        stack = list(fn.body)
+        while stack:
+            node = stack.pop()
+            yield node
+            for child in ast.iter_child_nodes(node):
+                if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef,
+                                          ast.Lambda)):
+                    stack.append(child)
+
+    def returns(self, fn, ctx: str):
+        for node in self.own_nodes(fn):
+            if isinstance(node, ast.Return) and node.value is not None:
+                have = ast.unparse(node.value).replace(" ", "")
+                for attr, name in (("finetuned", "theta*_t"), ("merged", "theta_hat_{t-1}"),
+                                   ("theta0", "theta_0")):
+                    want = f"{ctx}.{attr}"
+                    if have in (want, f"clone({want})", f"td.clone({want})"):
+                        continue
+                    self.add(node.value, want, f"returns {name}")
+
+    def state_updates(self, fn):
+        def on_self(t):
+            return (isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name)
+                    and t.value.id == "self")
+
+        for node in self.own_nodes(fn):
+            hit = None
+            if isinstance(node, ast.Assign) and any(
+                    on_self(t) or (isinstance(t, ast.Tuple) and any(map(on_self, t.elts)))
+                    for t in node.targets):
+                hit = "assignment"
+            elif isinstance(node, (ast.AugAssign, ast.AnnAssign)) and on_self(node.target):
+                hit = "assignment"
+            elif (isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)
+                  and isinstance(node.value.func, ast.Attribute)
+                  and node.value.func.attr in self.STATE_CALLS
+                  and on_self(node.value.func.value)):
+                hit = f".{node.value.func.attr}()"
+            if hit:
+                target = self.text(node).split("=")[0].split("(")[0].strip(" +-*/")
+                self.add(node, "pass", f"state update skipped ({target})")
+
+    def option_reads(self, fn, floats: set[str]):
+        skip = set()
+        for node in self.own_nodes(fn):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "record"):
+                skip.update(id(n) for n in ast.walk(node))
+            if isinstance(node, ast.If) and all(isinstance(b, ast.Raise) for b in node.body):
+                skip.update(id(n) for n in ast.walk(node))
+        for node in self.own_nodes(fn):
+            if (isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load)
+                    and node.attr in floats and id(node) not in skip
+                    and ast.unparse(node.value) in ("o", "options", "self.options")):
+                for v in ("0.0", "1.0"):
+                    self.add(node, v, f"coefficient {node.attr} forced to {v[0]}")
+
+    def float_parameters(self, fn):
+        body = fn.body
+        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+            body = body[1:]
+        if not body:
+            return
+        first = body[0]
+        at = self.sites.off(first.lineno, first.col_offset)
+        indent = " " * first.col_offset
+        args = [*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs]
+        for arg in args:
+            ann = ast.unparse(arg.annotation) if arg.annotation is not None else ""
+            if ann.split(" | ")[0] != "float":
+                continue
+            used = any(isinstance(n, ast.Name) and n.id == arg.arg for b in body
+                       for n in ast.walk(b))
+            if not used:
+                continue
+            for v in ("0.0", "1.0"):
+                self.add(first, f"{arg.arg} = {v}\n{indent}",
+                         f"coefficient {arg.arg} of {fn.name} forced to {v[0]}", span=(at, at))
+
+    def signs(self, node: ast.Call):
+        name = node.func.attr if isinstance(node.func, ast.Attribute) else (
+            node.func.id if isinstance(node.func, ast.Name) else "")
+        if node.keywords or any(isinstance(a, ast.Starred) for a in node.args):
+            return
+        if name == "sub" and len(node.args) == 2:
+            a, b = node.args
+            s, _ = self.sites.span(a)
+            _, e = self.sites.span(b)
+            self.add(node, f"{self.text(b)}, {self.text(a)}", "sign flipped: sub(b, a)",
+                     span=(s, e))
+        elif name == "add" and len(node.args) == 2:
+            self.add(node.func, self.text(node.func)[:-3] + "sub", "sign flipped: add -> sub")
+        elif name in self.SIGN_CALLS and len(node.args) > self.SIGN_CALLS[name]:
+            arg = node.args[self.SIGN_CALLS[name]]
+            self.add(arg, f"-({self.text(arg)})", f"sign flipped: {name} coefficient negated")
+
+
+def _loose(pattern: str) -> "re.Pattern":
+    """``pattern`` with any run of white space matching any other (or none next to a
+    bracket or comma)."""
+    parts = [re.escape(w) for w in pattern.split()]
+    return re.compile(r"\s+".join(parts).replace(r"\(\s+", r"\(\s*").replace(r",\s+", r",\s*"))
+
+
+def specific_mutants(path: str, src: bytes, unapplied: list[str]) -> list[Mutant]:
     out = []
-    for p, old, new, what in STANDARD:
-        if p != path:
+    text = src.decode()
+    for name, old, new, what in SPECIFIC:
+        if Path(path).name != name:
             continue
-        i = src.find(old.encode())
-        if i < 0 or src.find(old.encode(), i + 1) >= 0:
-            raise SystemExit(f"standard mutant {what!r} of {path}: the text must occur once: "
-                             f"{old!r}")
-        line = src[:i].count(b"\n") + 1
-        out.append(Mutant(path, line, i, i + len(old.encode()), new.encode(), what, "standard"))
+        hits = list(_loose(old).finditer(text))
+        if len(hits) != 1:
+            unapplied.append(f"`{path}`: {what}: pattern `{old}` found {len(hits)} times")
+            continue
+        h = hits[0]
+        s, e = len(text[:h.start()].encode()), len(text[:h.end()].encode())
+        line = text[:h.start()].count("\n") + 1
+        out.append(Mutant(path, line, s, e, new.encode(), what, "standard"))
     return out
 
 
-def all_mutants(paths) -> list[Mutant]:
-    return [m for p in paths for m in [*standard_mutants(p), *operator_mutants(p)]]
+def standard_mutants(path: str, unapplied: list[str]) -> list[Mutant]:
+    src = (ROOT / path).read_bytes()
+    tree = ast.parse(src)
+    out = [Mutant(path, line, s, e, new, what, "standard")
+           for line, s, e, new, what in _StandardSites(path, src, tree).run()]
+    return out + specific_mutants(path, src, unapplied)
+
+
+def all_mutants(paths, unapplied: list[str] | None = None) -> list[Mutant]:
+    """Every mutant of ``paths``, standard ones first; a mutant that leaves the module's
+    syntax tree unchanged or equal to an earlier mutant's is dropped, one that does not
+    parse is reported in ``unapplied``."""
+    unapplied = [] if unapplied is None else unapplied
+    out = []
+    for p in paths:
+        src = (ROOT / p).read_bytes()
+        seen = {ast.dump(ast.parse(src))}
+        for m in [*standard_mutants(p, unapplied), *operator_mutants(p)]:
+            try:
+                key = ast.dump(ast.parse(src[:m.start] + m.replacement + src[m.end:]))
+            except SyntaxError:
+                unapplied.append(f"`{p}:{m.line}`: {m.what}: the mutant does not parse")
+                continue
+            if key not in seen:
+                seen.add(key)
+                out.append(m)
+    return out
 
 
 # ------------------------------------------------------------------ running them
@@ -596,11 +688,17 @@ def apply(tree: Path, m: Mutant, original: bytes) -> None:
     os.utime(target, None)
 
 
-def tests_for(path: str) -> tuple:
-    tests = TESTS.get(path, DEFAULT_TESTS)
+def tests_for(path: str, missing: set | None = None) -> tuple:
+    """The tests that judge a mutant of ``path``, those whose file exists; the others go
+    into ``missing``."""
+    tests = TESTS.get(Path(path).name, DEFAULT_TESTS)
     flat: list = []
     for t in tests:
-        flat.extend(t if isinstance(t, tuple) else (t,))
+        for one in (t if isinstance(t, tuple) else (t,)):
+            if (ROOT / one.split("::")[0]).exists():
+                flat.append(one)
+            elif missing is not None:
+                missing.add(one.split("::")[0])
     return tuple(flat)
 
 
@@ -608,7 +706,8 @@ def source_line(m: Mutant) -> str:
     return (ROOT / m.path).read_text().splitlines()[m.line - 1].strip()
 
 
-def report(results, out: Path, command: str, seconds: float, cpu: float) -> None:
+def report(results, out: Path, command: str, seconds: float, cpu: float,
+           unapplied: list[str], missing_tests: set) -> None:
     by_file: dict[str, list] = {}
     for m, verdict in results:
         by_file.setdefault(m.path, []).append((m, verdict))
@@ -623,8 +722,8 @@ def report(results, out: Path, command: str, seconds: float, cpu: float) -> None
     rows = []
     for path in sorted(by_file):
         rs = by_file[path]
-        eq = [m for m, v in rs if v == "passed" and m.ident in EQUIVALENT]
-        surv = [(m, v) for m, v in rs if v == "passed" and m.ident not in EQUIVALENT]
+        eq = [m for m, v in rs if v == "passed" and equivalent_reason(m)]
+        surv = [(m, v) for m, v in rs if v == "passed" and not equivalent_reason(m)]
         k = sum(v != "passed" for _, v in rs)
         n = len(rs) - len(eq)
         total += n
@@ -643,6 +742,18 @@ def report(results, out: Path, command: str, seconds: float, cpu: float) -> None
               "|---|---:|---:|---:|---:|---:|---:|"]
     for path, n, k, s, e, sc, to, *_ in rows:
         lines.append(f"| `{path}` | {n} | {k} | {s} | {e} | {sc:.1f}% | {to} |")
+    lines += ["", "Tests run for a mutant of each file (with `-x`):", ""]
+    for path, *_ in rows:
+        lines.append(f"- `{path}`: {', '.join(sorted({t.split('::')[0] for t in tests_for(path)}))}")
+    lines += ["", "## Not applied", ""]
+    nothing = True
+    for note in [*MISSING_TARGETS, *unapplied,
+                 *(f"test file `{t}` not found" for t in sorted(missing_tests))]:
+        nothing = False
+        lines.append(f"- {note}")
+    if nothing:
+        lines.append("None: every target pattern found a file, every hand-written mutant "
+                     "its code, every named test file exists.")
     lines += ["", "## Survivors", ""]
     any_surv = False
     for path, *_, surv, eq, std in rows:
@@ -657,7 +768,7 @@ def report(results, out: Path, command: str, seconds: float, cpu: float) -> None
         for m in eq:
             any_eq = True
             lines.append(f"- `{path}:{m.line}` {m.what} in `{source_line(m)}`: "
-                         f"{EQUIVALENT[m.ident]}")
+                         f"{equivalent_reason(m)}")
     if not any_eq:
         lines.append("None.")
     lines += ["", "## Standard mutants", "",
@@ -733,7 +844,14 @@ def main(argv=None) -> int:
     if unknown:
         print(f"not a mutation target: {unknown[0]}", file=sys.stderr)
         return 2
-    mutants = all_mutants(paths)
+    unapplied: list[str] = []
+    missing_tests: set = set()
+    mutants = all_mutants(paths, unapplied)
+    for path in paths:
+        tests_for(path, missing_tests)
+    for note in [*MISSING_TARGETS, *unapplied,
+                 *(f"test file {t} not found" for t in sorted(missing_tests))]:
+        print(f"not applied: {note}", file=sys.stderr)
     if args.list:
         for m in mutants:
             print(f"{m.path}:{m.line} [{m.kind}] {m.what}")
@@ -768,7 +886,7 @@ def main(argv=None) -> int:
         times = os.times()
         cpu = times.user + times.system + times.children_user + times.children_system
         if results:
-            report(results, ROOT / args.out, command, secs, cpu)
+            report(results, ROOT / args.out, command, secs, cpu, unapplied, missing_tests)
         for tree in trees:
             shutil.rmtree(tree, ignore_errors=True)
     print(f"report: {args.out} ({secs / 60:.1f} min)")
