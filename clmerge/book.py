@@ -43,11 +43,12 @@ from clmerge.benchmarks.registry import BENCHMARKS
 from clmerge.errors import ConfigError
 from clmerge.experiment.config import load_yaml_text, short
 from clmerge.experiment.variants import variant_config
+from clmerge.paths import project_dir
 
 # papermill and nbformat come with the optional ``book`` extra (pyproject.toml): they are
 # imported inside the functions that need them, so `clmerge run` works without them
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = project_dir()  # the book's sources, settings and results (clmerge.paths)
 BUILD = ROOT / "_build"
 CHAPTERS = ROOT / "chapters"
 BOOK_FILES = ["_config.yml", "_toc.yml", "references.bib"]

@@ -20,14 +20,15 @@ from pathlib import Path
 
 from clmerge.backbones.registry import BACKBONES
 from clmerge.benchmarks.registry import BENCHMARKS, describe
-from clmerge.book import build_book, check_parameter_values, check_parameters, parse_parameters
 from clmerge.errors import ConfigError, MissingInputError
-from clmerge.experiment import sweep
 from clmerge.experiment.atomic import check_output_folder
 from clmerge.experiment.config import load_profile, make_config, parse_assignments, profile_names
 from clmerge.experiment.results import result_path
 from clmerge.experiment.runner import DEFAULT_RESULTS, checkpoint_path, get_or_run
 from clmerge.strategies.methods import METHODS
+
+# Each command imports its own machinery when it runs (``book``: the book's,
+# ``sweep``: the executors'), so ``clmerge run`` loads only what a run needs.
 
 MAX_MESSAGE = 400  # characters of an error message printed (they are one sentence)
 
@@ -145,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return _run(args)
         if args.command == "book":
+            from clmerge.book import (build_book, check_parameter_values, check_parameters,
+                                      parse_parameters)
+
             load_profile(args.profile)      # unknown names fail before _build/ is touched
             params = parse_parameters(args.parameters)
             selected = check_parameters(args.chapters, params)  # also: unknown chapters
@@ -206,6 +210,8 @@ def _run(args) -> int:
 
 def _sweep(args) -> int:
     """Each grid in turn (all of them checked before any runs); 1 when a run failed."""
+    from clmerge.experiment import sweep
+
     grids = [sweep.load_grid(g, args.executor, args.workers, args.results_dir) for g in args.grid]
     expanded = []
     for path, grid in zip(args.grid, grids):   # every run of every grid resolved first

@@ -48,10 +48,13 @@ def _article(noun: str) -> str:
 OPTION_INT_LIMIT = 2**31 - 1
 
 
-def coerce_option(name: str, default: Any, value: Any) -> Any:
-    """A method option's ``value`` converted to the type of its ``default``: bools as
-    :func:`parse_bool`, numbers finite (ints integral and at most ``OPTION_INT_LIMIT``
-    in size), strings as given. The option's own ranges are checked by its Options class.
+def coerce_option(name: str, default: Any, value: Any, *,
+                  int_limit: int | None = OPTION_INT_LIMIT) -> Any:
+    """``value`` (a method option's or a setting's, named ``name`` in messages) converted
+    to the type of its ``default``: bools as :func:`parse_bool`, numbers finite (ints
+    integral and, unless ``int_limit`` is None, at most ``int_limit`` in size), strings
+    as given (a number is taken as its text); any other type must match. Ranges are the
+    caller's: an option's Options class, a setting's field metadata.
     """
     wrong = ConfigError(f"{name} expects {_article(type(default).__name__)}, got {short(value)}")
     if isinstance(default, bool):
@@ -72,8 +75,8 @@ def coerce_option(name: str, default: Any, value: Any) -> Any:
             if isinstance(number, float) and not number.is_integer():
                 raise wrong
             number = int(number)
-            if abs(number) > OPTION_INT_LIMIT:
-                raise ConfigError(f"{name} must be at most {OPTION_INT_LIMIT} in size; "
+            if int_limit is not None and abs(number) > int_limit:
+                raise ConfigError(f"{name} must be at most {int_limit} in size; "
                                   f"got {short(value)}")
             return number
         return float(number)
@@ -81,4 +84,6 @@ def coerce_option(name: str, default: Any, value: Any) -> Any:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise wrong
         return str(value)
+    if default is not None and not isinstance(value, type(default)):
+        raise wrong
     return value

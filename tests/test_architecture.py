@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "clmerge"
 
 # Layers, lowest first: a unit may import units of its own layer or below, never above.
 LAYERS = [
-    {"tensormath", "avalanche_api", "errors", "values"},
+    {"tensormath", "avalanche_api", "errors", "values", "paths"},
     {"mergers", "backbones", "benchmarks", "pretrain", "profiles"},
     {"plugins"},
     {"strategies"},
@@ -147,3 +147,129 @@ def test_layers_import_downwards_only():
     assert not unknown, f"units missing from LAYERS: {unknown}"
     upward = sorted((u, d) for u, deps in graph.items() for d in deps if rank[d] > rank[u])
     assert upward == [], f"imports from a lower layer into a higher one: {upward}"
+
+
+# ---------------------------------------------------------------------- module-level loops
+def module_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
+    """module -> the package's modules it imports (anywhere in the file), self-edges left
+    out. ``from pkg.a import b`` counts ``pkg.a`` and, when it is a module, ``pkg.a.b``."""
+    paths = {module_name(p, root): p for p in sorted(root.rglob("*.py"))}
+    return {name: {m for m in imported_modules(path, root) if m in paths and m != name}
+            for name, path in paths.items()}
+
+
+def test_module_graph_sees_a_loop_inside_a_subpackage(tmp_path):
+    root = tmp_path / "pkg"
+    (root / "sub").mkdir(parents=True)
+    for d in (root, root / "sub"):
+        (d / "__init__.py").write_text("")
+    (root / "sub" / "a.py").write_text("from pkg.sub import b\n")
+    (root / "sub" / "b.py").write_text("def f():\n    from . import c\n")
+    (root / "sub" / "c.py").write_text("import pkg.sub.a\n")
+    assert cycles(unit_graph(root)) == []  # one unit: invisible between subpackages
+    assert cycles(module_graph(root)) == [["pkg.sub.a", "pkg.sub.b", "pkg.sub.c"]]
+
+
+def test_no_import_cycle_between_modules():
+    found = cycles(module_graph())
+    assert found == [], f"import cycles between clmerge's modules: {found}"
+
+
+# ---------------------------------------------------------------------- no call back up
+def layer_of(module: str) -> int | None:
+    """The layer (index into LAYERS) of a clmerge module; None for any other module."""
+    if module != "clmerge" and not module.startswith("clmerge."):
+        return None
+    unit = module.split(".")[1] if "." in module else None
+    for i, layer in enumerate(LAYERS):
+        if unit in layer:
+            return i
+    return None
+
+
+def held_upwards(root_obj, max_depth: int = 6) -> list[str]:
+    """Every object of a clmerge class, reachable from ``root_obj`` through clmerge
+    objects' attributes, containers, bound methods and closures, that holds an object
+    or a function of a higher layer than its own class (dataclass instances, the data a
+    higher layer hands down, excepted). Each as 'holder.attr -> what'."""
+    import dataclasses
+    import functools
+    import types
+
+    found, seen = [], set()
+
+    def edges(obj):
+        """(name, value) pairs an object holds."""
+        if isinstance(obj, dict):
+            return [(f"[{k!r}]", v) for k, v in obj.items()]
+        if isinstance(obj, (list, tuple, set, frozenset)):
+            return [(f"[{i}]", v) for i, v in enumerate(obj)]
+        if isinstance(obj, types.MethodType):
+            return [("__self__", obj.__self__), ("__func__", obj.__func__)]
+        if isinstance(obj, functools.partial):
+            return [("func", obj.func), ("args", obj.args), ("keywords", obj.keywords)]
+        if isinstance(obj, types.FunctionType):
+            cells = obj.__closure__ or ()
+            out = []
+            for name, c in zip(obj.__code__.co_freevars, cells):
+                try:
+                    out.append((name, c.cell_contents))
+                except ValueError:  # an empty cell
+                    pass
+            return out
+        if layer_of(type(obj).__module__) is not None and hasattr(obj, "__dict__"):
+            return list(vars(obj).items())
+        return []
+
+    def rank(v):
+        if isinstance(v, (types.FunctionType, types.BuiltinFunctionType)):
+            return layer_of(getattr(v, "__module__", "") or "")
+        if isinstance(v, types.MethodType):
+            return rank(v.__self__)
+        if isinstance(v, type):
+            return None  # a class named as a value (a merger's Options) is not an object
+        if dataclasses.is_dataclass(v):
+            return None  # data flows down
+        return layer_of(type(v).__module__)
+
+    def visit(obj, holder_rank, path, depth):
+        if id(obj) in seen or depth > max_depth:
+            return
+        seen.add(id(obj))
+        own = rank(obj)
+        here = own if own is not None else holder_rank
+        for name, v in edges(obj):
+            r = rank(v)
+            if r is not None and here is not None and r > here:
+                found.append(f"{path}.{name} -> {type(v).__module__}.{type(v).__qualname__}")
+            visit(v, here, f"{path}.{name}", depth + 1)
+
+    visit(root_obj, rank(root_obj), type(root_obj).__name__, 0)
+    return found
+
+
+def test_held_upwards_sees_a_bound_method_and_a_closure_of_a_higher_layer():
+    from clmerge.experiment.runner import Run
+    from clmerge.plugins.merge import MergePlugin
+
+    fake = object.__new__(Run)
+    plugin = object.__new__(MergePlugin)
+    plugin.batches = fake.train_batches
+    assert held_upwards(plugin) == ["MergePlugin.batches -> builtins.method"]
+    plugin.batches = lambda exp: fake.train_batches(exp)
+    assert held_upwards(plugin) == ["MergePlugin.batches.fake -> clmerge.experiment.runner.Run"]
+    plugin.batches = print
+    assert held_upwards(plugin) == []
+
+
+@pytest.mark.parametrize("method", ["pm", "trm", "ewc", "joint", "nmc"])
+def test_the_method_layer_holds_nothing_of_a_higher_layer(method):
+    """The method a run builds, and the context it runs on, reach no object of the
+    experiment layer or above (``Run`` included): data flows down, calls never go back
+    up."""
+    from clmerge.experiment.config import make_config
+    from clmerge.experiment.runner import Run
+
+    run = Run(make_config(method, profile="smoke", seed=0))
+    assert held_upwards(run.context) == []
+    assert held_upwards(run.method) == []

@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from clmerge.mergers.base import MergeContext
+from clmerge.mergers.base import MergeContext, TaskData
 from clmerge.mergers.fisher_context import fisher_rng, stratified_order, task_fisher
 from clmerge.tensormath.fisher import diagonal_fisher, hookable, log_likelihood
 
@@ -84,8 +84,8 @@ def test_task_fisher_sees_a_stratified_sample_of_the_task():
 
     weights = {"0.weight": model[0].weight}
     ctx = MergeContext(t=3, theta0={}, merged={}, start={}, finetuned={}, model=model,
-                       weights=weights, train_batches=batches,
-                       train_targets=lambda: y.tolist(), seed=5)
+                       weights=weights,
+                       task=TaskData(batches=batches, targets=lambda: y.tolist(), seed=5))
     f = task_fisher(ctx, max_samples=256, engine="hooks", sampling="stratified")
     labels = torch.cat(seen)
     assert len(labels) == 256 and int((labels == 0).sum()) == 128

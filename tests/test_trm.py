@@ -160,7 +160,7 @@ class _Inspect(SupervisedPlugin):
         merger = self.run.merger
         tensors = [v for v in vars(merger).values() if torch.is_tensor(v)]
         tensors += [v for rec in merger.records for v in rec.values() if torch.is_tensor(v)]
-        self.seen.append({"extras": dict(self.run.merge.extras),
+        self.seen.append({"observed": dict(vars(self.run.merge.observations)),
                           "snapshots": len(traj.snapshots), "batches": len(traj.batches),
                           "merger_tensors": len(tensors),
                           "state_bytes": merger.state_bytes()})
@@ -174,7 +174,8 @@ def test_nothing_of_task_t_survives_its_merge(finetune):
     _, _, tasks = run.execute()
     assert len(probe.seen) == run.stream.n_experiences - 1
     for s in probe.seen:
-        assert s == {"extras": {}, "snapshots": 0, "batches": 0, "merger_tensors": 0,
+        assert s == {"observed": {"trajectory": [], "recent_batches": [], "g0_series": []},
+                     "snapshots": 0, "batches": 0, "merger_tensors": 0,
                      "state_bytes": 0}
     assert all(t["state_bytes"] == 0 for t in tasks)
     # the merges used the trajectory: K - 1 intermediate directions, the accumulated
@@ -193,9 +194,9 @@ def test_trajectory_hands_k_minus_1_snapshots_and_the_last_minibatches_to_the_me
     merge = TrajectoryRegularizedMerger.merge
 
     def spy(self, ctx):
-        seen.append((len(ctx.extras["trajectory"]), len(ctx.extras["batches"]),
-                     [torch.equal(a[k], b[k]) for a, b in zip(ctx.extras["trajectory"],
-                                                              ctx.extras["trajectory"][1:])
+        seen.append((len(ctx.task.trajectory), len(ctx.task.recent_batches),
+                     [torch.equal(a[k], b[k]) for a, b in zip(ctx.task.trajectory,
+                                                              ctx.task.trajectory[1:])
                       for k in a]))
         return merge(self, ctx)
 
@@ -255,8 +256,8 @@ def _spy_merge(monkeypatch, seen):
     merge = TrajectoryRegularizedMerger.merge
 
     def spy(self, ctx):
-        extras = {"trajectory": list(ctx.extras.get("trajectory", [])),
-                  "batches": list(ctx.extras.get("batches", []))}
+        extras = {"trajectory": list(ctx.task.trajectory),
+                  "batches": list(ctx.task.recent_batches)}
         dirs = self.directions(ctx)
         head = self.responsiveness_head(ctx) if self.options.gr > 0 else None
         out = merge(self, ctx)
@@ -416,12 +417,12 @@ def test_the_held_out_minibatch_has_the_training_batch_size(sizes, held, fit):
     ("median", [4.0, 1.0], 2.5),
 ])
 def test_g0_is_the_chosen_statistic_of_the_first_steps(stat, series, expected):
-    from clmerge.mergers.base import MergeContext
+    from clmerge.mergers.base import MergeContext, TaskData
     from clmerge.mergers.trm import TRMOptions, TrajectoryRegularizedMerger
 
     m = TrajectoryRegularizedMerger(TRMOptions(g0_stat=stat, g0_scale=2.0))
     ctx = MergeContext(t=0, theta0={}, merged={}, start={}, finetuned={},
-                       extras={"g0_series": series, "g0": -1.0})
+                       task=TaskData(g0_series=series))
     assert m.g0(ctx) == pytest.approx(2.0 * expected)
 
 
@@ -483,7 +484,7 @@ def test_the_fresh_responsiveness_head_is_a_new_head_of_the_same_kind(kind):
     new head from the run's seed (for linear heads, exactly ``nn.Linear(in, out)``),
     fixed, and the trained head untouched."""
     from clmerge.backbones.heads import make_head
-    from clmerge.mergers.base import MergeContext
+    from clmerge.mergers.base import MergeContext, TaskData
     from clmerge.mergers.trm import TRMOptions, TrajectoryRegularizedMerger, _generator
 
     class Model(torch.nn.Module):
@@ -494,7 +495,7 @@ def test_the_fresh_responsiveness_head_is_a_new_head_of_the_same_kind(kind):
     model = Model()
     trained = {k: v.clone() for k, v in model.heads[1].state_dict().items()}
     ctx = MergeContext(t=1, theta0={}, merged={}, start={}, finetuned={}, model=model,
-                       extras={"seed": 3})
+                       task=TaskData(seed=3))
     m = TrajectoryRegularizedMerger(TRMOptions())
     head = m.responsiveness_head(ctx)
     torch.manual_seed(_generator(ctx, m.options.seed, 1).initial_seed())

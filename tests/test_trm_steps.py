@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clmerge.mergers.base import MergeContext
+from clmerge.mergers.base import MergeContext, TaskData
 from clmerge.mergers.trm import TRMOptions, TrajectoryRegularizedMerger
 
 KEYS = ("enc.weight", "enc.bias")
@@ -43,9 +43,10 @@ def context(t=1, n_batches=5, batch=8, seed=0):
     cls = torch.tensor(model.classes_per_exp[t])
     batches = [(torch.randn(batch, 4, generator=g), cls[torch.randint(0, 2, (batch,), generator=g)])
                for _ in range(n_batches)]
-    extras = {"seed": seed, "trajectory": traj, "batches": batches, "g0_series": [0.5, 3.0, 1.0]}
+    task = TaskData(seed=seed, trajectory=traj, recent_batches=batches,
+                    g0_series=[0.5, 3.0, 1.0])
     return MergeContext(t=t, theta0=theta0, merged=merged, start=merged, finetuned=finetuned,
-                        model=model, weights=weights, extras=extras, seed=seed)
+                        model=model, weights=weights, task=task)
 
 
 def feats(theta, x):
@@ -105,7 +106,7 @@ def test_directions_are_the_recorded_ones_from_where_training_started():
 
 def test_problem_holds_the_split_batches_the_start_and_the_teacher():
     ctx, m, p = problem(TRMOptions(batches=3, pc_inputs="current", gr_samples=5))
-    batches = ctx.extras["batches"]
+    batches = list(ctx.task.recent_batches)
     assert [b[0] for b in p.fit] == [b[0] for b in batches[1:4]]
     assert torch.equal(p.held_out[0], batches[4][0][:5])
     assert p.directions == ["d1", "d2", "d3", "dK", "acc"]

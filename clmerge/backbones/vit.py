@@ -33,6 +33,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from clmerge.backbones.base import Backbone, ResizeNormalize
 from clmerge.errors import MissingInputError
+from clmerge.paths import data_dir
 
 LORA_TARGETS = r".*attn\.qkv"   # fused qkv Linear of every block (K/V LoRAs)
 
@@ -40,8 +41,8 @@ CHECKPOINT_NAME = "vit_letters"
 
 
 def default_checkpoint_dir() -> Path:
-    """``<repo>/data/checkpoints`` (the repo holding the ``clmerge`` package)."""
-    return Path(__file__).resolve().parents[2] / "data" / "checkpoints"
+    """``<data>/checkpoints`` (:func:`clmerge.paths.data_dir`)."""
+    return data_dir() / "checkpoints"
 
 
 class CheckpointMissingError(MissingInputError, FileNotFoundError):

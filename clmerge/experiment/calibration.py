@@ -44,7 +44,7 @@ from clmerge.experiment.executors import compute_local
 from clmerge.experiment.grid import plan
 from clmerge.experiment.results import CorruptResultError, read_result, result_path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = project_dir()
 RESULTS = ROOT / "data" / "calibration" / "results"
 TABLE = ROOT / "data" / "calibration" / "glyphs.csv"
 BENCHMARK = "split_glyphs_calibration"

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -275,10 +274,9 @@ def load_profile(name: str) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------- values
 def coerce(key: str, value: Any) -> Any:
-    """Convert ``value`` (often a string from the command line) to ``key``'s type.
-
-    Numbers must be finite and within the setting's range; an int setting takes an
-    integral float (``1e3``) but not ``2.5``; a bool setting takes true/false/1/0/yes/no.
+    """Convert ``value`` (often a string from the command line) to ``key``'s type
+    (:func:`clmerge.values.coerce_option`, with no size limit on ints), then check the
+    setting's choices and range (its field's ``choices``, ``min``, ``max``).
     """
     if key not in FIELDS:
         valid = ", ".join(k for k in FIELDS if k != "method_args")
@@ -286,32 +284,8 @@ def coerce(key: str, value: Any) -> Any:
                           f"METHOD.KEY): {valid}")
     f = FIELDS[key]
     raw = value
-    typ = type(f.default) if f.default is not dataclasses.MISSING else dict
-    wrong = ConfigError(f"setting {key!r} expects {_article(typ.__name__)}, got {short(value)}")
-    if typ is bool:
-        try:
-            value = parse_bool(f"setting {key!r}", value)
-        except ConfigError:
-            raise wrong from None
-    elif typ in (int, float):
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise wrong
-        try:
-            number = float(value) if isinstance(value, str) else value
-            if typ is int and isinstance(value, str):
-                number = int(value) if value.strip().lstrip("+-").isdigit() else float(value)
-        except ValueError:
-            raise wrong from None
-        if isinstance(number, float) and not math.isfinite(number):
-            raise ConfigError(f"setting {key!r} must be a finite number; got {short(value)}")
-        if typ is int:
-            if isinstance(number, float) and not number.is_integer():
-                raise wrong
-            value = int(number)
-        else:
-            value = float(number)
-    elif not isinstance(value, typ):
-        raise wrong
+    default = f.default if f.default is not dataclasses.MISSING else {}
+    value = coerce_option(f"setting {key!r}", default, value, int_limit=None)
     choices = f.metadata.get("choices")
     if choices and value not in choices:
         raise ConfigError(f"setting {key!r} must be one of {', '.join(choices)}; "
@@ -335,6 +309,14 @@ OWN_FLAG = {"method": "--method", "benchmark": "--benchmark", "profile": "--prof
             "seed": "--seed"}
 
 
+def refuse_own_flag(key: str, value: Any, what: str) -> None:
+    """Refuse ``what`` (``--set``, an override) setting ``key`` when ``key`` is chosen by
+    its own argument (:data:`OWN_FLAG`)."""
+    if key in OWN_FLAG:
+        raise ConfigError(f"{what} cannot change {key!r}: it has its own option, "
+                          f"{OWN_FLAG[key]} {str(value).strip()[:40]}")
+
+
 def parse_assignments(items: list[str]) -> dict[str, str]:
     """``["a=1", "pm.eps=0.5"]`` -> ``{"a": "1", "pm.eps": "0.5"}``."""
     out = {}
@@ -343,9 +325,7 @@ def parse_assignments(items: list[str]) -> dict[str, str]:
             raise ConfigError(f"--set expects KEY=VALUE, got {short(item)}")
         k, v = item.split("=", 1)
         k = k.strip()
-        if k in OWN_FLAG:
-            raise ConfigError(f"--set cannot change {k!r}: it has its own option, "
-                              f"{OWN_FLAG[k]} {v.strip()[:40]}")
+        refuse_own_flag(k, v, "--set")
         if k == "method_args":
             raise ConfigError("--set cannot replace 'method_args' as a whole; set one "
                               "method option at a time as METHOD.KEY=VALUE (pm.eps=0.3)")
@@ -466,9 +446,7 @@ def make_config(method: str, benchmark: str | None = None, profile: str = "quick
     method_args: dict[str, Any] = {}
     explicit: dict[str, Any] = {}
     for k, v in (overrides or {}).items():
-        if k in OWN_FLAG:
-            raise ConfigError(f"an override cannot change {k!r}: it has its own argument "
-                              f"({OWN_FLAG[k]}); got {short(v)}")
+        refuse_own_flag(k, short(v), "an override")
         if k == "method_args":
             if not isinstance(v, dict):
                 raise ConfigError(f"setting 'method_args' must be a mapping of method "

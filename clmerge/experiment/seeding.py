@@ -8,6 +8,8 @@ import random
 import numpy as np
 import torch
 
+from clmerge.benchmarks.loaders import seed_worker  # noqa: F401 (the loaders' worker seeding)
+
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed python, numpy and torch (CPU and CUDA); return a torch Generator seeded
@@ -21,17 +23,3 @@ def seed_everything(seed: int) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed(seed)
     return g
-
-
-def seed_worker(worker_id: int) -> None:
-    """``worker_init_fn`` of the data loaders: seed python, numpy and torch in a worker.
-
-    The loader gives worker ``i`` the torch seed ``base_seed + i``, ``base_seed`` drawn
-    from the loader's generator (the run's); python's and numpy's generators get the same
-    seed here, so random augmentations in workers are reproducible for a given seed and
-    worker count.
-    """
-    seed = torch.initial_seed()
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed % 2**32)

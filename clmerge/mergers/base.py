@@ -21,6 +21,55 @@ from clmerge.tensormath.tensordict import TensorDict
 
 
 @dataclass
+class Observations:
+    """What the training-time plugins observed while task t trained, for the merge of
+    task t (written by :mod:`clmerge.plugins.trajectory` and
+    :mod:`clmerge.plugins.diagnostics`; emptied after every merge).
+
+    Attributes:
+        trajectory: snapshots of the task's update at evenly spaced steps (the last
+            point, theta*_t, is not among them).
+        recent_batches: the last training minibatches, (x, y), as the loader served them.
+        g0_series: the dense gradient norm |dL/dW| of each of the task's first steps.
+    """
+
+    trajectory: list[TensorDict] = field(default_factory=list)
+    recent_batches: list[tuple] = field(default_factory=list)
+    g0_series: list[float] = field(default_factory=list)
+
+    def clear(self) -> None:
+        self.trajectory = []
+        self.recent_batches = []
+        self.g0_series = []
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """The data of experience t a merger may read, besides weights.
+
+    Attributes:
+        batches: a callable returning an iterable of (x, y) minibatches of experience
+            t's training data (for Fisher-based mergers); ``batches(indices=...,
+            batch_size=...)`` yields only the samples at those indices of the
+            experience's training set, in that order.
+        targets: a callable returning the class label of every training sample of
+            experience t (by index), e.g. to draw a stratified sample.
+        logits_fn: callable (model, x) -> logits restricted to experience t's head.
+        seed: the run's seed, for mergers that draw samples (combined with ``t``).
+        trajectory, recent_batches, g0_series: what the training-time plugins
+            observed (:class:`Observations`; empty when no plugin recorded it).
+    """
+
+    batches: Callable[..., Iterable] | None = None
+    targets: Callable[[], Sequence[int]] | None = None
+    logits_fn: Callable | None = None
+    seed: int = 0
+    trajectory: Sequence[TensorDict] = ()
+    recent_batches: Sequence[tuple] = ()
+    g0_series: Sequence[float] = ()
+
+
+@dataclass
 class MergeContext:
     """Everything a merger may read after experience ``t`` (0-based).
 
@@ -32,17 +81,9 @@ class MergeContext:
         start: the weights training of experience t started from (``merged`` unless
             the ``finetuned`` start protocol is used).
         finetuned: theta*_t, the weights at the end of training experience t.
-        train_batches: a callable returning an iterable of (x, y) minibatches of
-            experience t's training data (for Fisher-based mergers);
-            ``train_batches(indices=..., batch_size=...)`` yields only the samples at
-            those indices of the experience's training set, in that order.
-        train_targets: a callable returning the class label of every training sample
-            of experience t (by index), e.g. to draw a stratified sample.
-        logits_fn: callable (model, x) -> logits restricted to experience t's head.
         model: the model (its mergeable weights currently hold ``finetuned``).
         weights: the mergeable weight parameters of ``model``, by the same keys.
-        extras: plugin-provided data (e.g. trajectory snapshots).
-        seed: the run's seed, for mergers that draw samples (combined with ``t``).
+        task: experience t's data and what training observed (:class:`TaskData`).
     """
 
     t: int
@@ -50,13 +91,9 @@ class MergeContext:
     merged: TensorDict
     start: TensorDict
     finetuned: TensorDict
-    train_batches: Callable[..., Iterable] | None = None
-    train_targets: Callable[[], Sequence[int]] | None = None
-    logits_fn: Callable | None = None
     model: Any = None
     weights: dict = field(default_factory=dict)
-    extras: dict = field(default_factory=dict)
-    seed: int = 0
+    task: TaskData = field(default_factory=TaskData)
 
 
 def parameter_names(module, weights: dict) -> dict[str, str]:

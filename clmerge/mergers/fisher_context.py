@@ -3,7 +3,7 @@
 :func:`task_fisher` is F_t: the diagonal Fisher (:func:`clmerge.tensormath.fisher.
 diagonal_fisher`) of the model at theta*_t (the merge driver makes the model hold
 theta*_t densely while a merger runs) on experience t's training data, through the
-current head's logits (``ctx.logits_fn``), with respect to the mergeable weights, keyed
+current head's logits (``ctx.task.logits_fn``), with respect to the mergeable weights, keyed
 like them (``ctx.weights``).
 
 Which samples (``sampling``):
@@ -85,8 +85,9 @@ def task_fisher(ctx: MergeContext, mode: str = "per_sample",
     """F_t at theta*_t on task t's training data, keyed like ``ctx.weights``.
 
     Args:
-        ctx: the merge context (``model``, ``weights``, ``train_batches``,
-            ``logits_fn``; ``train_targets`` and ``seed`` for stratified sampling).
+        ctx: the merge context (``model``, ``weights``, ``task.batches``,
+            ``task.logits_fn``; ``task.targets`` and ``task.seed`` for stratified
+            sampling).
         mode: ``per_sample`` (textbook) or ``per_batch`` (cheaper approximation); see
             :mod:`clmerge.tensormath.fisher`.
         max_samples: cap on the training samples used (None: all of them).
@@ -97,24 +98,25 @@ def task_fisher(ctx: MergeContext, mode: str = "per_sample",
     Per-sample gradients of the ``vmap`` engine are computed in chunks that keep them
     under ``PER_SAMPLE_BUDGET`` bytes (the result does not depend on the chunking).
     """
-    if ctx.model is None or ctx.train_batches is None:
-        raise ValueError("task_fisher needs the merge context's model and train_batches")
+    task = ctx.task
+    if ctx.model is None or task.batches is None:
+        raise ValueError("task_fisher needs the merge context's model and task batches")
     if sampling not in SAMPLINGS:
         raise ValueError(f"sampling must be one of {', '.join(SAMPLINGS)}; got {sampling!r}")
     model_names = parameter_names(ctx.model, ctx.weights)
     n_params = sum(p.numel() for p in ctx.weights.values())
     kwargs = {} if batch_size is None else {"batch_size": batch_size}
     if sampling == "stratified":
-        if ctx.train_targets is None:
-            raise ValueError("stratified Fisher sampling needs the context's train_targets")
-        targets = ctx.train_targets()
+        if task.targets is None:
+            raise ValueError("stratified Fisher sampling needs the task's targets")
+        targets = task.targets()
         order = stratified_order(targets, max_samples or len(targets),
-                                 fisher_rng(ctx.seed, ctx.t))
-        batches = ctx.train_batches(indices=order, **kwargs)
+                                 fisher_rng(task.seed, ctx.t))
+        batches = task.batches(indices=order, **kwargs)
     else:
-        batches = ctx.train_batches(**kwargs)
+        batches = task.batches(**kwargs)
     f = diagonal_fisher(ctx.model, list(model_names.values()), batches,
-                        logits_fn=ctx.logits_fn, mode=mode, max_samples=max_samples,
+                        logits_fn=task.logits_fn, mode=mode, max_samples=max_samples,
                         chunk_size=max(1, PER_SAMPLE_BUDGET // (4 * n_params)),
                         engine=engine, estimator=estimator)
     return {k: f[n] for k, n in model_names.items()}

@@ -49,7 +49,7 @@ Defaults and deviations (each one an option):
     its sample count.
   * ``fisher_engine=hooks`` (default): per-sample gradients from one forward and one
     backward pass per batch (layer inputs and output gradients captured by hooks), with
-    the log-likelihood in float64; ``vmap`` is the earlier torch.func path with a float32
+    the log-likelihood in float64; ``vmap`` is the torch.func path with a float32
     log-likelihood, whose gradient vanishes or flips sign for logit margins above
     about 17 (:mod:`clmerge.tensormath.fisher`).
   * ``fisher_batch_size``: samples per forward/backward pass (0: the training batch
@@ -58,7 +58,8 @@ Defaults and deviations (each one an option):
 - Clipping to [0, 1] is inferred from "convex combination" (``clip``).
 - With LoRA the Fisher is over the LoRA target weights, which are the mergeable
   weights (for a timm ViT, the K/V rows of ``qkv`` per the paper; here, whatever the
-  backbone's LoRA targets are: MobileNetV2's pointwise convolutions in ``quick``).
+  backbone's LoRA targets are: in ``quick``, the K/V rows of every block's fused
+  ``qkv`` of the letters ViT, as in the paper).
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ or EWC it includes their penalty), from which the report derives how many steps 
 task needs to reach a fixed training loss from the model it started from
 (:func:`clmerge.report.start_diagnostics.steps_to_loss`); recording it reads the loss
 only and changes no number of the run. The dense gradient norms of the first steps are
-published to the merge plugin's ``extras`` (``g0``: their mean, ``g0_series``: all of
-them) so a merger may use them (TRM's hinge reference). A loss that is not finite, or
+written to the merge's :class:`~clmerge.mergers.base.Observations` (``g0_series``), when
+given, so a merger may use them (TRM's hinge reference). A loss that is not finite, or
 that explodes, stops the run with the experience and step named
 (:mod:`clmerge.plugins.guard`).
 """
@@ -32,17 +32,18 @@ import math
 import time
 
 from clmerge.avalanche_api import SupervisedPlugin
+from clmerge.mergers.base import Observations
 from clmerge.plugins.guard import check_loss
 
 
 class DiagnosticsPlugin(SupervisedPlugin):
     def __init__(self, weights: dict | None = None, lora=None, steps: int = 20,
-                 extras: dict | None = None):
+                 observations: Observations | None = None):
         super().__init__()
         self.weights = weights or {}
         self.lora = lora
         self.steps = steps
-        self.extras = extras
+        self.observations = observations
         self.records: list[dict] = []
         self._step = 0
         self._t0 = 0.0
@@ -90,10 +91,8 @@ class DiagnosticsPlugin(SupervisedPlugin):
         if rec["losses_first"]:
             rec["grad_norm_start"] = rec["grad_norms_first"][0]
             rec["loss_start"] = rec["losses_first"][0]
-            if self.extras is not None and rec["dense_grad_norms_first"]:
-                dense = rec["dense_grad_norms_first"]
-                self.extras["g0"] = sum(dense) / len(dense)
-                self.extras["g0_series"] = list(dense)
+            if self.observations is not None and rec["dense_grad_norms_first"]:
+                self.observations.g0_series = list(rec["dense_grad_norms_first"])
 
 
 def _norm(params) -> float:

@@ -18,9 +18,13 @@ merger's, plus those of the method's training-time plugins given as ``state_sour
 e.g. EWC's anchors and importances), the distance |theta_hat_t - theta_0|, and whatever
 the merger recorded (coefficients).
 
-``extras`` is the dict method plugins hand data to the merge through (TRM's trajectory);
-it is passed in, so the plugins that fill it can be built first, and cleared after each
-merge.
+The merger reads experience t's data as a :class:`~clmerge.mergers.base.TaskData`:
+its batches (``batches(experience, indices=..., batch_size=...)``, given), its targets,
+the logits function, the run's seed, and what the training-time plugins observed while
+it trained (``observations``, an :class:`~clmerge.mergers.base.Observations` the
+trajectory recorder and the diagnostics fill; it is given, so those plugins can be built
+with it first, and emptied after each merge: nothing of task t survives the merge but
+the merged weights).
 """
 
 from __future__ import annotations
@@ -31,16 +35,21 @@ from typing import Callable, Iterable
 import torch
 
 from clmerge.avalanche_api import SupervisedPlugin
-from clmerge.mergers.base import MergeContext, Merger
+from clmerge.mergers.base import MergeContext, Merger, Observations, TaskData
 from clmerge.plugins.guard import check_tensors
 from clmerge.tensormath import tensordict as td
+
+
+def active_head_logits(model, x):
+    """Logits through the model's active heads (the current task's, while merging)."""
+    return model(x)
 
 
 class MergePlugin(SupervisedPlugin):
     def __init__(self, merger: Merger, weights: dict[str, torch.nn.Parameter],
                  theta0: td.TensorDict, lora=None, start: str = "merged",
-                 train_batches: Callable | None = None, logits_fn: Callable | None = None,
-                 extras: dict | None = None, state_sources: Iterable = (),
+                 batches: Callable | None = None, logits_fn: Callable | None = None,
+                 observations: Observations | None = None, state_sources: Iterable = (),
                  seed: int = 0):
         super().__init__()
         self.merger = merger
@@ -48,14 +57,14 @@ class MergePlugin(SupervisedPlugin):
         self.theta0 = theta0
         self.lora = lora
         self.start_mode = start
-        self.train_batches = train_batches
+        self.batches = batches
         self.logits_fn = logits_fn
         self.seed = seed
         self.merged = td.clone({k: p for k, p in weights.items()})
         self.finetuned_prev: td.TensorDict | None = None
         self.start: td.TensorDict | None = None
         self.records: list[dict] = []
-        self.extras: dict = {} if extras is None else extras
+        self.observations = Observations() if observations is None else observations
         self.state_sources = list(state_sources)
 
     @torch.no_grad()
@@ -74,6 +83,15 @@ class MergePlugin(SupervisedPlugin):
             return td.clone(self.weights)
         return td.add(td.clone(self.weights), self.lora.delta())
 
+    def task_data(self, exp) -> TaskData:
+        """What the merger reads of experience ``exp`` besides weights."""
+        obs = self.observations
+        return TaskData(
+            batches=(lambda **kw: self.batches(exp, **kw)) if self.batches else None,
+            targets=lambda: list(exp.dataset.targets), logits_fn=self.logits_fn,
+            seed=self.seed, trajectory=list(obs.trajectory),
+            recent_batches=list(obs.recent_batches), g0_series=list(obs.g0_series))
+
     def after_training_exp(self, strategy, **kwargs):
         t = strategy.experience.current_experience
         check_tensors(strategy.model.named_parameters(), t, "training", "the parameters")
@@ -82,21 +100,16 @@ class MergePlugin(SupervisedPlugin):
         check_tensors(finetuned, t, "training", "the fine-tuned weights")
         if self.lora is not None:  # the model holds theta*_t densely while merging
             self.lora.write_base(finetuned)
-        exp = strategy.experience
         ctx = MergeContext(
-            t=exp.current_experience, theta0=self.theta0, merged=self.merged,
-            start=self.start, finetuned=finetuned,
-            train_batches=((lambda **kw: self.train_batches(exp, **kw))
-                           if self.train_batches else None),
-            train_targets=lambda: list(exp.dataset.targets),
-            logits_fn=self.logits_fn, model=strategy.model, weights=self.weights,
-            extras=self.extras, seed=self.seed)
+            t=t, theta0=self.theta0, merged=self.merged, start=self.start,
+            finetuned=finetuned, model=strategy.model, weights=self.weights,
+            task=self.task_data(strategy.experience))
         merged = self.merger.merge(ctx)
         check_tensors(merged, t, "the merge", "the merged weights")
         self._write(merged)
         self.merged = td.clone(merged)
         self.finetuned_prev = finetuned if self.start_mode == "finetuned" else None
-        self.extras.clear()  # nothing of task t survives the merge
+        self.observations.clear()  # nothing of task t survives the merge
         self.records.append({
             "merge_seconds": time.perf_counter() - t0,
             "state_bytes": int(self.merger.state_bytes()

@@ -16,10 +16,10 @@ every ``before_training_exp`` callback has run: under the ``finetuned`` start pr
 merge plugin writes theta*_{t-1} back into the weights there, and that, not the merged
 model, is where the task's trajectory begins.
 
-At the end of the task it hands both to the merge plugin (``extras["trajectory"]``,
-``extras["batches"]``), with the run's seed (``extras["seed"]``, for the merge's random
-draws) and drops its own references; the merge plugin clears its extras
-after the merge, so nothing from task t survives into task t+1 but the merged weights.
+At the end of the task it hands both to the merge (the fields ``trajectory`` and
+``recent_batches`` of the :class:`~clmerge.mergers.base.Observations` it is given) and
+drops its own references; the merge driver empties the observations after the merge, so
+nothing from task t survives into task t+1 but the merged weights.
 """
 
 from __future__ import annotations
@@ -29,20 +29,20 @@ from collections import deque
 import torch
 
 from clmerge.avalanche_api import SupervisedPlugin
+from clmerge.mergers.base import Observations
 from clmerge.tensormath import tensordict as td
 
 
 class TrajectoryPlugin(SupervisedPlugin):
-    def __init__(self, weights: dict, extras: dict, lora=None, snapshots: int = 4,
-                 keep_batches: int = 5, seed: int = 0):
+    def __init__(self, weights: dict, observations: Observations, lora=None,
+                 snapshots: int = 4, keep_batches: int = 5):
         super().__init__()
         if snapshots < 1:
             raise ValueError(f"snapshots must be >= 1; got {snapshots}")
         self.weights = weights
-        self.extras = extras
+        self.observations = observations
         self.lora = lora
         self.n_snapshots = snapshots
-        self.seed = seed
         self.snapshots: list[td.TensorDict] = []
         self.batches: deque = deque(maxlen=max(keep_batches, 0))
         self._at: set[int] = set()
@@ -78,9 +78,8 @@ class TrajectoryPlugin(SupervisedPlugin):
         return td.sub(td.clone(self.weights), self._start)
 
     def after_training_exp(self, strategy, **kwargs):
-        self.extras["trajectory"] = self.snapshots
-        self.extras["batches"] = list(self.batches)
-        self.extras["seed"] = self.seed
+        self.observations.trajectory = self.snapshots
+        self.observations.recent_batches = list(self.batches)
         self.snapshots = []
         self.batches.clear()
         self._start = None

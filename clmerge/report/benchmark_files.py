@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from clmerge.paths import data_dir
 from clmerge.report.tables import labelled
 
 # where the timing scripts' JSON files are committed (a chapter's ``benchmarks = None``)
-DEFAULT_FOLDER = Path(__file__).resolve().parents[2] / "data" / "benchmarks"
+DEFAULT_FOLDER = data_dir() / "benchmarks"
 COMMAND = ".venv/bin/python perf/throughput.py --device cuda --out data/benchmarks/throughput-<gpu>.json"
 
 

@@ -28,12 +28,13 @@ from typing import Callable, Mapping
 import numpy as np
 import pandas as pd
 
+from clmerge.paths import data_dir
 from clmerge.report import statistics
 from clmerge.report.names import benchmark as bench_name
 from clmerge.report.names import readable
-from clmerge.report.start_diagnostics import task_frame
+from clmerge.report.task_records import task_frame
 
-CLAIMS_CSV = Path(__file__).resolve().parents[2] / "data" / "claims.csv"
+CLAIMS_CSV = data_dir() / "claims.csv"
 NOT_RUN = "not run"
 
 

@@ -347,7 +347,7 @@ def _line_groups(variants, highlight, max_lines=MAX_LINES):
 
 def per_task_lines(tasks: pd.DataFrame, columns: dict, title: str = "", log: tuple = (),
                    highlight=None, bands: bool = True):
-    """One panel per column of a task frame (``report.start_diagnostics.task_frame``):
+    """One panel per column of a task frame (``report.task_records.task_frame``):
     value against task, mean over seeds with a +-1 std band over seeds, one line and
     marker per variant. Accuracy columns (``*_old``, ``*_current``) are shown in percent.
     More than six variants are split into rows of facets (each with its legend below),

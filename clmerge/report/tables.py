@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from clmerge.paths import data_dir
 from clmerge.report.names import column, readable, readable_columns, readable_index
 from clmerge.report.style import PROTOCOL_NAMES, order
 
@@ -185,7 +186,7 @@ def mean_metric(df: pd.DataFrame, variant: str, column: str) -> float:
     return float(sub.mean())
 
 
-PAPER_NUMBERS = Path(__file__).resolve().parents[2] / "data" / "paper_numbers.csv"
+PAPER_NUMBERS = data_dir() / "paper_numbers.csv"
 
 
 def cost(df: pd.DataFrame) -> pd.DataFrame:
@@ -230,7 +231,7 @@ def side_by_side(df: pd.DataFrame, protocol: str, paper_benchmark: str = "imagen
 
 
 def cost_per_task(tasks: pd.DataFrame) -> pd.DataFrame:
-    """Per variant, from a task frame (``report.start_diagnostics.task_frame``): training
+    """Per variant, from a task frame (``report.task_records.task_frame``): training
     milliseconds per step, merge seconds per task, merge time as a fraction of the same
     task's training time, and bytes persisted after the last task (means over tasks and
     seeds; one CPU thread per run)."""
@@ -247,7 +248,7 @@ def cost_per_task(tasks: pd.DataFrame) -> pd.DataFrame:
     return shown(out.loc[order(out.index)])
 
 
-CALIBRATION = Path(__file__).resolve().parents[2] / "data" / "calibration" / "glyphs.csv"
+CALIBRATION = data_dir() / "calibration" / "glyphs.csv"
 
 
 class Parts(Labelled):

@@ -2,21 +2,27 @@
 
 A :class:`MethodSpec` is everything a method adds to the shared pipeline:
 
-- ``kind``: ``merge`` (train each experience, then merge), ``joint`` (one model on all
-  experiences at once), ``probe`` (no training: a linear probe of frozen features) or
-  ``nmc`` (no training: nearest class mean of frozen features, experience by
-  experience);
+- ``method``: the :class:`~clmerge.strategies.method.Method` class that runs it:
+  :class:`~clmerge.strategies.merging.MergingMethod` (kind ``merge``: train each
+  experience, then merge; the default), :class:`~clmerge.strategies.merging.JointMethod`
+  (``joint``: one model on all experiences at once),
+  :class:`~clmerge.strategies.frozen.ProbeMethod` (``probe``: no training, a linear
+  probe of frozen features) or :class:`~clmerge.strategies.frozen.NMCMethod` (``nmc``:
+  no training, nearest class mean of frozen features, experience by experience);
 - ``merger``: the :class:`~clmerge.mergers.base.Merger` class that joins the fine-tuned
   model of each experience to the merged one (``Sequential``: no merge);
 - ``options``: the typed options dataclass (fields with defaults and ``help``; bad values
   raise ``ValueError`` in ``__post_init__``); by default the merger's ``Options``;
-- ``plugins``: a factory ``(options, run, extras) -> [SupervisedPlugin, ...]`` of the
-  training-time plugins the method adds (P&M's perturbation, TRM's trajectory recorder,
-  EWC, LwF). ``extras`` is the dict the merge reads from (``MergeContext.extras``).
+- ``plugins``: a factory ``(options, ctx, observations) -> [SupervisedPlugin, ...]`` of
+  the training-time plugins the method adds (P&M's perturbation, TRM's trajectory
+  recorder, EWC, LwF). ``observations`` is the
+  :class:`~clmerge.mergers.base.Observations` the merge reads (``MergeContext.task``)
+  and ``ctx`` the run's :class:`~clmerge.strategies.context.RunContext`.
 
 ``--set METHOD.KEY=VALUE`` sets options; :func:`validate_method_args` checks names,
 types and ranges before any work. A run resolves its method once (:func:`get_method`)
-and builds its typed options once (:meth:`MethodSpec.make_options`).
+and builds its typed options once (:meth:`MethodSpec.make_options`), then the method
+(:meth:`MethodSpec.build`).
 
 EWC and LwF are methods without a merge: the ``Sequential`` merger plus a plugin whose
 options (``EWCOptions``, ``LwFOptions``) live with the plugin.
@@ -40,40 +46,34 @@ from clmerge.mergers.sequential import Sequential
 from clmerge.mergers.task_arithmetic import TaskArithmetic
 from clmerge.mergers.ties import Ties
 from clmerge.mergers.trm import TrajectoryRegularizedMerger
-from clmerge.plugins.merge import MergePlugin
 from clmerge.plugins.perturbation import PerturbationPlugin
 from clmerge.plugins.regularization import EWC, EWCOptions, HeadedLwF, LwFOptions
 from clmerge.plugins.trajectory import TrajectoryPlugin
+from clmerge.strategies.context import RunContext
+from clmerge.strategies.frozen import NMCMethod, ProbeMethod
+from clmerge.strategies.merging import JointMethod, MergingMethod
+from clmerge.strategies.method import Method
 from clmerge.values import coerce_option, short
-
-KINDS = ("merge", "joint", "probe", "nmc")
-
-
-@dataclass(frozen=True)
-class MethodParts:
-    """What a merging method adds to a run's strategy: its merger, the plugin that drives
-    the merger after each experience, and its training-time plugins."""
-
-    merger: Merger
-    merge: MergePlugin
-    plugins: list
 
 
 @dataclass(frozen=True)
 class MethodSpec:
     name: str
     description: str
-    kind: str = "merge"
+    method: type[Method] = MergingMethod
     merger: type[Merger] | None = None
     options: type | None = None
-    plugins: Callable[[Any, Any, dict], list] | None = None
+    plugins: Callable[[Any, RunContext, Any], list] | None = None
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {self.kind!r}")
-        if (self.kind == "merge") != (self.merger is not None):
-            raise ValueError(f"method {self.name!r}: a merger is required for kind 'merge' "
-                             f"and only there")
+        if (self.method is MergingMethod) != (self.merger is not None):
+            raise ValueError(f"method {self.name!r}: a merger is required for a merging "
+                             f"method and only there")
+
+    @property
+    def kind(self) -> str:
+        """The method's family: ``merge``, ``joint``, ``probe`` or ``nmc``."""
+        return self.method.kind
 
     @property
     def options_class(self) -> type | None:
@@ -116,23 +116,9 @@ class MethodSpec:
         cls = self.options_class
         return cls(**method_args) if cls is not None else None
 
-    def build(self, options, run) -> MethodParts:
-        """The merger, its merge driver and the training-time plugins for ``run`` (an
-        object with ``cfg``, ``weights``, ``theta0``, ``lora`` and ``train_batches``)."""
-        merger_options = options if self.merger.Options is not None else None
-        merger = self.merger(merger_options)
-        extras: dict = {}
-        plugins = self.plugins(options, run, extras) if self.plugins else []
-        merge = MergePlugin(merger, run.weights, run.theta0, lora=run.lora, start=run.cfg.start,
-                            train_batches=run.train_batches, logits_fn=active_head_logits,
-                            extras=extras, seed=run.cfg.seed,
-                            state_sources=[p for p in plugins if hasattr(p, "state_bytes")])
-        return MethodParts(merger, merge, plugins)
-
-
-def active_head_logits(model, x):
-    """Logits through the model's active heads (the current task's, while merging)."""
-    return model(x)
+    def build(self, options, ctx: RunContext) -> Method:
+        """The method, with every part it trains with, on the run's context."""
+        return self.method(self, options, ctx)
 
 
 METHODS: dict[str, MethodSpec] = {}
@@ -161,26 +147,25 @@ def validate_method_args(name: str, args: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- plugin factories
-def _pm_plugins(o, run, extras) -> list:
+def _pm_plugins(o, ctx, observations) -> list:
     if o.perturbation == "none":
         return []
-    return [PerturbationPlugin(run.weights, lora=run.lora, eps=o.eps,
+    return [PerturbationPlugin(ctx.weights, lora=ctx.lora, eps=o.eps,
                                probs=(o.p0, o.p_plus, o.p_minus),
-                               mode=o.perturbation, seed=run.cfg.seed)]
+                               mode=o.perturbation, seed=ctx.config.seed)]
 
 
-def _trm_plugins(o, run, extras) -> list:
-    return [TrajectoryPlugin(run.weights, extras, lora=run.lora,
+def _trm_plugins(o, ctx, observations) -> list:
+    return [TrajectoryPlugin(ctx.weights, observations, lora=ctx.lora,
                              snapshots=o.snapshots if o.trajectory else 1,
-                             keep_batches=o.batches + 1 if o.steps > 0 else 0,
-                             seed=run.cfg.seed)]
+                             keep_batches=o.batches + 1 if o.steps > 0 else 0)]
 
 
-def _ewc_plugins(o, run, extras) -> list:
-    return [EWC(o.ewc_lambda, mode=o.mode, decay_factor=o.decay_factor, lora=run.lora)]
+def _ewc_plugins(o, ctx, observations) -> list:
+    return [EWC(o.ewc_lambda, mode=o.mode, decay_factor=o.decay_factor, lora=ctx.lora)]
 
 
-def _lwf_plugins(o, run, extras) -> list:
+def _lwf_plugins(o, ctx, observations) -> list:
     return [HeadedLwF(alpha=o.alpha, temperature=o.temperature)]
 
 
@@ -191,13 +176,14 @@ register_method(MethodSpec("pm", "Perturb-and-Merge (arXiv 2505.22389): training
                                  "perturbation + Fisher closed-form merge coefficient",
                            merger=PerturbAndMergeMerger, plugins=_pm_plugins))
 register_method(MethodSpec("joint", "reference: the same LoRA and heads fine-tuned on all "
-                                    "experiences at once (joint fine-tuning)", kind="joint"))
+                                    "experiences at once (joint fine-tuning)", method=JointMethod))
 register_method(MethodSpec("probe", "reference: a joint-softmax classifier over all classes "
-                                    "trained on the frozen pretrained features", kind="probe"))
+                                    "trained on the frozen pretrained features",
+                           method=ProbeMethod))
 register_method(MethodSpec("nmc", "nearest class mean of the frozen pretrained features, cosine "
                                   "similarity, class means added experience by experience (the "
                                   "papers' frozen-feature reference, arXiv 2210.04428)",
-                           kind="nmc"))
+                           method=NMCMethod))
 register_method(MethodSpec("average", "running mean of the fine-tuned models (P&M's Model "
                                       "Averaging)", merger=RunningAverage))
 register_method(MethodSpec("coma", "CoMA (arXiv 2312.08977): fixed-coefficient continual model "

@@ -93,7 +93,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -301,7 +301,42 @@ def diagonal_fisher(model: nn.Module, param_names: Sequence[str],
 
     Returns:
         ``{name: float32 tensor}`` for every name in ``param_names``, detached.
+
+    Steps: check the options (:func:`_check_options`); split the parameters between
+    the hooks and torch.func (:func:`_split_by_engine`); for each batch, capped at
+    ``max_samples`` (:func:`_capped`), the hooks' pass (:func:`_hooked_pass`) and the
+    torch.func pass (:class:`_VmapFisher`) add squared gradients to float64 sums, the
+    model held in eval mode meanwhile (:func:`_fisher_state`); divide by the sample
+    count (:func:`_mean_fisher`).
     """
+    _check_options(mode, engine, estimator, max_samples)
+    names, all_params = _check_names(model, param_names)
+    selected = {n: all_params[n] for n in names}
+    device = next(iter(selected.values())).device
+    hooked, rest = _split_by_engine(model, names, engine)
+    wrapper = _Call(model, logits_fn or _default_logits)
+    per_sample = mode == "per_sample"
+    vmapped = (_VmapFisher(model, wrapper, all_params, rest,
+                           log_likelihood if engine == "hooks" else _log_likelihood_f32,
+                           chunk_size, per_sample) if rest else None)
+    acc = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in selected.items()}
+    seen = 0
+    captures = _Captures(hooked) if hooked else None
+    in_hooks = [n for loc in hooked.values() for n in loc.values()]
+    with _fisher_state(model, selected, in_hooks, captures), _autocast_off(device):
+        for x, y in _capped(batches, max_samples, device):
+            labels = [(y, None)]
+            if hooked or estimator == "true":
+                labels = _hooked_pass(wrapper, captures, hooked, x, y, estimator, acc,
+                                      per_sample)
+            if vmapped is not None:
+                vmapped.add(x, labels, acc, captures)
+            seen += len(x)
+    return _mean_fisher(acc, seen, names)
+
+
+def _check_options(mode: str, engine: str, estimator: str, max_samples: int | None) -> None:
+    """Step 1 of :func:`diagonal_fisher`: refuse an unknown or unsupported option."""
     if mode not in ("per_sample", "per_batch"):
         raise ValueError(f"mode must be 'per_sample' or 'per_batch', got {mode!r}")
     if engine not in ENGINES:
@@ -312,26 +347,56 @@ def diagonal_fisher(model: nn.Module, param_names: Sequence[str],
         raise ValueError(f"estimator {estimator!r} needs engine='hooks' and mode='per_sample'")
     if max_samples is not None and max_samples <= 0:
         raise ValueError("max_samples must be positive")
-    names, all_params = _check_names(model, param_names)
-    logits_fn = logits_fn or _default_logits
-    selected = {n: all_params[n] for n in names}
-    device = next(iter(selected.values())).device
 
+
+def _split_by_engine(model: nn.Module, names: Sequence[str], engine: str
+                     ) -> tuple[dict[nn.Module, dict[str, str]], list[str]]:
+    """Step 2: (hooked, rest). ``hooked``: module -> {local name: full name} of the
+    weights and biases of :func:`hookable` modules (hooks engine only); ``rest``: the
+    other names, in order, for torch.func."""
     hooked: dict[nn.Module, dict[str, str]] = {}
     if engine == "hooks":
         for full, (m, local) in _owners(model, names).items():
             if hookable(m) and local in ("weight", "bias"):
                 hooked.setdefault(m, {})[local] = full
     in_hooks = {n for loc in hooked.values() for n in loc.values()}
-    rest = [n for n in names if n not in in_hooks]
-    loglik = log_likelihood if engine == "hooks" else _log_likelihood_f32
+    return hooked, [n for n in names if n not in in_hooks]
 
-    wrapper = _Call(model, logits_fn)
-    grad_fn = None
-    if rest:
-        vmapped = {n: all_params[n].detach() for n in rest}
-        fixed = {f"model.{n}": p.detach() for n, p in all_params.items() if n not in vmapped}
+
+def _capped(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], max_samples: int | None,
+            device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Step 3: the batches on ``device``, empty ones left out, the one that reaches
+    ``max_samples`` cut to it; no batch is drawn from ``batches`` after that one."""
+    seen = 0
+    for x, y in batches:
+        if max_samples is not None and seen + len(x) > max_samples:
+            x, y = x[: max_samples - seen], y[: max_samples - seen]
+        x, y = x.to(device), y.to(device)
+        if len(x) == 0:
+            continue
+        yield x, y
+        seen += len(x)
+        if max_samples is not None and seen >= max_samples:
+            return
+
+
+class _VmapFisher:
+    """Step 4 for the parameters the hooks cannot see (all of them under ``vmap``):
+    squared gradients of the log-likelihood by torch.func, the other parameters and the
+    buffers held fixed.
+
+    ``per_sample``: per-sample gradients (vmapped over the batch, ``chunk_size`` at a
+    time), each squared, optionally weighted, summed into the accumulator.
+    Otherwise: the gradient of the batch sum, squared (batch mean g/b, squared, times b
+    for the estimate, times b for the weight of the batch)."""
+
+    def __init__(self, model: nn.Module, wrapper: nn.Module, all_params: dict,
+                 names: Sequence[str], loglik, chunk_size: int | None, per_sample: bool):
+        self.params = {n: all_params[n].detach() for n in names}
+        fixed = {f"model.{n}": p.detach() for n, p in all_params.items()
+                 if n not in self.params}
         fixed.update({f"model.{n}": b for n, b in model.named_buffers()})
+        self.chunk_size, self.per_sample = chunk_size, per_sample
 
         def loglik_sum(params: TensorDict, x: torch.Tensor,
                        y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -340,60 +405,53 @@ def diagonal_fisher(model: nn.Module, param_names: Sequence[str],
             ll = loglik(functional_call(wrapper, state, (x,)), y).sum()
             return ll, ll.detach()
 
-        grad_fn = grad(loglik_sum, has_aux=True)
+        self.grad_fn = grad(loglik_sum, has_aux=True)
 
-        def per_sample_grads(x: torch.Tensor, y: torch.Tensor):
-            def one(xi: torch.Tensor, yi: torch.Tensor):
-                return grad_fn(vmapped, xi.unsqueeze(0), yi.unsqueeze(0))
-            return vmap(one, chunk_size=chunk_size)(x, y)
+    def per_sample_grads(self, x: torch.Tensor, y: torch.Tensor):
+        def one(xi: torch.Tensor, yi: torch.Tensor):
+            return self.grad_fn(self.params, xi.unsqueeze(0), yi.unsqueeze(0))
+        return vmap(one, chunk_size=self.chunk_size)(x, y)
 
-        def add_vmapped(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None):
-            if mode == "per_sample":
-                grads, ll = per_sample_grads(x, y)
-                for n, g in grads.items():
-                    sq = g.detach().double().pow(2)
-                    if weight is not None:
-                        sq = sq * weight.reshape(-1, *[1] * (sq.dim() - 1))
-                    acc[n] += sq.sum(0)
-            else:
-                grads, ll = grad_fn(vmapped, x, y)    # gradient of the batch sum
-                for n, g in grads.items():
-                    # batch mean g/b, squared, times b (estimate), times b (weight)
-                    acc[n] += g.detach().double().pow(2)
-            return ll
+    def add_labels(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None,
+                   acc: dict) -> torch.Tensor:
+        """Add one label set's squared gradients to ``acc``; the log-likelihoods."""
+        if self.per_sample:
+            grads, ll = self.per_sample_grads(x, y)
+            for n, g in grads.items():
+                sq = g.detach().double().pow(2)
+                if weight is not None:
+                    sq = sq * weight.reshape(-1, *[1] * (sq.dim() - 1))
+                acc[n] += sq.sum(0)
+        else:
+            grads, ll = self.grad_fn(self.params, x, y)    # gradient of the batch sum
+            for n, g in grads.items():
+                acc[n] += g.detach().double().pow(2)
+        return ll
 
-    acc = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in selected.items()}
-    seen = 0
+    def add(self, x: torch.Tensor, labels, acc: dict, captures) -> None:
+        """Every label set ``[(labels, weight or None)]`` of a batch, with the hooks of
+        ``captures`` (if any) silent meanwhile."""
+        if captures is not None:
+            captures.active = False
+        for yk, weight in labels:
+            ll = self.add_labels(x, yk, weight, acc)
+            _check_ll(ll if weight is None else ll[weight > 0])
+        if captures is not None:
+            captures.active = True
+
+
+@contextlib.contextmanager
+def _fisher_state(model: nn.Module, selected: dict, in_hooks: Sequence[str], captures):
+    """Step 5: the model in eval mode and the hooked parameters requiring a gradient for
+    the body; afterwards every module's mode and every selected parameter's
+    ``requires_grad`` are as before and the hooks are removed, whatever happened."""
     modes = [(m, m.training) for m in model.modules()]
     flags = {n: p.requires_grad for n, p in selected.items()}
-    captures = _Captures(hooked) if hooked else None
     model.eval()
     try:
         for n in in_hooks:
             selected[n].requires_grad_(True)
-        with _autocast_off(device):
-            for x, y in batches:
-                if max_samples is not None and seen + len(x) > max_samples:
-                    x, y = x[: max_samples - seen], y[: max_samples - seen]
-                x, y = x.to(device), y.to(device)
-                b = len(x)
-                if b == 0:
-                    continue
-                labels = [(y, None)]
-                if hooked or estimator == "true":
-                    labels = _hooked_pass(wrapper, captures, hooked, x, y, estimator, acc,
-                                          mode == "per_sample")
-                if rest:
-                    if captures is not None:
-                        captures.active = False
-                    for yk, weight in labels:
-                        ll = add_vmapped(x, yk, weight)
-                        _check_ll(ll if weight is None else ll[weight > 0])
-                    if captures is not None:
-                        captures.active = True
-                seen += b
-                if max_samples is not None and seen >= max_samples:
-                    break
+        yield
     finally:
         if captures is not None:
             captures.remove()
@@ -401,6 +459,11 @@ def diagonal_fisher(model: nn.Module, param_names: Sequence[str],
             selected[n].requires_grad_(flag)
         for m, was_training in modes:
             m.training = was_training
+
+
+def _mean_fisher(acc: dict, seen: int, names: Sequence[str]) -> TensorDict:
+    """Step 6: the sums over ``seen`` samples divided by ``seen``, checked finite, as
+    float32, for ``names`` in order."""
     if seen == 0:
         raise ValueError("no samples given")
     out = {}
