@@ -22,7 +22,7 @@ from torch import nn
 
 from clmerge.backbones.lora import LoRAAdapter
 from clmerge.mergers.average import RunningAverage
-from clmerge.mergers.base import Merger
+from clmerge.mergers.base import Merger, Observations
 from clmerge.mergers.coma import CoMA
 from clmerge.mergers.sequential import Sequential
 from clmerge.mergers.task_arithmetic import TaskArithmetic
@@ -222,12 +222,25 @@ def test_the_seed_defaults_to_0():
 
 def test_the_merge_data_of_task_t_is_gone_after_its_merge():
     model, lora, weights, theta0 = setup("full")
-    plugin = MergePlugin(Sequential(), weights, theta0, extras={"trajectory": [1], "seed": 3})
+    observed = Observations(trajectory=[{"w": torch.ones(1)}],
+                            recent_batches=[(torch.ones(1), torch.zeros(1))], g0_series=[2.0])
+    seen = []
+
+    class Spy(Sequential):
+        def merge(self, ctx):
+            seen.append(ctx.task)
+            return super().merge(ctx)
+
+    plugin = MergePlugin(Spy(), weights, theta0, observations=observed, seed=3)
     s = strategy(model, 0)
     plugin.before_training_exp(s)
     train(model, lora, weights, 0)
     plugin.after_training_exp(s)
-    assert plugin.extras == {}
+    (task,) = seen       # the merger saw the observations and the seed
+    assert len(task.trajectory) == 1 and len(task.recent_batches) == 1
+    assert list(task.g0_series) == [2.0] and task.seed == 3
+    assert plugin.observations is observed
+    assert vars(observed) == {"trajectory": [], "recent_batches": [], "g0_series": []}
 
 
 def mean_of(fts, theta0, prev, t):

@@ -24,7 +24,7 @@ from torch import nn
 from clmerge.mergers import cofima as cofima_module
 from clmerge.mergers import pm as pm_module
 from clmerge.mergers.average import RunningAverage
-from clmerge.mergers.base import MergeContext
+from clmerge.mergers.base import MergeContext, TaskData
 from clmerge.mergers.cofima import CoFiMA, CoFiMAOptions
 from clmerge.mergers.coma import CoMA, CoMAOptions
 from clmerge.mergers.dare import Dare, DareOptions
@@ -47,12 +47,11 @@ def make_ctx(t, theta0, merged, start, finetuned, *, model=None, weights=None,
              batches=None, targets=None, logits_fn=None, seed=0, trajectory=(),
              recent_batches=(), g0_series=()):
     """The merge context of task ``t`` (0-based) as the merge driver builds it."""
-    extras = {"seed": seed, "trajectory": list(trajectory), "batches": list(recent_batches)}
-    if g0_series:
-        extras["g0_series"] = list(g0_series)
+    task = TaskData(batches=batches, targets=targets, logits_fn=logits_fn, seed=seed,
+                    trajectory=list(trajectory), recent_batches=list(recent_batches),
+                    g0_series=list(g0_series))
     return MergeContext(t=t, theta0=theta0, merged=merged, start=start, finetuned=finetuned,
-                        train_batches=batches, train_targets=targets, logits_fn=logits_fn,
-                        model=model, weights=weights or {}, extras=extras, seed=seed)
+                        model=model, weights=weights or {}, task=task)
 
 
 def task_fields(ctx):

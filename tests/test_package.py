@@ -24,7 +24,10 @@ print(json.dumps({"code": code, "modules": sorted(m for m in sys.modules
 
 
 def _env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLMERGE_")}
+    """The environment less clmerge's settings and any PYTHONPATH (which would put a
+    checkout before the installed package)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("CLMERGE_") and k != "PYTHONPATH"}
     return {**env, "OMP_NUM_THREADS": "1", **extra}
 
 
@@ -50,7 +53,7 @@ def test_the_installed_package_runs_from_another_folder(tmp_path):
     install) into a fresh virtual environment that sees this environment's packages,
     then ``clmerge run --method pm --profile smoke --out DIR`` from a folder with no
     data: the result lands in DIR and nothing is written next to the package or in the
-    working folder."""
+    working folder; without ``--out``, in the working folder's ``data/results``."""
     src = tmp_path / "src"
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
@@ -84,5 +87,13 @@ def test_the_installed_package_runs_from_another_folder(tmp_path):
     assert len(list(out.glob("pm-synthetic-s0-*.json"))) == 1
     assert not (out / "_checkpoints").exists()
     assert list(elsewhere.iterdir()) == []
-    installed = Path(where).parent
-    assert not list(installed.rglob("*.json")) and not (installed.parent / "data").exists()
+    # without --out: the working folder's data/results (clmerge.paths), not the package's
+    done = subprocess.run([str(venv / "bin" / "clmerge"), "run", "--method", "nmc",
+                           "--profile", "smoke", "--quiet"],
+                          cwd=elsewhere, env=_env(), capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(list((elsewhere / "data" / "results").glob("nmc-synthetic-s0-*.json"))) == 1
+    written = [p for p in venv.rglob("*") if ".dist-info" not in str(p)
+               and (p.suffix in (".json", ".lock") or p.name in ("data", "_checkpoints"))]
+    assert written == []
