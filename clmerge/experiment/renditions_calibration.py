@@ -56,8 +56,9 @@ from clmerge.experiment.config import ExperimentConfig, make_config
 from clmerge.experiment.executors import compute_local
 from clmerge.experiment.grid import plan
 from clmerge.experiment.results import CorruptResultError, read_result, result_path
+from clmerge.paths import project_dir
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = project_dir()
 RESULTS = ROOT / "data" / "calibration" / "results"
 TABLE = ROOT / "data" / "calibration" / "renditions.csv"
 DRIFT_TABLE = ROOT / "data" / "calibration" / "renditions_drift.csv"
