@@ -108,7 +108,7 @@ class Spy(Merger):
 
 def context_seed(ctx):
     """The run's seed as the merger reads it from its context."""
-    return ctx.seed
+    return ctx.task.seed
 
 
 class Source:

@@ -56,8 +56,8 @@ def make_ctx(t, theta0, merged, start, finetuned, *, model=None, weights=None,
 
 def task_fields(ctx):
     """What the context carries of the task besides weights."""
-    return {"batches": ctx.train_batches, "targets": ctx.train_targets,
-            "logits_fn": ctx.logits_fn, "seed": ctx.seed}
+    return {"batches": ctx.task.batches, "targets": ctx.task.targets,
+            "logits_fn": ctx.task.logits_fn, "seed": ctx.task.seed}
 
 
 def test_a_context_without_task_data_carries_none():

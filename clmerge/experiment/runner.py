@@ -39,7 +39,7 @@ from clmerge.experiment.results import (CorruptResultError, read_result, result_
 from clmerge.experiment.seeding import seed_everything
 from clmerge.experiment.variants import variant_label
 from clmerge.paths import results_dir, scratch_dir
-from clmerge.strategies.context import RunContext, make_evaluator  # noqa: F401 (re-exported)
+from clmerge.strategies.context import RunContext
 from clmerge.strategies.method import Method
 from clmerge.strategies.methods import MethodSpec, get_method
 from clmerge.strategies.template import MergingTemplate
