@@ -860,7 +860,7 @@ def test_trm_objective_at_its_start_is_the_three_terms(terms):
         def local(y):
             return torch.tensor([model.classes_per_exp[t].index(int(v)) for v in y])
 
-        batches = ctx.extras["batches"]
+        batches = list(ctx.task.recent_batches)
         fit, (xh, yh) = batches[1:4], batches[4]
         x = torch.cat([b[0] for b in fit])
         y = torch.cat([b[1] for b in fit])

@@ -285,8 +285,7 @@ def load(folder: str | os.PathLike, config_hash: str, model: torch.nn.Module,
         obj = objects[name]
         for k, value in values.items():
             current = getattr(obj, k, None)
-            # containers are refilled in place: other objects may share them (the merge
-            # driver's ``extras`` is also the diagnostics' and the trajectory recorder's)
+            # containers are refilled in place: other objects may hold the same one
             if type(current) is type(value) and isinstance(value, (dict, list)):
                 current.clear()
                 current.update(value) if isinstance(value, dict) else current.extend(value)
