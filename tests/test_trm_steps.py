@@ -94,7 +94,7 @@ def test_directions_are_the_recorded_ones_from_where_training_started():
     start = {k: v + 0.3 * torch.randn(v.shape, generator=g) for k, v in ctx.merged.items()}
     ctx = dataclasses.replace(ctx, start=start)
     dirs, names, init = TrajectoryRegularizedMerger(TRMOptions(init_last=0.7)).directions(ctx)
-    want = [{k: start[k] + s[k] - ctx.merged[k] for k in KEYS} for s in ctx.extras["trajectory"]]
+    want = [{k: start[k] + s[k] - ctx.merged[k] for k in KEYS} for s in ctx.task.trajectory]
     want += [{k: ctx.finetuned[k] - ctx.merged[k] for k in KEYS},
              {k: ctx.merged[k] - ctx.theta0[k] for k in KEYS}]
     assert names == ["d1", "d2", "d3", "dK", "acc"] and init == [0.0, 0.0, 0.0, 0.7, 0.0]
