@@ -126,6 +126,21 @@ def test_log_likelihood_masked_classes():
     assert not torch.isfinite(log_likelihood(z, torch.tensor([1, 2]))).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_the_vmap_engines_log_likelihood_is_taken_in_float32(dtype):
+    """The vmap engine's sum of log softmax(z)[y] takes half-precision logits up to
+    float32 first: the value is the float32 one of the same logits."""
+    from clmerge.tensormath.fisher import _log_likelihood_f32
+
+    g = torch.Generator().manual_seed(0)
+    z = (3 * torch.randn(16, 7, generator=g)).to(dtype)
+    y = torch.randint(0, 7, (16,), generator=g)
+    got = _log_likelihood_f32(z, y)
+    want = sum(float(torch.log_softmax(z[i].float(), -1)[y[i]]) for i in range(16))
+    assert got.dtype == torch.float32
+    assert float(got) == pytest.approx(want, rel=1e-5)
+
+
 # ------------------------------------------------------------------ hooks engine
 
 class Mixed(nn.Module):

@@ -223,6 +223,23 @@ def test_optimise_clamps_both_ends_and_bound_zero_is_unbounded():
     assert float(m.optimise(p).c.abs().max()) > 1.0
 
 
+def test_augmented_consistency_inputs_are_drawn_as_documented():
+    """pc_inputs = augmented: each fitting minibatch x becomes lam x_i + (1 - lam) x_perm(i)
+    + 0.1 std(x) N(0, 1), with perm, lam ~ U(0, 1) per sample and the noise drawn in that
+    order from the run's draw of kind 2; the teacher's logits are on those inputs."""
+    from clmerge.mergers.trm import _generator
+
+    ctx, m, p = problem(TRMOptions(batches=3, pc_inputs="augmented", seed=2))
+    gen = _generator(ctx, 2, 2)
+    for (x, _), got, teacher in zip(p.fit, p.pc_x, p.teacher):
+        perm = torch.randperm(len(x), generator=gen)
+        lam = torch.rand((len(x), 1), generator=gen)
+        eps = torch.randn(x.shape, generator=gen)
+        want = lam * x + (1 - lam) * x[perm] + 0.1 * x.std() * eps
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(teacher, logits(ctx.model, feats(ctx.merged, want), [0]))
+
+
 @pytest.mark.parametrize("steps,step_size", [(3, 0.05), (2, 0.2)])
 def test_inverted_consistency_inputs_are_drawn_as_documented(steps, step_size):
     """pc_inputs = inverted: each fitting minibatch x is moved by ``invert_steps``
@@ -246,6 +263,25 @@ def test_inverted_consistency_inputs_are_drawn_as_documented(steps, step_size):
             want = (want.detach() - scale * g.sign()).clamp(lo, hi)
         torch.testing.assert_close(got, want)
         assert not torch.equal(got, x)
+
+
+def test_optimise_with_one_step_takes_it():
+    """steps = 1: one Adam step from c0 (every coefficient moves by lr, Adam's first step
+    being lr times the gradient's sign where it is not 0), evaluated at 0 and 1."""
+    o = TRMOptions(steps=1, lr=0.05, bound=0.0, pc_inputs="current")
+    ctx, m, p = problem(o)
+    r = m.optimise(p)
+    assert r.curve["step"] == [0, 1]
+    moved = (r.c - p.c0).abs()
+    torch.testing.assert_close(moved[moved > 0], torch.full_like(moved[moved > 0], 0.05))
+    assert int((moved > 0).sum()) > 0
+
+
+def test_evaluate_without_any_term_gives_a_total_of_zero():
+    ctx, m, p = problem(TRMOptions(ta=0.0, pc=0.0, gr=0.0))
+    curve = {"step": []}
+    values = m.evaluate(p, p.c0, 0, curve)
+    assert values == {"total": 0.0} and curve == {"step": [0], "total": [0.0]}
 
 
 def test_optimise_without_steps_returns_the_start():
