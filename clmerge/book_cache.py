@@ -2,7 +2,7 @@
 
 ``jupyter-book build`` executes the pages one after the other, each in a fresh kernel, and
 most of a chapter's time from committed results is its kernel importing torch, Avalanche,
-timm and pandas (about 10 s on one core of the 2-core reference machine), not its work.
+timm and pandas, not its work (``perf/book_time.py`` times the build).
 Before the build, :func:`prefill` executes the staged chapters that the cache does not hold
 yet in ``jobs`` kernels at once and stores each executed notebook in the same jupyter-cache
 the build reads (``execute.cache`` of ``_config.yml``), exactly as myst-nb would: keyed by

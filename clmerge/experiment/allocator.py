@@ -4,15 +4,14 @@ A run allocates and frees the same large activation buffers thousands of times (
 evaluation batch of 500 images through the ViT needs tens of MiB per layer). glibc serves
 every allocation above its mmap threshold (at most 32 MiB) with a fresh ``mmap`` and gives
 it back with ``munmap`` on free, so the kernel zeroes those pages again on the next
-allocation. Measured on one ``seq`` run of ``split_glyphs`` (seed 0, one thread, idle
-2-core machine): 18.7 s of system time out of 102 s; with mmap disabled and the heap kept,
-0.8 s of 86 s, and the same accuracy matrix bit for bit (allocation does not change
-arithmetic).
+allocation, which shows as system time. ``perf/run_time.py`` measures a whole run's
+wall, user and system seconds with these settings and without them; the accuracy
+matrices are the same bit for bit either way (allocation does not change arithmetic).
 
 :func:`keep_freed_memory` sets, through ``mallopt``: ``M_MMAP_MAX = 0`` (large blocks come
 from the heap), ``M_TRIM_THRESHOLD = 1 GiB`` (freed memory stays in the heap) and
 ``M_TOP_PAD = 256 MiB`` (the heap grows in large steps). A process then keeps its peak
-memory until it exits (1.75 GB instead of 1.64 GB for that run). Set
+memory until it exits, a little more than with the system's allocator. Set
 ``CLMERGE_SYSTEM_MALLOC=1`` to leave the allocator as it is.
 """
 

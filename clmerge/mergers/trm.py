@@ -30,8 +30,8 @@ theta_t^(1..K) the K points of task t's trajectory (K-1 recorded by
 
   * ``current``: the current task's inputs (the literal reading). They are inputs the
     task has already fitted, and the old heads' outputs on them say little about the
-    old classes: at lr 1e-2 and 200 steps L_PC fell from 8.8 to 0.05 while task 1's
-    task-incremental accuracy fell from 83 to 51.5 (seed 0 of ``quick``).
+    old classes: L_PC can be driven to near zero there while the old tasks'
+    task-incremental accuracy falls.
   * ``inverted``: inputs synthesised from the old heads. Each current input
     is moved by ``invert_steps`` signed-gradient steps on the input towards a class of
     an old task drawn at random, under the fixed theta_hat_{t-1} and its old heads
@@ -51,8 +51,9 @@ theta_t^(1..K) the K points of task t's trajectory (K-1 recorded by
   weights) over the first training steps of task t, measured at the same batch size
   and recorded for free by :class:`clmerge.plugins.diagnostics.DiagnosticsPlugin`;
   differentiated through the inner gradient (create_graph). The median, because the
-  first-step norms span orders of magnitude, so a mean is set by one step. L is the cross-entropy through a *fresh* head (``gr_head=fresh``,
-  default, drawn from the run's seed): the next task starts with a new head, and g0
+  first-step norms span orders of magnitude, so a mean is set by one step. L is the
+  cross-entropy through a *fresh* head (``gr_head=fresh``, default, drawn from the
+  run's seed): the next task starts with a new head, and g0
   was measured with one, so the hinge asks the merged backbone to be as responsive as
   the start of task t was. Deviation from the literal reading (``gr_head=current``):
   with the trained head a gradient as large as g0 can only come from a higher
@@ -69,14 +70,13 @@ the merge's recorded curve (``objective_curve``), and the merge returns the best
 evaluated iterate (``keep_best``), so it never ends worse on its own objective than
 where it started. Deviations from the reconstruction's "Adam, lr 1e-2, a few hundred
 steps": the rescaling, the bound and the best-iterate rule are ours; without them Adam
-moves each of the ~170 per-module coefficients by about lr per step whatever its
-gradient, the nearly collinear directions add up, and the merge
-random-walks away from its start. The budget is ours too: 200 steps at lr 1e-2 (L_GR
-every 4th step, the objective every 10th) cost several times the task's own training
-on ``quick`` (a result records both per task: ``merge_seconds``, ``train_seconds``),
-so the default is
-50 steps at lr 2e-2: with the bound at 1, lr x steps = 1 still lets a coefficient cross
-the whole box. ``steps`` and ``lr`` restore the longer budget.
+moves each per-module coefficient by about lr per step whatever its gradient, the
+nearly collinear directions add up, and the merge random-walks away from its start.
+The budget is ours too: 200 steps at lr 1e-2 (L_GR every 4th step, the objective every
+10th) cost several times the task's own training (a result records both per task:
+``merge_seconds``, ``train_seconds``; ``perf/trm_terms.py`` times each term), so the
+default is 50 steps at lr 2e-2: with the bound at 1, lr x steps = 1 still lets a
+coefficient cross the whole box. ``steps`` and ``lr`` restore the longer budget.
 
 Data: the last ``batches + 1`` training minibatches of task t, recorded by the
 trajectory plugin; the last one of full batch size is held out for L_GR. With LoRA
