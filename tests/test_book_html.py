@@ -71,6 +71,34 @@ def test_every_chapter_is_linked_from_the_index():
     assert not missing, f"the index does not link {missing}"
 
 
+NUMBER = re.compile(r"[+-]?\d+\.\d+")
+
+
+def _text(page) -> str:
+    return re.sub(r"\s+", " ", article(page).get_text(" ")).replace("\u2212", "-")
+
+
+def test_every_number_of_the_brief_is_on_the_page_it_links():
+    """The brief states the quick profile's numbers; each bullet's decimals must appear,
+    computed, on the page that bullet links (checked when the chapters ran that profile)."""
+    executed = re.search(r"Executed with clmerge \S+ profile (\w+)",
+                         _text(soup(HTML / "chapters" / "01_setting.html")))
+    if executed is None or executed.group(1) != "quick":
+        pytest.skip("the brief states the quick profile's numbers; this build ran "
+                    f"{executed.group(1) if executed else 'an unknown profile'}")
+    bullets = article(soup(HTML / "index.html")).select("#in-brief li")
+    assert bullets, "the index has no bulleted 'In brief' section"
+    missing = []
+    for li in bullets:
+        link = li.select_one("a[href]")
+        assert link is not None, f"a bullet of the brief links no page: {li.get_text()[:60]!r}"
+        page = _text(soup(HTML / urlsplit(link["href"]).path))
+        for number in NUMBER.findall(li.get_text(" ").replace("\u2212", "-")):
+            if not re.search(r"(?<![\d.])" + re.escape(number) + r"(?![\d])", page):
+                missing.append(f"{number} ({link['href']})")
+    assert not missing, f"numbers of the brief not on the page it links: {missing}"
+
+
 def _figures(page):
     """Every image a cell output shows: (image, its enclosing <figure> or None)."""
     for img in page.select(".cell_output img, .output img"):

@@ -227,7 +227,7 @@ def evaluate_claim(claim: Mapping, runs: Runs) -> dict:
     verdict, why = statistics.verdict(iv, claim["rule"], paper, values=values,
                                       digits=metric.digits)
     if b.startswith("best:"):
-        why = f"best baseline here: {b_label}; " + why
+        why = f"best baseline here: {readable(b_label)}; " + why
     return {**row, "n": iv.n, "mean": iv.mean, "lo": iv.lo, "hi": iv.hi, "sd": iv.sd,
             "detectable": iv.half_width, "verdict": verdict, "why": why,
             "values": values.round(4).to_dict()}
@@ -325,14 +325,17 @@ def markdown_table(table: pd.DataFrame) -> str:
 
 def power_table(long: pd.DataFrame) -> pd.DataFrame:
     """Per claim with a published effect and per benchmark: seeds, SD of the paired
-    differences, the smallest difference the design detects, and the paper's effect."""
+    differences, the smallest difference the design detects, the paper's effect and
+    whether that effect is larger ("yes"/"no")."""
     sub = long[long["paper_mean"].notna() & (long["verdict"] != NOT_RUN)]
     out = sub.assign(**{"seeds": sub["n"].astype(int),
                         "SD of paired differences": sub["sd"].round(2),
                         "detectable (95% half-width)": sub["detectable"].round(2),
                         "paper's effect": sub["paper_mean"].round(2),
-                        "paper's effect visible": sub["detectable"] < sub["paper_mean"].abs()})
-    return out.set_index(["id", "benchmark"])[
+                        "paper's effect visible": (sub["detectable"] < sub["paper_mean"].abs())
+                        .map({True: "yes", False: "no"}),
+                        "claim": sub["id"]})
+    return out.set_index(["claim", "benchmark"])[
         ["seeds", "SD of paired differences", "detectable (95% half-width)", "paper's effect",
          "paper's effect visible"]]
 
