@@ -220,6 +220,38 @@ def loop_fisher(model, names, x, y=None, estimator="empirical"):
 ALL = None   # every parameter of the model
 
 
+class Kernels(nn.Module):
+    """Convolutions the hooks engine must read through their input columns: unpadded
+    3x3, unpadded 2x1 and 1x2, and 1x1 ones padded on both axes, on rows only and on
+    columns only."""
+
+    def __init__(self):
+        super().__init__()
+        self.convs = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Tanh(), nn.Conv2d(3, 3, (2, 1)),
+                                   nn.Tanh(), nn.Conv2d(3, 3, (1, 2)), nn.Tanh(),
+                                   nn.Conv2d(3, 4, 1, padding=1), nn.Tanh(),
+                                   nn.Conv2d(4, 4, 1, padding=(1, 0)), nn.Tanh(),
+                                   nn.Conv2d(4, 4, 1, padding=(0, 1)))
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.convs(x)).mean((2, 3)))
+
+
+def test_hooks_fisher_reads_every_kernel_shape_through_its_columns():
+    torch.manual_seed(0)
+    model = Kernels().double()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(6, 2, 6, 5, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (6,), generator=gen)
+    names = [n for n, _ in model.named_parameters()]
+    ref = loop_fisher(model, names, x, y)
+    got = diagonal_fisher(model, names, [(x[:4], y[:4]), (x[4:], y[4:])], engine="hooks")
+    for n in names:
+        assert float(ref[n].sum()) > 0, n
+        torch.testing.assert_close(got[n].double(), ref[n], rtol=1e-6, atol=0)
+
+
 @pytest.mark.parametrize("estimator", ["empirical", "true"])
 def test_hooks_fisher_matches_per_sample_loop_on_confident_model(estimator):
     """Margin 30: float64 hooks engine = float64 loop to rounding; the float32 network

@@ -3,7 +3,12 @@
 Usage (from the repository root, on one core)::
 
     nice -n 10 python tools/mutation.py [--out tools/mutation_report.md] [--only PATH ...]
-                                        [--timeout 120] [--list]
+                                        [--timeout 120] [--list] [--survivors]
+
+A full run writes the report and, next to it, every mutant's verdict
+(``mutation_report.json``, with a digest of each mutated file); ``--survivors`` judges
+again only the mutants that survived it (after tests were added), keeping the other
+verdicts, and is refused when a mutated file changed since.
 
 Files mutated: those matching ``TARGET_GLOBS`` (the mergers, the tensor maths and the
 merge driver, wherever they lie under ``clmerge/``). Two kinds of mutants:
@@ -39,7 +44,9 @@ import argparse
 import ast
 import compileall
 import gc
+import hashlib
 import io
+import json
 import os
 import re
 import py_compile
@@ -841,6 +848,15 @@ def _run_queue(queue, running, free, trees, originals, baseline, timeout, result
                 print(f"  SURVIVED {m.path}:{m.line} {m.what}", flush=True)
 
 
+def _digest(path: str) -> str:
+    return hashlib.sha256((ROOT / path).read_bytes()).hexdigest()
+
+
+def _key(m: Mutant) -> str:
+    """A mutant's identity across runs of the same files."""
+    return f"{m.path}:{m.start}:{m.end}:{m.replacement.decode()}"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="tools/mutation_report.md")
@@ -849,7 +865,12 @@ def main(argv=None) -> int:
                     help="seconds per mutant (0: 3 x the file's baseline + 20)")
     ap.add_argument("--list", action="store_true", help="list the mutants and stop")
     ap.add_argument("--jobs", type=int, default=1, help="mutants run at a time")
+    ap.add_argument("--survivors", action="store_true",
+                    help="judge again only the mutants that survived the last run (its "
+                         "verdicts file), keeping its other verdicts: for tests added "
+                         "since; refused when a mutated file changed since")
     args = ap.parse_args(argv)
+    verdicts_file = ROOT / Path(args.out).with_suffix(".json")
     paths = args.only or TARGETS
     unknown = [p for p in paths if p not in TARGETS]
     if unknown:
@@ -863,12 +884,32 @@ def main(argv=None) -> int:
     for note in [*MISSING_TARGETS, *unapplied,
                  *(f"test file {t} not found" for t in sorted(missing_tests))]:
         print(f"not applied: {note}", file=sys.stderr)
+    previous: dict = {}
+    if args.survivors:
+        if args.only or not verdicts_file.exists():
+            print(f"--survivors needs the verdicts of a full run ({verdicts_file.name}) "
+                  "and no --only", file=sys.stderr)
+            return 2
+        saved = json.loads(verdicts_file.read_text())
+        changed = [p for p in paths if saved["files"].get(p) != _digest(p)]
+        if changed or set(saved["files"]) != set(paths):
+            print(f"--survivors refused: {(changed or ['the target list'])[0]} changed since "
+                  "the last full run; run them all", file=sys.stderr)
+            return 2
+        previous = {key: v for key, v in saved["verdicts"].items()}
+        keep = [m for m in mutants if previous.get(_key(m)) == "passed"]
+        if len(previous) != len(mutants) or any(_key(m) not in previous for m in mutants):
+            print("--survivors refused: the mutants differ from the last full run's",
+                  file=sys.stderr)
+            return 2
+        print(f"{len(keep)} survivors of {len(mutants)} judged again", flush=True)
     if args.list:
         for m in mutants:
             print(f"{m.path}:{m.line} [{m.kind}] {m.what}")
         print(f"{len(mutants)} mutants")
         return 0
     command = "nice -n 10 python tools/mutation.py" + (
+        " --survivors" if args.survivors else "") + (
         f" --only {' '.join(args.only)}" if args.only else "") + (
         f" --jobs {args.jobs}" if args.jobs != 1 else "")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))   # clean up on kill
@@ -891,13 +932,21 @@ def main(argv=None) -> int:
                 baseline[tests] = secs
             print(f"{path}: {sum(m.path == path for m in mutants)} mutants, tests "
                   f"{baseline[tests]:.1f} s", flush=True)
-        results = run_all(mutants, trees, baseline, args.timeout)
+        todo = [m for m in mutants if not previous or previous[_key(m)] == "passed"]
+        judged = {_key(m): v for m, v in run_all(todo, trees, baseline, args.timeout)}
+        if len(judged) == len(todo):
+            results = [(m, judged.get(_key(m)) or previous[_key(m)]) for m in mutants]
     finally:
         secs = time.perf_counter() - t_start
         times = os.times()
         cpu = times.user + times.system + times.children_user + times.children_system
         if results:
             report(results, ROOT / args.out, command, secs, cpu, unapplied, missing_tests)
+            if not args.only:
+                verdicts_file.write_text(json.dumps({
+                    "files": {p: _digest(p) for p in paths},
+                    "verdicts": {_key(m): v for m, v in results}}, indent=0, sort_keys=True)
+                    + "\n")
         for tree in trees:
             shutil.rmtree(tree, ignore_errors=True)
     print(f"report: {args.out} ({secs / 60:.1f} min)")
