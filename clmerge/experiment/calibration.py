@@ -43,6 +43,7 @@ from clmerge.experiment.config import ExperimentConfig, make_config
 from clmerge.experiment.executors import compute_local
 from clmerge.experiment.grid import plan
 from clmerge.experiment.results import CorruptResultError, read_result, result_path
+from clmerge.paths import project_dir
 
 ROOT = project_dir()
 RESULTS = ROOT / "data" / "calibration" / "results"
