@@ -94,6 +94,15 @@ def training_step_flops(run: Run, experience, t: int) -> float:
     return gflop
 
 
+def _copy(merger):
+    """A deep copy of ``merger`` that merges with its class's own ``merge`` (the timed
+    wrapper :func:`phases` sets on the instance would otherwise be copied too and call
+    itself)."""
+    m = copy.deepcopy(merger)
+    vars(m).pop("merge", None)
+    return m
+
+
 def merge_flops(merger, ctx, method: str) -> float:
     """GFLOP of ``merger.merge(ctx)``, counted on a copy (its state and records stay
     untouched). TRM's merge is counted at 0 and at ``eval_every`` steps and extrapolated:
@@ -101,14 +110,14 @@ def merge_flops(merger, ctx, method: str) -> float:
     ``gr_every`` divides ``eval_every``, and one evaluation), so the merge's FLOPs are
     F(0) + (steps / eval_every) (F(eval_every) - F(0))."""
     if method != "trm":
-        return counted(lambda: copy.deepcopy(merger).merge(ctx))[0]
+        return counted(lambda: _copy(merger).merge(ctx))[0]
     o = merger.options
     if o.steps % o.eval_every or o.eval_every % o.gr_every:
         raise SystemExit("run_flops extrapolates TRM's FLOPs only when eval_every divides "
                          "steps and gr_every divides eval_every")
     f = {}
     for steps in (0, o.eval_every):
-        m = copy.deepcopy(merger)
+        m = _copy(merger)
         m.options = dataclasses.replace(o, steps=steps)
         f[steps] = counted(lambda: m.merge(ctx))[0]
     return f[0] + o.steps // o.eval_every * (f[o.eval_every] - f[0])

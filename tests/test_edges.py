@@ -113,15 +113,16 @@ NOT_USED = {
     **{k: (v, ("nmc", None, "smoke", {}), ("seq", None, "smoke", {}))
        for k, v in [("finetune", "full"), ("epochs", "2"), ("batch_size", "16"),
                     ("lr", "0.5"), ("head_lr", "0.5"), ("head", "cosine"),
-                    ("head_init", "means"), ("weight_decay", "0.1"), ("amp", "off"),
+                    ("head_init", "means"), ("weight_decay", "0.1"),
                     ("num_workers", "1"), ("lr_schedule", "cosine"), ("diag_steps", "3")]},
 }
 
 
 def test_every_setting_that_not_every_run_uses_is_in_the_table():
     assert set(NOT_USED) == set(APPLIES)
+    # amp: nmc's and probe's features are computed under the autocast too
     everywhere = {"method", "benchmark", "profile", "seed", "backbone", "n_experiences",
-                  "eval_batch_size", "device", "method_args"}
+                  "eval_batch_size", "device", "method_args", "amp"}
     assert set(FIELDS) == set(APPLIES) | everywhere
 
 
@@ -268,3 +269,9 @@ def test_a_sweep_table_holds_its_own_runs_only(tmp_path, capsys):
     write_result(result(seq), result_path(seq, tmp_path))
     df = sweep.collect([seq], tmp_path)
     assert list(df["method"]) == ["seq"] and len(df) == 1
+
+
+@pytest.mark.parametrize("method", ["nmc", "probe"])
+def test_amp_is_taken_by_the_methods_that_train_nothing(method):
+    """nmc's and probe's features run under the config's autocast, so amp is theirs too."""
+    assert make_config(method, None, "smoke", 0, {"amp": "bf16"}).amp == "bf16"

@@ -217,7 +217,7 @@ APPLIES: dict[str, tuple] = {
                    "others take a fixed input size)"),
     **{k: (lambda v: v["kind"] in _TRAINS, "methods that train (not probe or nmc)")
        for k in ("finetune", "epochs", "batch_size", "lr", "head_lr", "head", "head_init",
-                 "weight_decay", "amp", "num_workers", "lr_schedule", "diag_steps")},
+                 "weight_decay", "num_workers", "lr_schedule", "diag_steps")},
     "lora_rank": (lambda v: v["kind"] in _TRAINS and v["finetune"] == "lora",
                   "methods that train a LoRA (finetune=lora; not probe or nmc)"),
     "lora_alpha": (lambda v: v["kind"] in _TRAINS and v["finetune"] == "lora",
