@@ -153,3 +153,31 @@ def test_the_evaluation_grids_hold_every_variant_the_claims_need(tmp_path):
     assert list(C.sweep_grids({"calibrated": 3e-3, "milder": float("nan")})) == [
         "renditions_calibrated.yaml"]
 
+
+def test_the_committed_grid_matches_its_results_and_the_frozen_cell():
+    from clmerge.experiment.config import make_config
+
+    committed = pd.read_csv(C.TABLE, keep_default_na=False, na_values=[""])
+    df = C.table()
+    assert len(committed) == len(df) == len(C.GRID)
+    for col in ("seq_cil", "joint_cil", "nmc_cil", "seq_til_forgetting"):
+        assert df[col].round(2).tolist() == committed[col].round(2).tolist(), col
+    assert df["chosen"].sum() == 1 and committed["chosen"].tolist() == df["chosen"].tolist()
+    chosen = C.chosen_cell(df)
+    for bench in ("glyph_renditions", "glyph_renditions_calibration"):
+        frozen = make_config("seq", bench, "quick")
+        for k in C.CELL_KEYS:
+            assert getattr(frozen, k) == chosen[k], (bench, k)
+    assert C.markdown(df) == C.TABLE.with_suffix(".md").read_text(encoding="utf-8")
+
+
+def test_the_chosen_cell_makes_configs():
+    """A table's chosen row gives settings a config takes (Python values, not numpy's)."""
+    df = pd.DataFrame(C.GRID)
+    df["chosen"] = [i == 1 for i in range(len(df))]
+    cell = C.chosen_cell(df)
+    assert cell == C.GRID[1]
+    assert {type(v) for v in cell.values()} <= {str, int, float}
+    for c in [cell, *C.drift_cells(cell)]:
+        assert C.cell_configs(c)["seq"].lr == c["lr"]
+    assert C.chosen_cell(df.assign(chosen=False)) is None

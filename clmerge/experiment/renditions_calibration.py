@@ -95,9 +95,6 @@ GRID: list[dict] = [
 # beyond); the chosen cell's own rate is the calibrated budget.
 DRIFT_RATES = (1e-3, 3e-3, 5e-3, 1e-2, 3e-2)
 
-# The references train nothing: their configs pin the budget so that one reference run
-# serves every cell with the same data.
-REFERENCE_BUDGET = {"epochs": 2, "lr": 3e-3}
 
 
 def cell_configs(cell: dict, seed: int = SEED) -> dict[str, ExperimentConfig]:
@@ -108,10 +105,11 @@ def cell_configs(cell: dict, seed: int = SEED) -> dict[str, ExperimentConfig]:
 
 def reference_configs(cell: dict, seed: int = SEED,
                       methods=("nmc",)) -> dict[str, ExperimentConfig]:
-    """The frozen-feature references of a cell's data (its budget does not matter)."""
+    """The frozen-feature references of a cell's data. They train nothing, so a cell's
+    budget is not theirs to set (a config refuses it): they keep the profile's, and one
+    reference run serves every cell with the same data."""
     data = {k: cell[k] for k in DATA_KEYS}
-    return {m: make_config(m, BENCHMARK, PROFILE, seed, overrides={**data, **REFERENCE_BUDGET})
-            for m in methods}
+    return {m: make_config(m, BENCHMARK, PROFILE, seed, overrides=data) for m in methods}
 
 
 def _load(cfg: ExperimentConfig, results_dir: Path):
@@ -204,8 +202,11 @@ def choose(df: pd.DataFrame) -> int | None:
 
 
 def chosen_cell(df: pd.DataFrame) -> dict | None:
+    """The chosen cell's settings as Python values (a config refuses numpy scalars)."""
     row = df[df["chosen"]]
-    return None if row.empty else {k: row.iloc[0][k] for k in CELL_KEYS}
+    if row.empty:
+        return None
+    return {k: (v.item() if hasattr(v, "item") else v) for k, v in row.iloc[0][list(CELL_KEYS)].items()}
 
 
 def drift_cells(cell: dict, rates=DRIFT_RATES) -> list[dict]:
