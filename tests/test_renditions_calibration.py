@@ -72,21 +72,30 @@ def test_nothing_is_chosen_before_a_cell_is_complete():
 
 
 @pytest.mark.parametrize("forgetting,want", [
-    # calibrated 4.0: half is 2.0, double 8.0
+    # calibrated 4.0 at 4e-3: half is 2.0 (lower rates), double 8.0 (higher rates)
     ({1e-3: 1.0, 2e-3: 2.2, 8e-3: 7.0, 1.6e-2: 12.0}, {"milder": 2e-3, "stronger": 8e-3}),
     # log distances tie (1.0 and 4.0 from 2; 4.0 and 16.0 from 8): the lower rate
-    ({1e-3: 1.0, 2e-3: 4.0, 8e-3: 16.0, 1.6e-2: 32.0}, {"milder": 1e-3, "stronger": 2e-3}),
+    ({1e-3: 1.0, 2e-3: 4.0, 8e-3: 16.0, 1.6e-2: 32.0}, {"milder": 1e-3, "stronger": 8e-3}),
+    # a higher rate where seq collapses forgets close to half: it is never the milder one
+    ({1e-3: 0.3, 3e-3: 1.0, 8e-3: 9.6, 3e-2: 2.1}, {"milder": 3e-3, "stronger": 8e-3}),
+    # no lower rate: no milder budget
+    ({8e-3: 7.0}, {"milder": float("nan"), "stronger": 8e-3}),
 ])
 def test_drift_budgets_by_forgetting(forgetting, want):
     rows = [{"lr": 4e-3, "seq_cil": 50.0, "seq_til_forgetting": 4.0, "calibrated": True}]
     rows += [{"lr": lr, "seq_cil": 50.0, "seq_til_forgetting": f, "calibrated": False}
              for lr, f in forgetting.items()]
     got = C.drift_budgets(pd.DataFrame(rows))
-    assert got == {"calibrated": 4e-3, **want}
-    # the oracle: the log-distance argmin written out
-    for name, target in (("milder", 2.0), ("stronger", 8.0)):
-        best = min(forgetting, key=lambda lr: (abs(math.log(forgetting[lr] / target)), lr))
-        assert got[name] == best
+    assert got["calibrated"] == 4e-3
+    # the oracle: the log-distance argmin written out, each on its side of 4e-3
+    for name, target, side in (("milder", 2.0, lambda lr: lr < 4e-3),
+                               ("stronger", 8.0, lambda lr: lr > 4e-3)):
+        pool = [lr for lr in forgetting if side(lr)]
+        if not pool:
+            assert math.isnan(got[name]) and math.isnan(want[name])
+            continue
+        best = min(pool, key=lambda lr: (abs(math.log(forgetting[lr] / target)), lr))
+        assert got[name] == best == want[name]
 
 
 def test_only_references_run_and_only_on_the_calibration_stream():

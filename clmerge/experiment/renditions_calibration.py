@@ -34,9 +34,12 @@ of 15 points, (b) of the range's width 0.4, (c) of 3 points, (d) of the range's 
 missing.
 
 **Budgets across drift** (:func:`drift_budgets`): at the chosen cell's data and epochs,
-seq runs at the other LoRA rates of :data:`DRIFT_RATES`; the milder budget is the rate whose
-task-incremental forgetting is closest to half the chosen cell's, the stronger the one
-closest to double (distances on a log scale, ties to the lower rate).
+seq runs at the other LoRA rates of :data:`DRIFT_RATES`; the milder budget is the lower
+rate whose task-incremental forgetting is closest to half the chosen cell's, the stronger
+the higher rate closest to double (distances on a log scale, ties to the lower rate).
+Each budget is sought on its own side of the calibrated rate: forgetting alone does not
+order the rates, since at a rate where sequential LoRA collapses it forgets little
+because it has little left to lose.
 
 Command line (writes ``data/calibration/renditions.csv`` and ``.md``; runs already in
 ``data/calibration/results`` are loaded, not recomputed)::
@@ -229,19 +232,22 @@ def drift_table(cell: dict, rates=DRIFT_RATES, results_dir: str | Path = RESULTS
 
 def drift_budgets(drift: pd.DataFrame) -> dict[str, float]:
     """``{"milder": lr, "calibrated": lr, "stronger": lr}`` by the rule of the module
-    docstring: the rates whose forgetting is closest to half and to double the
-    calibrated one's, on a log scale."""
+    docstring: among the lower rates, the one whose forgetting is closest to half the
+    calibrated one's; among the higher rates, the one closest to double (on a log scale,
+    ties to the lower rate)."""
     base = drift[drift["calibrated"]].iloc[0]
-    f0 = base["seq_til_forgetting"]
+    f0, lr0 = base["seq_til_forgetting"], float(base["lr"])
     others = drift[~drift["calibrated"] & drift["seq_til_forgetting"].notna()
                    & (drift["seq_til_forgetting"] > 0)]
-    out = {"calibrated": float(base["lr"])}
-    for name, target in (("milder", f0 / 2), ("stronger", 2 * f0)):
-        if others.empty or not f0 > 0:
+    out = {"calibrated": lr0}
+    for name, target, side in (("milder", f0 / 2, others["lr"] < lr0),
+                               ("stronger", 2 * f0, others["lr"] > lr0)):
+        pool = others[side]
+        if pool.empty or not f0 > 0:
             out[name] = float("nan")
             continue
-        dist = (others["seq_til_forgetting"].map(math.log) - math.log(target)).abs()
-        best = others.assign(dist=dist).sort_values(["dist", "lr"], kind="stable")
+        dist = (pool["seq_til_forgetting"].map(math.log) - math.log(target)).abs()
+        best = pool.assign(dist=dist).sort_values(["dist", "lr"], kind="stable")
         out[name] = float(best.iloc[0]["lr"])
     return out
 
