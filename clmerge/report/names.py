@@ -50,6 +50,7 @@ KEY_NAMES = {"eps": "\u03b5", "p0": "p0", "p_plus": "p+", "p_minus": "p-", "lam"
 BENCHMARK_NAMES = {
     "split_glyphs": "Split Glyphs", "split_mnist5k": "Split MNIST-5k",
     "split_cifar100": "Split CIFAR-100", "imagenet_r": "ImageNet-R", "cub200": "CUB-200",
+    "glyph_renditions": "Glyph Renditions",
 }
 PROTOCOLS = {"cil": "class-incremental", "til": "task-incremental"}
 METRIC_NAMES = {
