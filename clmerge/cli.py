@@ -14,14 +14,19 @@ and exit status 1, and writes no result.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from clmerge.backbones.registry import BACKBONES
 from clmerge.benchmarks.registry import BENCHMARKS, describe
 from clmerge.errors import ConfigError, MissingInputError
-from clmerge.experiment.atomic import check_output_folder
+from clmerge.experiment import lifeline
+from clmerge.experiment.atomic import NoRoomError, check_output_folder, read_regular_bytes
 from clmerge.experiment.config import load_profile, make_config, parse_assignments, profile_names
 from clmerge.experiment.results import result_path
 from clmerge.experiment.runner import DEFAULT_RESULTS, checkpoint_path, get_or_run
@@ -134,8 +139,51 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+INTERRUPTED = "interrupted; rerun the same command to resume"
+
+
+@contextlib.contextmanager
+def _stopped_cleanly(command: str):
+    """While a run, book or sweep works, SIGTERM and SIGINT end every process it started
+    before it unwinds (:mod:`clmerge.experiment.lifeline`); the handlers in place before
+    are restored after (the command may run inside another program, e.g. the tests).
+    The processes it starts inherit :data:`~clmerge.experiment.lifeline.QUIET_TRACKER`
+    in ``PYTHONWARNINGS``, so that the last line of a stopped command is its own."""
+    if (command not in ("run", "book", "sweep")
+            or threading.current_thread() is not threading.main_thread()):
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    warnings = os.environ.get("PYTHONWARNINGS")
+    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, (warnings, lifeline.QUIET_TRACKER)))
+    lifeline.stop_on_signals()
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if warnings is None:
+            os.environ.pop("PYTHONWARNINGS", None)
+        else:
+            os.environ["PYTHONWARNINGS"] = warnings
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        with _stopped_cleanly(args.command):
+            return _main(args)
+    except KeyboardInterrupt as e:   # Ctrl-C or SIGTERM: everything started has ended
+        lifeline.end_descendants(last=argv is None)
+        print(f"clmerge: {INTERRUPTED}", file=sys.stderr, flush=True)
+        code = 128 + getattr(e, "signum", signal.SIGINT)
+        if argv is None:   # the program itself (not a caller in-process): end now, without
+            sys.stdout.flush()   # joining the threads of the pools it stopped
+            os._exit(code)
+        return code
+
+
+def _main(args) -> int:
     try:
         if args.command == "list":
             rows = _list(args.what)
@@ -168,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     except FloatingPointError as e:  # a diverged run (clmerge.plugins.guard): nothing saved
         _say("error", f"{e}; {_kept(args, e)}")
         return 1
+    except NoRoomError as e:  # disk full, ulimit -f, quota: the last checkpoint stays
+        _say("error", f"{e.strerror}; {_kept(args, e)}")
+        return 1
     except MissingInputError as e:  # missing data / weights: user errors
         _say("error", str(e))
         return 2
@@ -178,15 +229,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _kept(args, error: FloatingPointError) -> str:
-    """What a diverged run left behind, for its message."""
-    if not hasattr(error, "experience"):
+def _kept(args, error: Exception) -> str:
+    """What a run that stopped (diverged, or out of room) left behind, for its message."""
+    if isinstance(error, FloatingPointError) and not hasattr(error, "experience"):
         return "no result was written"
     kept = getattr(args, "_checkpoint", None)
+    if kept is None:
+        return "no result was written for it"
     done = None
-    if kept is not None and kept.exists():
+    if kept.exists():
         try:
-            done = json.loads(kept.read_text())["experience"]
+            done = json.loads(read_regular_bytes(kept, "a checkpoint's state.json"))["experience"]
         except (OSError, ValueError, KeyError, TypeError):
             done = None
     if done is None:

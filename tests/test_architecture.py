@@ -25,7 +25,6 @@ LAYERS = [
     {"book_cache"},    # fills the execution cache; imports nothing of clmerge
     {"book"},
     {"cli"},
-    {"faults"},        # runs the command line in-process: above it
 ]
 
 

@@ -1,4 +1,4 @@
-"""The appendix's fault table (``clmerge.faults``), checked case by case from the
+"""The appendix's fault table (``tools/faults.py``), checked case by case from the
 same list the appendix shows: every bad input exits 2 with one sentence naming the
 problem (and the valid choices) and writes nothing; a diverged run exits 1 and writes
 nothing; corrupt results are recomputed, corrupt checkpoints ignored with a warning; a
@@ -7,15 +7,20 @@ is removed; a concurrent identical run waits and loads the result. The killed-su
 case is left to tests/test_resume.py (about 10 s, most of it a subprocess's start-up)."""
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
 from clmerge.experiment.config import ConfigError
-from clmerge import faults
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import faults  # noqa: E402
 
 BAD = [c for c in faults.CASES if c.kind == "bad input"]
 SILENT = [c for c in faults.CASES if c.kind in faults.EXIT]
-FAST = [c.name for c in faults.CASES if c.kind != "killed run"]
+FAST = [c.name for c in faults.CASES if c.kind not in faults.SUBPROCESS]
+SLOW = [c.name for c in faults.CASES if c.kind in ("no room", "stopped")]
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +73,12 @@ def test_message_lists_the_valid_choices(table, name, choices):
     ("result not UTF-8", ("not UTF-8 at byte 20",)),
     ("result nested 100,000 deep", ("nested too deeply",)),
     ("result without metrics", ("no 'metrics' dict",)),
+    ("result with accuracy 7.0", ("R[0][0] = 7.0 is not an accuracy in [0, 1]",)),
+    ("result with A_last 1e999", ("metrics.cil.A_last = inf is outside [0, 1]",)),
+    ("result without A_last", ("metrics.cil has no A_last",)),
+    ("pm result under seq's name", ("holds the result of another config (method 'pm', "
+                                    "not 'seq')",)),
+    ("seed-1 result under seed 0's name", ("another config (seed 1, not 0)",)),
 ])
 def test_unusable_result_is_named_and_recomputed(table, name, reason):
     row = table.loc[name]
@@ -84,6 +95,10 @@ def test_unusable_result_is_named_and_recomputed(table, name, reason):
                                            "state class"),
     ("truncated checkpoint tensors", "("),
     ("empty checkpoint tensors", "("),
+    ("checkpoint accuracy 7.0", "the checksum of its state.json does not match"),
+    ("checkpoint accuracy 7.0, re-signed", "its accuracy R[0][0] = 7.0 is not in [0, 1]"),
+    ("checkpoint of experience 7 of 5", "it names experience 7 of a stream of 5 experiences"),
+    ("checkpoint with NaN weights", "holds non-finite values"),
 ])
 def test_unusable_checkpoint_is_ignored_with_a_warning(table, name, reason):
     row = table.loc[name]
@@ -159,3 +174,20 @@ def test_a_case_that_does_not_fail_is_reported_as_such(tmp_path, monkeypatch):
 def test_unknown_case_name_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown fault case\(s\) \['nope'\]; cases: "):
         faults.run_faults(tmp_path, names=["nope"])
+
+
+@pytest.mark.slow
+def test_disk_full_and_stopped_commands_for_real(tmp_path):
+    """The rows that run the command in a subprocess: a write limit below the next
+    checkpoint (one sentence, exit 1, no temporary file, the last checkpoint kept) and
+    SIGTERM, SIGKILL and Ctrl-C (every process started ends within 10 s, nothing written
+    after, one line and exit 143 / 130)."""
+    table = faults.run_faults(tmp_path, names=SLOW).set_index("case")
+    for name, row in table.iterrows():
+        assert row.as_expected, (name, row.exit, row.message, row.outcome)
+    assert table.loc["disk full at a checkpoint", "exit"] == 1
+    assert "(it needs " in table.loc["disk full at a checkpoint", "message"]
+    assert table.loc["SIGTERM to a sweep", "exit"] == 143
+    assert table.loc["Ctrl-C on a run", "exit"] == 130
+    assert table.loc["Ctrl-C on a run", "message"] == ("clmerge: interrupted; rerun the same "
+                                                        "command to resume")

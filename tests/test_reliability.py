@@ -18,7 +18,7 @@ from clmerge.experiment import atomic, checkpoint
 from clmerge.experiment.config import (ConfigError, coerce, coerce_option, load_yaml_text,
                                        make_config, parse_assignments, parse_bool, short)
 from clmerge.experiment.results import (CorruptResultError, NonFiniteResultError,
-                                        NotRegularFileError, ResultRangeError, _checksum,
+                                        NotRegularFileError, ResultRangeError, checksum,
                                         iter_results, read_result, write_result)
 from clmerge.plugins.guard import LOSS_BLOWUP, DivergedError, check_loss, check_tensors
 
@@ -244,7 +244,7 @@ def test_every_committed_result_passes_the_checks():
 
 def _checksummed(body: dict) -> str:
     body = dict(body, schema=1)
-    body["checksum"] = _checksum(body)
+    body["checksum"] = checksum(body)
     return json.dumps(body)
 
 
@@ -371,7 +371,7 @@ def _edit_state(tmp_path, edit, sign=True):
     meta = json.loads(state.read_text())
     edit(meta)
     if sign:
-        meta["checksum"] = checkpoint._checksum(meta)
+        meta["checksum"] = checkpoint.state_checksum(meta)
     state.write_text(json.dumps(meta))
 
 

@@ -91,17 +91,43 @@ def fsync_dir(folder: str | os.PathLike) -> None:
             os.close(fd)
 
 
+# the errors of a write that ran out of room: the disk is full, the file is larger than
+# the process may write (ulimit -f), the user's quota is spent
+NO_ROOM = {errno.ENOSPC: "no space left on the device",
+           errno.EFBIG: "the file would be larger than this process may write (ulimit -f)",
+           errno.EDQUOT: "the disk quota is exceeded"}
+# how the same errors read when a library (safetensors) reports them as its own exception
+_NO_ROOM_TEXT = {"no space left": errno.ENOSPC, "file too large": errno.EFBIG,
+                 "quota exceeded": errno.EDQUOT}
+
+
+class NoRoomError(OSError):
+    """A write ran out of room (:data:`NO_ROOM`); the message names the file and the
+    bytes it needed. Nothing of the write is left behind."""
+
+
+def _no_room(exc: BaseException) -> int | None:
+    """The errno of ``exc`` when it says a write ran out of room, else None."""
+    if isinstance(exc, OSError) and exc.errno in NO_ROOM:
+        return exc.errno
+    text = str(exc).lower()
+    return next((code for words, code in _NO_ROOM_TEXT.items() if words in text), None)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None],
-                 mode: int = 0o666) -> Path:
+                 mode: int = 0o666, size: int | None = None) -> Path:
     """Write ``path`` through ``write(tmp_path)`` durably and atomically.
 
     The file gets ``mode`` less the process's umask (like a file ``open`` creates), not
-    ``mkstemp``'s 0600.
+    ``mkstemp``'s 0600. A write that runs out of room (disk full, ``ulimit -f``, quota)
+    raises :class:`NoRoomError` naming ``path`` and the ``size`` in bytes it needed; the
+    temporary file is removed and ``path`` keeps what it held.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         write(tmp)
         fd = os.open(tmp, os.O_RDONLY)
         try:
@@ -110,8 +136,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None],
             os.close(fd)
         os.chmod(tmp, mode & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        code = _no_room(e) if isinstance(e, Exception) else None
+        if code is not None:
+            needed = f"{size:,} bytes" if size is not None else "its bytes"
+            raise NoRoomError(code, f"cannot write {path}: {NO_ROOM[code]} (it needs "
+                                    f"{needed})", str(path)) from None
         raise
     fsync_dir(path.parent)
     return path

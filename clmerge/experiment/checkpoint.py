@@ -237,20 +237,38 @@ def save(folder: str | os.PathLike, experience: int, config_hash: str,
             "objects": {name: enc.attributes(obj, name) for name, obj in objects.items()},
             "extra": enc.encode(extra, "extra")}
     tensors_name = f"exp{experience}.safetensors"
-    atomic_write(folder / tensors_name, lambda tmp: save_file(enc.tensors, tmp))
+    atomic_write(folder / tensors_name, lambda tmp: save_file(enc.tensors, tmp),
+                 size=sum(t.numel() * t.element_size() for t in enc.tensors.values()))
     meta["tensors"] = tensors_name
-    meta["checksum"] = _checksum(meta)
-    atomic_write(folder / "state.json", lambda tmp: Path(tmp).write_text(json.dumps(meta)))
+    meta["checksum"] = state_checksum(meta)
+    text = json.dumps(meta)
+    try:
+        atomic_write(folder / "state.json", lambda tmp: Path(tmp).write_text(text),
+                     size=len(text.encode()))
+    except BaseException:   # the last good checkpoint stays whole, the new tensors go
+        old = _named_tensors(folder)
+        if old != tensors_name:
+            (folder / tensors_name).unlink(missing_ok=True)
+        raise
     for old in [*folder.glob("exp*.safetensors"), *folder.glob(".*.tmp")]:
         if old.name != tensors_name:
             old.unlink(missing_ok=True)
     return folder / "state.json"
 
 
-def _checksum(meta: dict) -> str:
+def state_checksum(meta: dict) -> str:
+    """The sha256 a state.json carries of its own content (every key but ``checksum``)."""
     body = {k: v for k, v in meta.items() if k != "checksum"}
     blob = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _named_tensors(folder: Path) -> str | None:
+    """The tensors file the current ``state.json`` of ``folder`` names (None: none)."""
+    try:
+        return json.loads((folder / "state.json").read_text()).get("tensors")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def load(folder: str | os.PathLike, config_hash: str, model: torch.nn.Module,
@@ -307,7 +325,7 @@ def _read(folder: Path, config_hash: str, model: torch.nn.Module, objects: dict,
         raise CheckpointError("state.json does not hold a mapping")
     if meta.get("config_hash") != config_hash:
         return None
-    if meta.get("checksum") != _checksum(meta):
+    if meta.get("checksum") != state_checksum(meta):
         raise CheckpointError("the checksum of its state.json does not match (an edited, "
                               "truncated or older checkpoint)")
     experience = meta.get("experience")

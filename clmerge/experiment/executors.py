@@ -11,7 +11,9 @@ import contextlib
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -23,6 +25,7 @@ from submitit.core.utils import UncompletedJobError
 from tqdm import tqdm
 
 from clmerge.errors import ConfigError
+from clmerge.experiment import lifeline
 from clmerge.experiment.config import ExperimentConfig
 from clmerge.experiment.grid import GENERIC_PARAMETERS, Executor, _label
 from clmerge.experiment.runner import get_or_run
@@ -77,9 +80,33 @@ def _run_one(args) -> str:
     return cfg.run_name()
 
 
-def _init_worker(devices) -> None:
-    """Pool initializer: take one GPU for this worker before it touches CUDA."""
-    if devices is not None:
+@contextlib.contextmanager
+def _sigint_ignored():
+    """SIGINT ignored in the body (in the main thread; elsewhere nothing changes).
+
+    The pool's workers are started in ``submit``; a process started while SIGINT is
+    ignored keeps it ignored from its first instruction, so a Ctrl-C (or the SIGINT a
+    Jupyter kernel's interrupt sends to its process group) never lands in a worker's
+    start-up imports. The command that started the pool ends its workers itself."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is None:
+        yield   # not Python's to change here
+        return
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _init_worker(devices, parent: int) -> None:
+    """Pool initializer: end with ``parent``, the process that started the pool
+    (:func:`~clmerge.experiment.lifeline.die_with_parent`; named by it, as a worker whose
+    parent ended while it started has another parent by now); take one GPU for this
+    worker before it touches CUDA."""
+    lifeline.die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C reaches the whole group: the
+    if devices is not None:                        # sweep ends its workers itself
         os.environ["CUDA_VISIBLE_DEVICES"] = devices.get()
 
 
@@ -134,18 +161,24 @@ def compute_local(todo: list[ExperimentConfig], results_dir: str | os.PathLike, 
             queue = ctx.Queue()
             for i in range(workers):
                 queue.put(devices[i % len(devices)])
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(queue,)) as pool:
-            futures = {pool.submit(_run_one, (cfg, results_dir, force)): cfg for cfg in todo}
-            try:
-                for fut in as_completed(futures):
-                    cfg, exc = futures[fut], fut.exception()
-                    if exc is not None:
-                        failures.append((cfg, exc))
-                    progress.done(cfg.run_name(), exc and _one_line(exc))
-            except KeyboardInterrupt:
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
+        pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                   initargs=(queue, os.getpid()))
+        try:
+            with _sigint_ignored():   # the workers start with Ctrl-C ignored (see below)
+                futures = {pool.submit(_run_one, (cfg, results_dir, force)): cfg
+                           for cfg in todo}
+            for fut in as_completed(futures):
+                cfg, exc = futures[fut], fut.exception()
+                if exc is not None:
+                    failures.append((cfg, exc))
+                progress.done(cfg.run_name(), exc and _one_line(exc))
+        except BaseException:   # stopped: the workers end now, not after their runs
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                with contextlib.suppress(OSError, AttributeError):
+                    process.kill()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
     progress.close()
     if failures and not keep_going:
         exc = failures[0][1]
@@ -157,7 +190,10 @@ def compute_local(todo: list[ExperimentConfig], results_dir: str | os.PathLike, 
 
 
 def _submitit_job(cfg: ExperimentConfig, results_dir: str) -> str:
-    """What one submitit job runs (module level: submitit pickles it by reference)."""
+    """What one submitit job runs (module level: submitit pickles it by reference); it
+    ends with the sweep that submitted it (``CLMERGE_PARENT_PID``), if that is known."""
+    if os.environ.get(lifeline.PARENT_ENV):
+        lifeline.die_with_parent()
     get_or_run(cfg, Path(results_dir), progress=False)
     return cfg.run_name()
 
@@ -232,6 +268,8 @@ def compute_submitit(todo: list[ExperimentConfig], results_dir: Path, executor: 
                     or (len(gpus) if _on_cuda(todo) else cpu_count()))
         slots = [gpus[i % len(gpus)] for i in range(limit)] if gpus else []
         poll_s = 0.5 if poll_s is None else poll_s
+    # a local job ends with this process (a Slurm job outlives it by design)
+    parent = {lifeline.PARENT_ENV: str(os.getpid())}
     print(f"submitit {executor.kind}: {len(todo)} job(s), at most {limit} at a time; "
           f"logs in {folder}", flush=True)
     try:
@@ -247,7 +285,7 @@ def compute_submitit(todo: list[ExperimentConfig], results_dir: Path, executor: 
                     ex.update_parameters(gpus_per_node=0, visible_gpus=())
                 pending.pop(0)
                 progress.start(cfg.run_name())
-                with temporary_environ(_job_env([cfg])):  # the job's process inherits it
+                with temporary_environ({**_job_env([cfg]), **parent}):  # the job inherits it
                     running[ex.submit(_submitit_job, cfg, str(results_dir))] = (cfg, gpu)
             for job in [j for j in running if j.done()]:
                 cfg, gpu = running.pop(job)
@@ -260,9 +298,10 @@ def compute_submitit(todo: list[ExperimentConfig], results_dir: Path, executor: 
                               exc and f"{_one_line(exc)} (log: {job.paths.stderr})")
             if pending or running:
                 time.sleep(poll_s)
-    except KeyboardInterrupt:
+    except BaseException:   # stopped: cancel what is running (the local jobs also watch us)
         for job in running:
-            job.cancel(check=False)
+            with contextlib.suppress(Exception):
+                job.cancel(check=False)
         raise
     progress.close()
     return failures

@@ -227,7 +227,9 @@ def expand_grid(grid: str | os.PathLike | Mapping | Grid) -> list[ExperimentConf
                 try:
                     cfg = variant_config(label, g.profile, benchmark, seed, g.overrides)
                 except ConfigError as e:
-                    raise ConfigError(f"variant {label!r}: {e}") from None
+                    text = str(e)
+                    raise ConfigError(text if text.startswith(f"variant {label!r}")
+                                      else f"variant {label!r}: {text}") from None
                 out.setdefault(cfg.run_name(), cfg)
     return list(out.values())
 

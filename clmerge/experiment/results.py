@@ -128,7 +128,8 @@ def result_path(cfg: ExperimentConfig, out_dir: str | os.PathLike) -> Path:
     return Path(out_dir) / f"{cfg.run_name()}.json"
 
 
-def _checksum(result: dict) -> str:
+def checksum(result: dict) -> str:
+    """The sha256 a result file carries of its own content (every key but ``checksum``)."""
     body = {k: v for k, v in result.items() if k != "checksum"}
     blob = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -150,9 +151,10 @@ def write_result(result: dict, path: str | os.PathLike) -> Path:
                                f"not written")
     path.parent.mkdir(parents=True, exist_ok=True)
     result = dict(result, schema=SCHEMA)
-    result["checksum"] = _checksum(result)
+    result["checksum"] = checksum(result)
     text = json.dumps(result, indent=1, sort_keys=True, allow_nan=False)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"),
+                 size=len(text.encode("utf-8")))
     return path
 
 
@@ -179,7 +181,7 @@ def read_checked(path: str | os.PathLike) -> dict:
     if not isinstance(result, dict):
         raise CorruptResultError(f"{path}: not a result (a JSON {type(result).__name__})")
     try:
-        ok = result.get("checksum") == _checksum(result)
+        ok = result.get("checksum") == checksum(result)
     except (RecursionError, TypeError, ValueError):
         ok = False
     if not ok:

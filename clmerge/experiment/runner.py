@@ -28,7 +28,7 @@ from clmerge.benchmarks.paper import Protocol
 from clmerge.benchmarks.renditions import Renditions
 from clmerge.benchmarks.registry import build_stream
 from clmerge.errors import ConfigError
-from clmerge.experiment import checkpoint
+from clmerge.experiment import checkpoint, lifeline
 from clmerge.experiment import metrics as M
 from clmerge.experiment.allocator import keep_freed_memory
 from clmerge.experiment.atomic import check_output_folder, file_lock, remove_stale_tmp
@@ -281,6 +281,8 @@ def get_or_run(cfg: ExperimentConfig, out_dir=DEFAULT_RESULTS, force: bool = Fal
             if force:  # recompute from scratch, not from a checkpoint of an earlier attempt
                 _remove_checkpoints(ckpt)
             result = run_experiment(cfg, progress=progress, checkpoint_dir=ckpt)
+            if not lifeline.parent_alive():   # the command that started us has ended
+                raise SystemExit(1)
             write_result(result, path)
             _remove_checkpoints(ckpt)  # the result now holds everything
             return read_result(path, cfg)

@@ -54,11 +54,12 @@ import yaml
 from clmerge import cli
 from clmerge.book import BUILD
 from clmerge.errors import ConfigError
+from clmerge.experiment import checkpoint
 from clmerge.experiment.atomic import file_lock
-from clmerge.experiment.checkpoint import _checksum as state_checksum
+from clmerge.experiment.lifeline import descendants
 from clmerge.experiment.config import make_config
 from clmerge.experiment.executors import temporary_environ
-from clmerge.experiment.results import _checksum, read_result, result_path
+from clmerge.experiment.results import checksum, read_result, result_path
 from clmerge.experiment.runner import checkpoint_path
 from clmerge.mergers.sequential import Sequential
 from clmerge.plugins import diagnostics
@@ -204,6 +205,122 @@ CASES: list[Case] = [
          grid_bytes=("a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
              f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
              for p, c in zip("abcdefgh", "bcdefghi"))).encode()),
+    # budgets past their bound: each would run for ever or exhaust memory
+    Case("TRM steps 2^31 - 1", _run("trm", "trm.steps=2147483647"),
+         "Adam steps of TRM's merge at the largest int", ("option trm.steps must be <= 100000",
+                                                          "each step is a forward and backward")),
+    Case("TRM snapshots 2^31 - 1", _run("trm", "trm.snapshots=2147483647"),
+         "trajectory snapshots of TRM at the largest int",
+         ("option trm.snapshots must be <= 64", "a copy of the mergeable weights")),
+    Case("TRM invert steps 2^31 - 1",
+         _run("trm", "trm.pc_inputs=inverted", "trm.invert_steps=2147483647"),
+         "inversion steps of TRM's inverted inputs at the largest int",
+         ("option trm.invert_steps must be <= 1000",)),
+    Case("TRM random directions 10^6", _run("trm", "trm.random_directions=1000000"),
+         "a million random directions (each a copy of the weights)",
+         ("option trm.random_directions must be <= 64",)),
+    Case("diagnostic steps 10^7", _run("seq", "diag_steps=1e7"),
+         "ten million diagnostic steps", ("setting 'diag_steps' must be <= 1000000",)),
+    Case("LoRA rank 10^5", _run("seq", "lora_rank=100000"), "a LoRA rank of 100,000",
+         ("setting 'lora_rank' must be <= 4096",)),
+    Case("lr underflows to 0", _run("seq", "lr=1e-400"),
+         "a learning rate that underflows to 0 (the adapter would not move)",
+         ("setting 'lr' must be >= 1e-12", "changes no float32 weight", "'1e-400'")),
+    Case("lora_alpha 1e38", _run("seq", "lora_alpha=1e38"),
+         "a LoRA alpha whose scale overflows an update", ("setting 'lora_alpha' must be <= 1e+06",)),
+    Case("LoRA update below float32", _run("seq", "lr=1e-11", "lora_alpha=1e-5"),
+         "lr x alpha / r = 2.5e-17: a LoRA update no float32 weight can take",
+         ("lr x lora_alpha / lora_rank = 2.5e-17 is below 1e-12",)),
+    # backbones for images on the stream of vectors
+    *[Case(f"{b} on vectors", _run("seq", f"backbone={b}"),
+           f"backbone {b} on the synthetic stream of vectors",
+           (f"backbone '{b}' takes images, and benchmark 'synthetic' is a stream of vectors",))
+      for b in ("mobilenet_v2", "vit_letters", "vit_b16_in21k")],
+    # given twice: refused, naming both values
+    Case("--method twice", _run("seq", extra=("--method", "pm")),
+         "--method seq --method pm", ("--method is given twice (seq and pm)",)),
+    Case("--seed twice", _run("seq", extra=("--seed", "0", "--seed", "1")),
+         "--seed 0 --seed 1", ("--seed is given twice (0 and 1)",)),
+    Case("--set twice", _run("seq", "epochs=1", "epochs=2"), "--set epochs=1 --set epochs=2",
+         ("--set epochs is given twice ('1' and '2')",)),
+    Case("variant option twice", ("sweep", "{grid}", "--results-dir", "{out}", "--dry-run"),
+         "a grid variant pm[eps=0.3,eps=0.4]",
+         ("variant 'pm[eps=0.3,eps=0.4]' sets option 'eps' twice ('0.3' and '0.4')",),
+         grid={"profile": "smoke", "variants": ["pm[eps=0.3,eps=0.4]"]}),
+    Case("YAML key twice", ("sweep", "{grid}", "--results-dir", "{out}"),
+         "a grid file giving overrides' epochs twice",
+         ("gives key 'epochs' twice (line 4: 1, line 5: 2)",),
+         grid_bytes=b"profile: smoke\nvariants: [seq]\noverrides:\n  epochs: 1\n  epochs: 2\n"),
+    # settings the run does not use: one rule for all of them
+    Case("cub_split on synthetic", _run("seq", "cub_split=pilot"),
+         "the CUB split on the synthetic stream",
+         ("setting 'cub_split'='pilot' applies to benchmark cub200 only",)),
+    Case("imagenet_r_split on synthetic", _run("seq", "imagenet_r_split=/etc/passwd"),
+         "an ImageNet-R split file on the synthetic stream",
+         ("setting 'imagenet_r_split'='/etc/passwd' applies to benchmark imagenet_r only",)),
+    Case("vit_weights on the MLP", _run("seq", "vit_weights=orig_in21k"),
+         "ViT-B/16 weights for the MLP",
+         ("setting 'vit_weights'='orig_in21k' applies to backbone vit_b16_in21k only",)),
+    Case("pretrained on the MLP", _run("seq", "pretrained=true"),
+         "pretrained=true for the MLP (it has no pretrained weights)",
+         ("setting 'pretrained'=True applies to backbones with pretrained weights",)),
+    Case("lr for probe", _run("probe", "lr=0.5"), "a learning rate for probe (trains nothing)",
+         ("setting 'lr'=0.5 applies to methods that train", "method 'probe' (it trains "
+                                                            "nothing)")),
+    Case("empty benchmark", _run("seq", extra=("--benchmark", "")), "--benchmark ''",
+         ("argument --benchmark: an empty name",)),
+    # the book's parameters, checked before any chapter runs
+    Case("book benchmarks=42", _book("-p", "benchmarks=42"), "clmerge book -p benchmarks=42",
+         ("-p benchmarks=42: chapter 00_findings expects a list of benchmarks",)),
+    Case("book lrs=5", _book("-p", "lrs=5"), "clmerge book -p lrs=5",
+         ("-p lrs=5: chapter 07_regime_map expects a mapping of benchmarks",)),
+    Case("book loss_threshold=abc", _book("-p", "loss_threshold=abc"),
+         "clmerge book -p loss_threshold=abc", ("-p loss_threshold='abc': chapter "
+                                                "03_trajectory_regularized_merging expects "
+                                                "a finite number",)),
+    Case("book --chapters without names", _book("--chapters"),
+         "clmerge book --chapters with no chapter after it",
+         ("argument --chapters: expected at least one argument",)),
+    # grids
+    *[Case(f"grid key {label}", ("sweep", "{grid}", "--results-dir", "{out}"),
+           f"a grid with the key {label}", (needle,), grid_bytes=text)
+      for label, text, needle in [
+          ("1", b"profile: smoke\nvariants: [seq]\n1: x\n", "the grid has the key 1"),
+          ("null", b"profile: smoke\nvariants: [seq]\nnull: 1\n", "the grid has the key None"),
+          ("{1: 2} in overrides", b"profile: smoke\nvariants: [seq]\noverrides: {1: 2}\n",
+           "grid key 'overrides' has the key 1"),
+          ("{1: 2} in executor", b"profile: smoke\nvariants: [seq]\nexecutor: {1: 2}\n",
+           "grid key 'executor' has the key 1")]],
+    Case("slurm mem_gb .inf", ("sweep", "{grid}", "--results-dir", "{out}"),
+         "an executor with infinite memory", ("slurm parameter 'mem_gb' must be in",),
+         grid_bytes=b"profile: smoke\nvariants: [seq]\nexecutor:\n  slurm: {mem_gb: .inf}\n"),
+    Case("timeout_min 0", ("sweep", "{grid}", "--results-dir", "{out}", "--executor",
+                           "submitit_local"),
+         "a submitit job with a timeout of 0 minutes",
+         ("slurm parameter 'timeout_min' must be in [1, 525600]",),
+         grid_bytes=b"profile: smoke\nvariants: [seq]\nexecutor:\n  slurm: {timeout_min: 0}\n"),
+    Case("second grid bad", ("sweep", "{grid}", "{file}", "--results-dir", "{out}"),
+         "clmerge sweep good.yaml bad.yaml (the second is not a grid)",
+         ("must hold a mapping with keys",),
+         grid={"profile": "smoke", "variants": ["seq"]}),
+    Case("dry run of 6,000 runs", ("sweep", "{grid}", "--results-dir", "{out}", "--dry-run"),
+         "a dry run of 1,000 variants x 6 seeds",
+         ("holds 6000 runs", "more than 5000", "split it into several grid files"),
+         grid={"profile": "smoke", "variants": [f"pm[eps={i / 1000}]" for i in range(1000)],
+               "seeds": list(range(6))}),
+    Case("result path is a FIFO", _run("seq"), "a FIFO where the run's result file goes",
+         ("is a FIFO, not a regular file, where a result file is expected",),
+         kind="not a file", damage="result"),
+    Case("checkpoint tensors are a FIFO", _run("seq"),
+         "a FIFO where the checkpoint's tensors file is", (
+             "is a FIFO, not a regular file, where a checkpoint's tensors file is expected",),
+         kind="not a file", damage="tensors"),
+    Case("grid is a FIFO", ("sweep", "{grid}", "--results-dir", "{out}"),
+         "a FIFO given as the grid file", ("is a FIFO, not a regular file, where a grid file",),
+         kind="not a file", damage="grid"),
+    Case("result path is a folder", _run("seq"), "a folder where the run's result file goes",
+         ("is a folder, not a regular file, where a result file is expected",),
+         kind="not a file", damage="result folder"),
     Case("diverging learning rate", _run("seq", "lr=1e6"),
          "a learning rate of 10^6: the loss explodes in the first experience",
          ("experience 0 diverged during training: the loss reached",
@@ -220,6 +337,21 @@ CASES: list[Case] = [
     Case("result without metrics", _run("seq"),
          "a result file without 'metrics' but with a valid checksum, then the same run again",
          kind="corrupt result", damage="no metrics"),
+    Case("result with accuracy 7.0", _run("seq"),
+         "a result whose R rows are 7.0, checksum recomputed", kind="corrupt result",
+         damage="accuracy 7"),
+    Case("result with A_last 1e999", _run("seq"),
+         "a result whose class-incremental A_last is 1e999 (infinite), checksum recomputed",
+         kind="corrupt result", damage="inf"),
+    Case("result without A_last", _run("seq"),
+         "a result with metrics.cil = {} and a valid checksum", kind="corrupt result",
+         damage="empty cil"),
+    Case("pm result under seq's name", _run("seq"),
+         "a valid pm result copied over the seq result's file", kind="corrupt result",
+         damage="other method"),
+    Case("seed-1 result under seed 0's name", _run("seq"),
+         "a valid seed-1 result copied over the seed-0 result's file", kind="corrupt result",
+         damage="other seed"),
     Case("NaN loss", _run("seq"),
          "the loss poisoned to NaN at step 1 of experience 3 (patched diagnostics plugin; "
          "not reachable from the command line)", kind="nan loss"),
@@ -235,6 +367,34 @@ CASES: list[Case] = [
     Case("empty checkpoint tensors", _run("seq"),
          "a checkpoint whose tensors file is empty", kind="corrupt checkpoint",
          damage="empty"),
+    Case("checkpoint accuracy 7.0", _run("seq"),
+         "a checkpoint whose state.json accuracy rows are edited to 7.0",
+         kind="corrupt checkpoint", damage="accuracy 7"),
+    Case("checkpoint accuracy 7.0, re-signed", _run("seq"),
+         "the same edit with the checksum recomputed", kind="corrupt checkpoint",
+         damage="accuracy 7 signed"),
+    Case("checkpoint of experience 7 of 5", _run("seq"),
+         "a checkpoint naming experience 7 of the 5-experience stream (checksum recomputed)",
+         kind="corrupt checkpoint", damage="experience 7"),
+    Case("checkpoint with NaN weights", _run("seq"),
+         "a checkpoint whose model weights are NaN", kind="corrupt checkpoint",
+         damage="nan weights"),
+    Case("disk full at a checkpoint", _run("seq"),
+         "the run resumed with a file-size limit (ulimit -f 16 KiB) below its checkpoint's "
+         "size, in a subprocess", kind="no room"),
+    Case("SIGTERM to a sweep", ("sweep", "{grid}", "--workers", "2", "--results-dir", "{out}"),
+         "clmerge sweep --workers 2 in a subprocess, SIGTERM once both workers have "
+         "checkpointed", kind="stopped", damage="SIGTERM",
+         grid={"profile": "smoke", "variants": ["seq", "average"],
+               "overrides": {"epochs": 100}}),
+    Case("SIGKILL to a sweep", ("sweep", "{grid}", "--workers", "2", "--results-dir", "{out}"),
+         "clmerge sweep --workers 2 in a subprocess, SIGKILL once both workers have "
+         "checkpointed", kind="stopped", damage="SIGKILL",
+         grid={"profile": "smoke", "variants": ["seq", "average"],
+               "overrides": {"epochs": 100}}),
+    Case("Ctrl-C on a run", _run("seq", "epochs=100"),
+         "clmerge run in a subprocess, SIGINT (Ctrl-C) after its first checkpoint",
+         kind="stopped", damage="SIGINT"),
     Case("stale temporary file", _run("seq"),
          "a .tmp file that a killed write of the result left behind", kind="stale tmp"),
     Case("concurrent identical run", _run("seq"),
@@ -258,8 +418,16 @@ EXPECTED = {
     "stale tmp": "the stale file removed, the result written, exit 0",
     "concurrent run": "waits for the lock, loads the other run's result, exit 0",
     "killed run": "resumes after the last checkpointed experience, exit 0",
+    "not a file": "exit 2, one sentence naming the path and what it is, never a read that "
+                  "blocks, nothing written",
+    "no room": "exit 1, one sentence naming the file and the bytes it needs; no temporary "
+               "file left; the last checkpoint kept",
+    "stopped": "every process it started ends within 10 s; nothing written after; SIGTERM "
+               "and Ctrl-C: one line, exit 143 / 130",
 }
-EXIT = {"bad input": 2, "diverged run": 1}   # the kinds that must write nothing
+EXIT = {"bad input": 2, "diverged run": 1, "not a file": 2}   # kinds that must write nothing
+# the kinds that run the command in a subprocess (tens of seconds each: its imports)
+SUBPROCESS = ("killed run", "no room", "stopped")
 
 
 # ---------------------------------------------------------------------- helpers
@@ -375,12 +543,43 @@ def _bad_input(case: Case, f: _Folder) -> dict:
 
 DAMAGE_RESULT = {"truncate": "truncate", "latin-1": "write a byte 0xff into",
                  "deep": "nest 100,000 lists in", "no metrics": "drop 'metrics' (checksum "
-                                                           "recomputed) from"}
+                                                           "recomputed) from",
+                 "accuracy 7": "set every accuracy of R to 7.0 (checksum recomputed) in",
+                 "inf": "set metrics.cil.A_last to 1e999 (checksum recomputed) in",
+                 "empty cil": "empty metrics.cil (checksum recomputed) in",
+                 "other method": "copy a valid pm result over",
+                 "other seed": "copy a valid seed-1 result over"}
 
 
-def _damage_result(path: Path, damage: str) -> None:
+def _another_result(f: "_Folder", argv: list[str], damage: str) -> dict:
+    """A valid result of another config (pm, or seed 1), computed in a folder aside."""
+    aside = f.root / "aside"
+    argv = [a.replace(str(f.out), str(aside)) for a in argv]
+    if damage == "other method":
+        argv[argv.index("--method") + 1] = "pm"
+    else:
+        argv += ["--seed", "1"]
+    _call(argv)
+    return json.loads(next(aside.glob("*.json")).read_text())
+
+
+def _damage_result(path: Path, damage: str, other: dict | None = None) -> None:
 
     text = path.read_text()
+    if damage in ("accuracy 7", "inf", "empty cil"):
+        result = json.loads(text)
+        if damage == "accuracy 7":
+            result["R"] = [[7.0 if v is not None else None for v in row] for row in result["R"]]
+        elif damage == "inf":
+            result["metrics"]["cil"]["A_last"] = float("inf")
+        else:
+            result["metrics"]["cil"] = {}
+        result["checksum"] = checksum(result)
+        path.write_text(json.dumps(result).replace("Infinity", "1e999"))
+        return
+    if damage in ("other method", "other seed"):
+        path.write_text(json.dumps(other))
+        return
     if damage == "truncate":
         path.write_text(text[: len(text) // 2])
     elif damage == "latin-1":
@@ -390,7 +589,7 @@ def _damage_result(path: Path, damage: str) -> None:
     elif damage == "no metrics":
         result = json.loads(text)
         del result["metrics"]
-        result["checksum"] = _checksum(result)
+        result["checksum"] = checksum(result)
         path.write_text(json.dumps(result))
     else:
         raise ValueError(f"unknown damage {damage!r}")
@@ -403,7 +602,10 @@ def _corrupt_result(case: Case, f: _Folder) -> dict:
         return dict(input=f.show(argv), exit=code, message=f.shorten(_first_line(err or out)),
                     written=[], seconds=0.0, outcome="the first run failed", as_expected=False)
     path = result_path(make_config("seq", profile="smoke"), f.out)
-    _damage_result(path, case.damage)
+    other = None
+    if case.damage in ("other method", "other seed"):
+        other = _another_result(f, argv, case.damage)
+    _damage_result(path, case.damage, other)
     before = f.snapshot()
     t0 = time.perf_counter()
     code, out, err, exc = _call(argv)
@@ -502,9 +704,25 @@ def _damage_checkpoint(folder: Path, damage: str, canary: Path) -> None:
         meta["objects"][first]["process"] = {
             "__object__": "subprocess:Popen",
             "attrs": {"args": {"__seq__": "list", "items": ["touch", str(canary)]}}}
-        # the checksum recomputed (anyone can): the class itself must be refused
-        meta["checksum"] = state_checksum(meta)
+        meta["checksum"] = checkpoint.state_checksum(meta)   # as a careful forger would
         state.write_text(json.dumps(meta))
+    elif damage in ("accuracy 7", "accuracy 7 signed", "experience 7"):
+        rows = dict(meta["extra"]["__dict__"])
+        if damage == "experience 7":
+            meta["experience"] = 7
+        else:
+            for row in rows["R"]["items"]:
+                row["items"] = [7.0] * len(row["items"])
+        if damage != "accuracy 7":
+            meta["checksum"] = checkpoint.state_checksum(meta)
+        state.write_text(json.dumps(meta))
+    elif damage == "nan weights":
+        from safetensors.torch import load_file, save_file
+        tensors_of = load_file(str(tensors))
+        for key in meta["model"].values():
+            if tensors_of[key].is_floating_point():
+                tensors_of[key] = tensors_of[key] * float("nan")
+        save_file(tensors_of, str(tensors))
     elif damage == "truncate":
         tensors.write_bytes(tensors.read_bytes()[: tensors.stat().st_size // 2])
     elif damage == "empty":
@@ -513,7 +731,13 @@ def _damage_checkpoint(folder: Path, damage: str, canary: Path) -> None:
         raise ValueError(f"unknown damage {damage!r}")
 
 
-DAMAGE_CHECKPOINT = {"popen": "add an object of class subprocess:Popen to",
+DAMAGE_CHECKPOINT = {"popen": "add an object of class subprocess:Popen (checksum recomputed) "
+                              "to",
+                     "accuracy 7": "set every accuracy row to 7.0 in the state.json of",
+                     "accuracy 7 signed": "set every accuracy row to 7.0 (checksum "
+                                          "recomputed) in the state.json of",
+                     "experience 7": "set the experience to 7 (checksum recomputed) in",
+                     "nan weights": "multiply every model weight by NaN in",
                      "truncate": "cut to half the tensors file of", "empty": "empty the "
                                                                          "tensors file of"}
 
@@ -669,13 +893,168 @@ def _killed_run(case: Case, f: _Folder) -> dict:
                 written=written, seconds=seconds, outcome=outcome, as_expected=ok)
 
 
+def _checkpoint_of_experience_2(f: _Folder, argv: list[str]) -> Path:
+    """The checkpoint folder a run stopped by a NaN loss in experience 3 leaves (its last
+    good checkpoint is of experience 2)."""
+    with _patched(diagnostics.DiagnosticsPlugin, "after_backward", _nan_loss_at(3, 1)):
+        _call(argv)
+    return checkpoint_path(make_config("seq", profile="smoke"), f.out)
+
+
+def _not_a_file(case: Case, f: _Folder) -> dict:
+    """A FIFO (or a folder) where a result, a checkpoint's tensors or a grid is expected:
+    exit 2, one sentence, no read that blocks, nothing written."""
+    argv = f.fill(case.argv)
+    if case.damage == "grid":
+        os.mkfifo(f.grid)
+        where = "TMP/grid.yaml"
+    elif case.damage == "tensors":
+        folder = _checkpoint_of_experience_2(f, argv)
+        tensors = folder / json.loads((folder / "state.json").read_text())["tensors"]
+        tensors.unlink()
+        os.mkfifo(tensors)
+        where = f.shorten(str(tensors))
+    else:
+        path = result_path(make_config("seq", profile="smoke"), f.out)
+        f.out.mkdir(parents=True)
+        os.mkfifo(path) if case.damage == "result" else path.mkdir()
+        where = f.shorten(str(path))
+    before = f.snapshot()
+    t0 = time.perf_counter()
+    code, out, err, exc = _call(argv)
+    seconds = time.perf_counter() - t0
+    written = _written(before, f.snapshot(), f.shorten)
+    message = f.shorten(_first_line(err, "clmerge: error:") or _first_line(err or out))
+    missing = [n for n in case.needles if n not in message]
+    ok = code == 2 and exc is None and not missing and not written
+    outcome = ("refused in one sentence without reading it; nothing written" if ok else
+               f"exit {code}; message lacks {missing}; wrote {written}")
+    kind = "folder" if case.damage == "result folder" else "FIFO"
+    return dict(input=f"make {where} a {kind}, then {f.show(argv)}",
+                exit=code if exc is None else type(exc).__name__, message=message,
+                written=written, seconds=seconds, outcome=outcome, as_expected=ok)
+
+
+NO_ROOM_BYTES = 16 * 1024   # below the smoke run's checkpoint (about 120 kB), above a state.json
+
+
+def _limit_file_size():   # in the child, before it runs: ulimit -f
+    import resource
+    resource.setrlimit(resource.RLIMIT_FSIZE, (NO_ROOM_BYTES, NO_ROOM_BYTES))
+
+
+def _subprocess(argv: list[str], **kwargs) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1",
+               PYTHONPATH=os.pathsep.join([str(BUILD.parent),
+                                           os.environ.get("PYTHONPATH", "")]))
+    return subprocess.Popen([sys.executable, "-m", "clmerge.cli", *argv], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            **kwargs)
+
+
+def _no_room(case: Case, f: _Folder) -> dict:
+    """The run resumes from its checkpoint of experience 2 under a file-size limit its
+    next checkpoint exceeds: exit 1, one sentence naming the file and the bytes it needs,
+    no temporary file left, the checkpoint of experience 2 kept (a rerun resumes)."""
+    argv = f.fill(case.argv)
+    folder = _checkpoint_of_experience_2(f, argv)
+    before = f.snapshot()
+    t0 = time.perf_counter()
+    proc = _subprocess(argv, preexec_fn=_limit_file_size)
+    out, err = proc.communicate(timeout=600)
+    seconds = time.perf_counter() - t0
+    written = _written(before, f.snapshot(), f.shorten)
+    message = f.shorten(_first_line(err, "clmerge: error:") or _first_line(err or out))
+    try:
+        kept = json.loads((folder / "state.json").read_text())["experience"]
+    except (OSError, ValueError, KeyError):
+        kept = None
+    tmp = [p for p in f.root.rglob("*.tmp")]
+    ok = (proc.returncode == 1 and "Traceback" not in err and "cannot write " in message
+          and "(it needs " in message and kept == 2 and not tmp
+          and not list(f.out.glob("*.json")))
+    outcome = (f"stopped in one sentence; no temporary file; the checkpoint of experience "
+               f"{kept} kept; no result" if ok else
+               f"exit {proc.returncode}; checkpoint kept: {kept}; temporary files: {tmp}")
+    return dict(input=f"{f.show(argv)}  [resumed after experience 2 under ulimit -f "
+                      f"{NO_ROOM_BYTES // 1024} KiB, in a subprocess]",
+                exit="traceback" if "Traceback" in err else proc.returncode,
+                message=message, written=written, seconds=seconds, outcome=outcome,
+                as_expected=ok)
+
+
+STOP_WITHIN_S = 10
+
+
+def _alive(pids: list[int]) -> list[int]:
+    out = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                if fh.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    out.append(pid)
+        except OSError:
+            pass
+    return out
+
+
+def _stopped(case: Case, f: _Folder) -> dict:
+    """The command in a subprocess, sent ``case.damage`` (SIGTERM, SIGINT, SIGKILL) once
+    its runs have checkpointed: every process it started ends within ``STOP_WITHIN_S``
+    seconds, nothing is written after it has ended, no result is written; SIGTERM and
+    SIGINT print one line and exit 143 / 130."""
+    if case.grid is not None:
+        f.grid.write_text(yaml.safe_dump(case.grid, sort_keys=False))
+    argv = f.fill(case.argv)
+    sig = getattr(signal, case.damage)
+    runs = 2 if case.argv[0] == "sweep" else 1
+    t0 = time.perf_counter()
+    proc = _subprocess(argv, start_new_session=True)
+    deadline = time.time() + 600
+    while (time.time() < deadline and proc.poll() is None
+           and len(list(f.out.glob("_checkpoints/*/state.json"))) < runs):
+        time.sleep(0.1)
+    tree = descendants(proc.pid)
+    before = f.snapshot()
+    proc.send_signal(sig)
+    sent = time.time()
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    while _alive(tree) and time.time() - sent < STOP_WITHIN_S:
+        time.sleep(0.1)
+    left = _alive(tree)
+    stopped_s = time.time() - sent
+    at_exit = _snapshot(f.out)
+    time.sleep(3)   # anything a survivor would write
+    late = _written(at_exit, _snapshot(f.out), f.shorten)
+    seconds = time.perf_counter() - t0
+    written = _written(before, f.snapshot(), f.shorten)
+    message = f.shorten(_first_line(err.splitlines()[-1] if err.strip() else ""))
+    expect = {"SIGTERM": 143, "SIGINT": 130, "SIGKILL": -signal.SIGKILL}[case.damage]
+    line = "clmerge: interrupted; rerun the same command to resume"
+    ok = (proc.returncode == expect and not left and not late and "Traceback" not in err
+          and not list(f.out.glob("*.json")) and len(tree) >= runs - 1
+          and (case.damage == "SIGKILL" or message == line))
+    outcome = (f"{len(tree)} process(es) it started ended within {stopped_s:.1f} s; nothing "
+               f"written after; no result" if ok else
+               f"exit {proc.returncode}; left running: {left}; written after: {late}")
+    return dict(input=f"{f.show(argv)}  [{case.damage} after the first checkpoint(s)]",
+                exit="traceback" if "Traceback" in err else proc.returncode,
+                message=message, written=written, seconds=seconds, outcome=outcome,
+                as_expected=ok)
+
+
 _KIND = {c.name: c.kind for c in CASES}
 
 RUNNERS = {"bad input": _bad_input, "diverged run": _bad_input,
            "corrupt result": _corrupt_result, "nan loss": _stopped_run,
            "nan merge": _stopped_run, "corrupt checkpoint": _corrupt_checkpoint,
            "stale tmp": _stale_tmp, "concurrent run": _concurrent_run,
-           "killed run": _killed_run}
+           "killed run": _killed_run, "not a file": _not_a_file, "no room": _no_room,
+           "stopped": _stopped}
 
 
 def summary(table: pd.DataFrame) -> dict[str, int]:
