@@ -238,6 +238,35 @@ class Kernels(nn.Module):
         return self.head(torch.tanh(self.convs(x)).mean((2, 3)))
 
 
+class Uses(nn.Module):
+    """Linears the hooks engine must sum over all their calls and positions: one on two
+    tokens [N, 2, in], one used twice on [N, in]."""
+
+    def __init__(self):
+        super().__init__()
+        self.pair = nn.Linear(3, 4)
+        self.twice = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.pair(x)).mean(1)
+        return self.head(torch.tanh(self.twice(torch.tanh(self.twice(h)))))
+
+
+def test_hooks_fisher_sums_over_every_call_and_position_of_a_linear():
+    torch.manual_seed(0)
+    model = Uses().double()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(6, 2, 3, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (6,), generator=gen)
+    names = [n for n, _ in model.named_parameters()]
+    ref = loop_fisher(model, names, x, y)
+    got = diagonal_fisher(model, names, [(x[:4], y[:4]), (x[4:], y[4:])], engine="hooks")
+    for n in names:
+        assert float(ref[n].sum()) > 0, n
+        torch.testing.assert_close(got[n].double(), ref[n], rtol=1e-6, atol=0)
+
+
 def test_hooks_fisher_reads_every_kernel_shape_through_its_columns():
     torch.manual_seed(0)
     model = Kernels().double()

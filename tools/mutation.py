@@ -109,7 +109,7 @@ TESTS: dict[str, tuple] = {
     "merge_rules.py": (SEAMS, RULES),
     "tensordict.py": (SEAMS, RULES, PM_MATH),
     "pm_coefficient.py": (SEAMS, PM_MATH),
-    "fisher.py": (SEAMS, PM_MATH, FISHER),
+    "fisher.py": (FISHER, SEAMS, PM_MATH),
     "trajectory_subspace.py": (SEAMS, TRM_STEPS, TRM_UNIT),
 }
 DEFAULT_TESTS = (SEAMS, PLUGIN, RULES)
@@ -180,6 +180,13 @@ EQUIVALENT = [
      "every F_t scaled by 2 / tr(F_t) instead of 1 / tr(F_t): a common factor of all "
      "Fishers, which a_t (a ratio of sums linear in the Fishers) does not see; the "
      "running sums feed nothing else"),
+    ("pm_coefficient.py", "diff = sub(merged, _f64(theta_i))", ("sign flipped: sub(b, a)",),
+     "the objective's quadratic form diff^T F diff is even in diff"),
+    ("merge_rules.py", "if p_f == 0.0:", ("0.0 -> 1.0",),
+     "a shortcut: p = 0 then takes the general path, whose mask keeps every entry and "
+     "rescales by 1 / (1 - 0) (the same values); p = 1 is refused before"),
+    ("fisher.py", "retain_graph=i + 1 < len(labels)", ("+ -> -",),
+     "the graph is then kept after its last use too: memory, not values"),
 ]
 
 
@@ -725,14 +732,14 @@ def source_line(m: Mutant) -> str:
 
 
 def report(results, out: Path, command: str, seconds: float, cpu: float,
-           unapplied: list[str], missing_tests: set) -> None:
+           unapplied: list[str], missing_tests: set, n_mutants: int) -> None:
     by_file: dict[str, list] = {}
     for m, verdict in results:
         by_file.setdefault(m.path, []).append((m, verdict))
     lines = ["# Mutation report", "",
              f"Command: `{command}`", "",
-             f"Time: {seconds / 60:.1f} min wall, {cpu / 60:.1f} min CPU, one process at a "
-             "time. A mutant is killed when its "
+             f"Time of this invocation: {seconds / 60:.1f} min wall, {cpu / 60:.1f} min CPU, "
+             "one process at a time. A mutant is killed when its "
              "fast tests fail, error or time out; equivalent mutants (no input tells them "
              "from the original) are listed apart and left out of the score.", ""]
     total = killed = equivalent = 0
@@ -753,6 +760,9 @@ def report(results, out: Path, command: str, seconds: float, cpu: float,
         rows.append((path, len(rs), k, len(surv), len(eq), 100.0 * k / n if n else 100.0,
                      sum(v == "timeout" for _, v in rs), surv, eq, std))
     score = 100.0 * killed / total if total else 100.0
+    if len(results) < n_mutants:
+        lines += [f"**Incomplete: {len(results)} of {n_mutants} mutants judged** (the run "
+                  "was interrupted; `--resume` judges the rest).", ""]
     lines += [f"**Score: {killed}/{total} = {score:.1f}%** over {len(rows)} files "
               f"({equivalent} equivalent mutants left out). Standard mutants: "
               f"{std_killed}/{std_total} killed.", "",
@@ -799,15 +809,17 @@ def report(results, out: Path, command: str, seconds: float, cpu: float,
     out.write_text("\n".join(lines) + "\n")
 
 
-def run_all(mutants, trees, baseline, timeout) -> list:
-    """Every mutant on one of the trees (one run per tree at a time); [(mutant, verdict)]."""
+def run_all(mutants, trees, baseline, timeout, on_verdict=None) -> list:
+    """Every mutant on one of the trees (one run per tree at a time); [(mutant, verdict)].
+    ``on_verdict(mutant, verdict)`` is called as each one is judged."""
     originals = {}
     free = list(range(len(trees)))
     running = {}                          # pid -> (mutant, tree index, deadline)
     results = {}
     queue = list(enumerate(mutants))
     try:
-        _run_queue(queue, running, free, trees, originals, baseline, timeout, results)
+        _run_queue(queue, running, free, trees, originals, baseline, timeout, results,
+                   on_verdict)
     finally:                              # interrupted: no run outlives this process
         for pid in running:
             os.kill(pid, signal.SIGKILL)
@@ -815,7 +827,8 @@ def run_all(mutants, trees, baseline, timeout) -> list:
     return [results[i] for i in sorted(results)]
 
 
-def _run_queue(queue, running, free, trees, originals, baseline, timeout, results) -> None:
+def _run_queue(queue, running, free, trees, originals, baseline, timeout, results,
+               on_verdict) -> None:
     while queue or running:
         while queue and free:
             i, m = queue.pop(0)
@@ -844,6 +857,8 @@ def _run_queue(queue, running, free, trees, originals, baseline, timeout, result
             os.utime(target, None)
             free.append(w)
             results[i] = (m, verdict)
+            if on_verdict is not None:
+                on_verdict(m, verdict)
             if verdict == "passed":
                 print(f"  SURVIVED {m.path}:{m.line} {m.what}", flush=True)
 
@@ -865,6 +880,9 @@ def main(argv=None) -> int:
                     help="seconds per mutant (0: 3 x the file's baseline + 20)")
     ap.add_argument("--list", action="store_true", help="list the mutants and stop")
     ap.add_argument("--jobs", type=int, default=1, help="mutants run at a time")
+    ap.add_argument("--resume", action="store_true",
+                    help="judge only the mutants the saved verdicts lack (an interrupted "
+                         "run), keeping the others; refused when a mutated file changed")
     ap.add_argument("--survivors", action="store_true",
                     help="judge again only the mutants that survived the last run (its "
                          "verdicts file), keeping its other verdicts: for tests added "
@@ -885,31 +903,29 @@ def main(argv=None) -> int:
                  *(f"test file {t} not found" for t in sorted(missing_tests))]:
         print(f"not applied: {note}", file=sys.stderr)
     previous: dict = {}
-    if args.survivors:
+    if args.survivors or args.resume:
         if args.only or not verdicts_file.exists():
-            print(f"--survivors needs the verdicts of a full run ({verdicts_file.name}) "
-                  "and no --only", file=sys.stderr)
+            print(f"--survivors and --resume need the verdicts of a full run "
+                  f"({verdicts_file.name}) and no --only", file=sys.stderr)
             return 2
         saved = json.loads(verdicts_file.read_text())
         changed = [p for p in paths if saved["files"].get(p) != _digest(p)]
         if changed or set(saved["files"]) != set(paths):
-            print(f"--survivors refused: {(changed or ['the target list'])[0]} changed since "
-                  "the last full run; run them all", file=sys.stderr)
+            print(f"refused: {(changed or ['the target list'])[0]} changed since the verdicts "
+                  "were saved; run them all", file=sys.stderr)
             return 2
-        previous = {key: v for key, v in saved["verdicts"].items()}
-        keep = [m for m in mutants if previous.get(_key(m)) == "passed"]
-        if len(previous) != len(mutants) or any(_key(m) not in previous for m in mutants):
-            print("--survivors refused: the mutants differ from the last full run's",
+        previous = dict(saved["verdicts"])
+        if set(previous) - {_key(m) for m in mutants}:
+            print("refused: the mutants differ from those of the saved verdicts",
                   file=sys.stderr)
             return 2
-        print(f"{len(keep)} survivors of {len(mutants)} judged again", flush=True)
     if args.list:
         for m in mutants:
             print(f"{m.path}:{m.line} [{m.kind}] {m.what}")
         print(f"{len(mutants)} mutants")
         return 0
     command = "nice -n 10 python tools/mutation.py" + (
-        " --survivors" if args.survivors else "") + (
+        " --survivors" if args.survivors else "") + (" --resume" if args.resume else "") + (
         f" --only {' '.join(args.only)}" if args.only else "") + (
         f" --jobs {args.jobs}" if args.jobs != 1 else "")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))   # clean up on kill
@@ -918,10 +934,15 @@ def main(argv=None) -> int:
     for tree in trees:
         (tree / "_logs").mkdir()
     t_start = time.perf_counter()
-    results = []
+    judged: dict = dict(previous)
     try:
+        if args.survivors:
+            todo = [m for m in mutants if previous.get(_key(m)) in (None, "passed")]
+        else:
+            todo = [m for m in mutants if _key(m) not in previous]
+        print(f"{len(todo)} of {len(mutants)} mutants to judge", flush=True)
         baseline = {}
-        for path in paths:
+        for path in sorted({m.path for m in todo}):
             tests = tests_for(path)
             if tests not in baseline:
                 verdict, secs = run_tests(trees[0], tests, 900, trees[0] / "_logs/baseline.log")
@@ -930,23 +951,26 @@ def main(argv=None) -> int:
                           f"{trees[0] / '_logs/baseline.log'}", file=sys.stderr)
                     return 1
                 baseline[tests] = secs
-            print(f"{path}: {sum(m.path == path for m in mutants)} mutants, tests "
+            print(f"{path}: {sum(m.path == path for m in todo)} mutants, tests "
                   f"{baseline[tests]:.1f} s", flush=True)
-        todo = [m for m in mutants if not previous or previous[_key(m)] == "passed"]
-        judged = {_key(m): v for m, v in run_all(todo, trees, baseline, args.timeout)}
-        if len(judged) == len(todo):
-            results = [(m, judged.get(_key(m)) or previous[_key(m)]) for m in mutants]
+        judged = dict(previous)
+        digests = {p: _digest(p) for p in paths}
+
+        def save(m, verdict):
+            judged[_key(m)] = verdict
+            if not args.only:
+                verdicts_file.write_text(json.dumps({"files": digests, "verdicts": judged},
+                                                    indent=0, sort_keys=True) + "\n")
+
+        run_all(todo, trees, baseline, args.timeout, save)
     finally:
         secs = time.perf_counter() - t_start
         times = os.times()
         cpu = times.user + times.system + times.children_user + times.children_system
+        results = [(m, judged[_key(m)]) for m in mutants if _key(m) in judged]
         if results:
-            report(results, ROOT / args.out, command, secs, cpu, unapplied, missing_tests)
-            if not args.only:
-                verdicts_file.write_text(json.dumps({
-                    "files": {p: _digest(p) for p in paths},
-                    "verdicts": {_key(m): v for m, v in results}}, indent=0, sort_keys=True)
-                    + "\n")
+            report(results, ROOT / args.out, command, secs, cpu, unapplied, missing_tests,
+                   len(mutants))
         for tree in trees:
             shutil.rmtree(tree, ignore_errors=True)
     print(f"report: {args.out} ({secs / 60:.1f} min)")
