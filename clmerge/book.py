@@ -79,6 +79,9 @@ class ChapterError(ConfigError):
 
 def chapter_paths(only: list[str] | None = None) -> list[Path]:
     paths = sorted(CHAPTERS.glob("*.ipynb"))
+    if not paths:
+        raise ConfigError(f"no chapters in {CHAPTERS}: run clmerge book from the project's "
+                          "folder (a checkout of it) or set CLMERGE_HOME to that folder")
     if only:
         missing = set(only) - {p.stem for p in paths}
         if missing:

@@ -148,7 +148,9 @@ def _stopped_cleanly(command: str):
     before it unwinds (:mod:`clmerge.experiment.lifeline`); the handlers in place before
     are restored after (the command may run inside another program, e.g. the tests).
     The processes it starts inherit :data:`~clmerge.experiment.lifeline.QUIET_TRACKER`
-    in ``PYTHONWARNINGS``, so that the last line of a stopped command is its own."""
+    in ``PYTHONWARNINGS``, and the command's own resource tracker writes to
+    ``/dev/null`` (:func:`~clmerge.experiment.lifeline.quiet_resource_tracker`), so that
+    the last line of a stopped command is its own."""
     if (command not in ("run", "book", "sweep")
             or threading.current_thread() is not threading.main_thread()):
         yield
@@ -157,6 +159,7 @@ def _stopped_cleanly(command: str):
     warnings = os.environ.get("PYTHONWARNINGS")
     os.environ["PYTHONWARNINGS"] = ",".join(filter(None, (warnings, lifeline.QUIET_TRACKER)))
     lifeline.stop_on_signals()
+    lifeline.quiet_resource_tracker()
     try:
         yield
     finally:

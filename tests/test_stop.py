@@ -26,10 +26,16 @@ def _files(folder: Path) -> dict[str, int]:
 
 
 def _start(argv, tmp_path):
+    """The command in its own session, its output into files (a pipe nobody reads while
+    the test waits would fill and stop the command)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", TQDM_DISABLE="1")
-    return subprocess.Popen([sys.executable, "-m", "clmerge.cli", *argv], cwd=tmp_path,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    if argv[0] == "book":   # the chapters are the project's (it runs in a scratch folder)
+        env["CLMERGE_HOME"] = str(ROOT)
+    with open(tmp_path / "stdout.txt", "w") as out, open(tmp_path / "stderr.txt", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "clmerge.cli", *argv], cwd=tmp_path,
+                                env=env, stdout=out, stderr=err, start_new_session=True)
+    proc.stderr_path = tmp_path / "stderr.txt"
+    return proc
 
 
 def _wait_for(what, timeout=600):
@@ -59,11 +65,12 @@ def _stop_and_check(proc, sig, results: Path, expect_code, expect_line=True):
     t0 = time.time()
     proc.send_signal(sig)
     try:
-        out, err = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
         proc.kill()
-        out, err = proc.communicate()
+        proc.wait()
     ended = time.time() - t0
+    err = proc.stderr_path.read_text()
     assert _wait_for(lambda: not _alive(tree), GRACE_S), f"left running: {_alive(tree)}"
     assert ended < GRACE_S, ended
     after_exit = _files(results)
@@ -155,3 +162,26 @@ def test_a_worker_whose_parent_has_ended_knows_it(tmp_path):
     assert _wait_for(lambda: not _alive(workers), 5)
     time.sleep(8)
     assert not marker.exists()
+
+
+def test_the_commands_resource_tracker_writes_nowhere():
+    """quiet_resource_tracker: the tracker a command's pools use has its standard error on
+    /dev/null, while the command's own stays where it was."""
+    code = ("import os, sys\n"
+            "from clmerge.experiment.lifeline import quiet_resource_tracker\n"
+            "pid = quiet_resource_tracker()\n"
+            "print(os.readlink(f'/proc/{pid}/fd/2'), os.readlink('/proc/self/fd/2'))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)), check=True).stdout
+    tracker, own = out.split()
+    assert tracker == os.devnull and own != os.devnull
+
+
+def test_a_book_outside_the_project_says_where_it_looked(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "clmerge.cli", "book", "--profile", "smoke",
+                           "--no-html"], cwd=tmp_path, capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == (f"clmerge: error: no chapters in {tmp_path.resolve()}/"
+                                   "chapters: run clmerge book from the project's folder (a "
+                                   "checkout of it) or set CLMERGE_HOME to that folder")

@@ -27,6 +27,7 @@ import contextlib
 import ctypes
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -147,6 +148,32 @@ def end_descendants(grace_s: float = GRACE_S, last: bool = False) -> list[int]:
             signalled.add(pid)
         time.sleep(0.05)
     return sorted(signalled)
+
+
+def quiet_resource_tracker() -> int | None:
+    """Start multiprocessing's resource tracker now, with its standard error on
+    ``/dev/null``, and return its pid (None where it cannot start). The tracker writes
+    to the command's terminal after the command has ended: a warning per semaphore left
+    by a process ended by a signal, and a traceback of its own bookkeeping when a stopped
+    process's unregistration reaches it twice. It still cleans up; it only no longer
+    speaks, so that the last line of a stopped command is the command's own."""
+    from multiprocessing import resource_tracker
+
+    if getattr(resource_tracker._resource_tracker, "_pid", None) is not None:
+        return resource_tracker._resource_tracker._pid
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+    devnull, saved = os.open(os.devnull, os.O_WRONLY), os.dup(2)
+    try:
+        os.dup2(devnull, 2)
+        resource_tracker.ensure_running()
+    except OSError:
+        return None
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+    return resource_tracker._resource_tracker._pid
 
 
 def stop_on_signals() -> None:
