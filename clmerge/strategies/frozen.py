@@ -46,20 +46,34 @@ def features(ctx: RunContext, stream) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return np.concatenate(feats), np.concatenate(ys), np.concatenate(exps)
 
 
-class ProbeMethod(Method):
+class FrozenFeatureMethod(Method):
+    """A method on the frozen features of the whole training and test streams, read
+    once at the start of :meth:`run`; its records are set by the subclass."""
+
+    def __init__(self, spec, options, ctx: RunContext):
+        self._records: list[dict] = []
+
+    @staticmethod
+    def stream_features(ctx: RunContext) -> tuple[np.ndarray, ...]:
+        """``(x_train, y_train, x_test, y_test, experience_test)``, by :func:`features`."""
+        xtr, ytr, _ = features(ctx, ctx.stream.train_stream)
+        xte, yte, ete = features(ctx, ctx.stream.test_stream)
+        return xtr, ytr, xte, yte, ete
+
+    def records(self) -> list[dict]:
+        return self._records
+
+
+class ProbeMethod(FrozenFeatureMethod):
     """Logistic regression (C = 1, at most 2000 iterations, seeded by the run's seed) on
     standardised frozen features of all training data; class-incremental accuracy is
     the argmax over all classes, task-incremental over the experience's own classes."""
 
     kind = "probe"
 
-    def __init__(self, spec, options, ctx: RunContext):
-        self._records: list[dict] = []
-
     def run(self, ctx: RunContext, start: int = 0) -> Iterator[Row]:
         t0 = time.perf_counter()
-        xtr, ytr, _ = features(ctx, ctx.stream.train_stream)
-        xte, yte, ete = features(ctx, ctx.stream.test_stream)
+        xtr, ytr, xte, yte, ete = self.stream_features(ctx)
         scaler = StandardScaler().fit(xtr)
         clf = LogisticRegression(max_iter=2000, C=1.0, random_state=ctx.config.seed)
         clf.fit(scaler.transform(xtr), ytr)
@@ -76,16 +90,13 @@ class ProbeMethod(Method):
         self._records = [{"train_seconds": time.perf_counter() - t0}]
         yield cil, til
 
-    def records(self) -> list[dict]:
-        return self._records
-
 
 def unit(a: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm (a zero row stays zero)."""
     return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
 
 
-class NMCMethod(Method):
+class NMCMethod(FrozenFeatureMethod):
     """Nearest class mean on frozen pretrained features, cosine similarity.
 
     A continual method that trains nothing: at experience t the mean ``mu_c`` of the
@@ -101,13 +112,9 @@ class NMCMethod(Method):
 
     kind = "nmc"
 
-    def __init__(self, spec, options, ctx: RunContext):
-        self._records: list[dict] = []
-
     def run(self, ctx: RunContext, start: int = 0) -> Iterator[Row]:
         t0 = time.perf_counter()
-        xtr, ytr, _ = features(ctx, ctx.stream.train_stream)
-        xte, yte, ete = features(ctx, ctx.stream.test_stream)
+        xtr, ytr, xte, yte, ete = self.stream_features(ctx)
         xtr, xte = unit(xtr.astype(np.float64)), unit(xte.astype(np.float64))
         means = np.zeros((ctx.stream.n_classes, xtr.shape[1]))
         rows, tasks = [], []
@@ -130,6 +137,3 @@ class NMCMethod(Method):
         tasks[-1]["train_seconds"] = time.perf_counter() - t0
         self._records = tasks
         yield from rows
-
-    def records(self) -> list[dict]:
-        return self._records
