@@ -626,3 +626,21 @@ INVALID = [
 def test_invalid_arguments_raise_value_error(name, call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("scaling", [0.5, 2.0, 16.0 / 4])
+@pytest.mark.parametrize("conv", [False, True])
+def test_lora_delta_is_scaling_times_b_at_a_written_out(scaling, conv):
+    """Oracle: entry (i, j) of a LoRA pair's dense update is scaling * sum_k B[i,k] A[k,j],
+    summed in Python; a 1x1 convolution's update has the conv weight's shape."""
+    g = torch.Generator().manual_seed(3)
+    A, B = torch.randn(2, 3, generator=g), torch.randn(4, 2, generator=g)
+    want = torch.tensor([[scaling * sum(float(B[i, k]) * float(A[k, j]) for k in range(2))
+                          for j in range(3)] for i in range(4)])
+    if conv:
+        got = td.lora_delta(A[:, :, None, None], B[:, :, None, None], scaling)
+        assert got.shape == (4, 3, 1, 1)
+        got = got[:, :, 0, 0]
+    else:
+        got = td.lora_delta(A, B, scaling)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)

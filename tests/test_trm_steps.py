@@ -312,3 +312,18 @@ def test_merge_restores_the_model_mode_and_gradient_flags():
     assert ctx.model.training
     assert [p.requires_grad for p in ctx.model.parameters()] == flags
     assert all(p.grad is None for p in ctx.model.parameters())
+
+
+@pytest.mark.parametrize("mode", ["norm", "orthonormal"])
+@pytest.mark.parametrize("scale,zero", [(0.5, False), (1e-15, True)])
+def test_rescaling_treats_only_norms_up_to_eps_as_zero(mode, scale, zero):
+    """A direction of norm 0.5 (below 1, far above eps = 1e-12) is rescaled to the
+    reference's norm along itself; one of norm 1e-15 (below eps) becomes zero."""
+    from clmerge.tensormath.trajectory_subspace import rescale_directions
+    ref = {"w": torch.tensor([2.0, 0.0, 0.0], dtype=torch.float64)}
+    other = {"w": torch.tensor([0.0, scale, 0.0], dtype=torch.float64)}
+    out = rescale_directions([ref, other], reference=0, mode=mode)
+    want = torch.zeros(3, dtype=torch.float64) if zero else torch.tensor(
+        [0.0, 2.0, 0.0], dtype=torch.float64)
+    torch.testing.assert_close(out[1]["w"], want, rtol=1e-12, atol=0)
+    torch.testing.assert_close(out[0]["w"], ref["w"], rtol=0, atol=0)

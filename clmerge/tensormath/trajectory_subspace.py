@@ -123,7 +123,7 @@ def rescale_directions(directions: Sequence[TensorDict], reference: int = 0,
     reference first and unchanged, then the others in order; each residual rescaled to
     |D_ref[m]|; a residual below ``1e-6`` of its direction's norm, i.e. a direction
     already in the span of the earlier ones on that weight, becomes zero). A direction
-    that is zero on a weight stays zero there. The reference direction is never changed,
+    whose norm on a weight is at most ``eps`` is zero there, and stays zero. The reference direction is never changed,
     so a point expressed on it alone is the same point after rescaling.
     """
     if mode not in ("none", "norm", "orthonormal"):
