@@ -189,5 +189,6 @@ def test_disk_full_and_stopped_commands_for_real(tmp_path):
     assert "(it needs " in table.loc["disk full at a checkpoint", "message"]
     assert table.loc["SIGTERM to a sweep", "exit"] == 143
     assert table.loc["Ctrl-C on a run", "exit"] == 130
+    assert table.loc["Ctrl-C on a sweep", "exit"] == 130
     assert table.loc["Ctrl-C on a run", "message"] == ("clmerge: interrupted; rerun the same "
                                                         "command to resume")

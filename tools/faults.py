@@ -392,6 +392,11 @@ CASES: list[Case] = [
          "checkpointed", kind="stopped", damage="SIGKILL",
          grid={"profile": "smoke", "variants": ["seq", "average"],
                "overrides": {"epochs": 100}}),
+    Case("Ctrl-C on a sweep", ("sweep", "{grid}", "--workers", "2", "--results-dir", "{out}"),
+         "clmerge sweep --workers 2 in a subprocess, SIGINT (Ctrl-C) once both workers "
+         "have checkpointed", kind="stopped", damage="SIGINT",
+         grid={"profile": "smoke", "variants": ["seq", "average"],
+               "overrides": {"epochs": 100}}),
     Case("Ctrl-C on a run", _run("seq", "epochs=100"),
          "clmerge run in a subprocess, SIGINT (Ctrl-C) after its first checkpoint",
          kind="stopped", damage="SIGINT"),
