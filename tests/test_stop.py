@@ -131,8 +131,8 @@ def test_end_descendants_ends_children_and_grandchildren_even_one_ignoring_sigte
             "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
             "time.sleep(600)\n")
     child = subprocess.Popen([sys.executable, "-c", code])
-    assert _wait_for(lambda: len(descendants()) >= 2, 60)
-    tree = descendants()
+    assert _wait_for(lambda: len(descendants(child.pid)) >= 1, 60)
+    tree = [child.pid, *descendants(child.pid)]   # (not the test process's other children)
     t0 = time.time()
     signalled = end_descendants(grace_s=5)
     assert set(tree) <= set(signalled)

@@ -4,6 +4,7 @@ experiences: a fraction of a second each)."""
 
 import dataclasses
 import os
+import signal
 import queue
 
 import pytest
@@ -144,8 +145,13 @@ def test_pool_worker_takes_its_gpu(monkeypatch):
     q = queue.Queue()
     q.put("3")
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    executors._init_worker(q)
+    watched, handlers = [], []   # the worker's lifeline and Ctrl-C, recorded (not installed here)
+    monkeypatch.setattr(executors.lifeline, "die_with_parent", watched.append)
+    monkeypatch.setattr(executors.signal, "signal", lambda *a: handlers.append(a))
+    executors._init_worker(q, 4242)
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"
+    assert watched == [4242]
+    assert handlers == [(signal.SIGINT, signal.SIG_IGN)]
 
 
 class _FakeJob:
