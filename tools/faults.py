@@ -1052,6 +1052,13 @@ def _stopped(case: Case, f: _Folder) -> dict:
                 as_expected=ok)
 
 
+
+def as_code(text) -> str:
+    """A table cell's text as inline code (HTML-escaped): the inputs and messages are
+    what a user types and reads in a terminal, variant labels included."""
+    import html
+    return f"<code>{html.escape(str(text))}</code>" if str(text) else ""
+
 _KIND = {c.name: c.kind for c in CASES}
 
 RUNNERS = {"bad input": _bad_input, "diverged run": _bad_input,
