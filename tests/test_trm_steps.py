@@ -12,17 +12,12 @@ from torch import nn
 
 from clmerge.mergers.base import MergeContext, TaskData
 from clmerge.mergers.trm import TRMOptions, TrajectoryRegularizedMerger
+from test_merger_seams import HeadNet
 
 KEYS = ("enc.weight", "enc.bias")
 
 
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.backbone = nn.Sequential(nn.Linear(4, 5), nn.Tanh())
-        self.heads = nn.ModuleList([nn.Linear(5, 2) for _ in range(3)])
-        self.classes_per_exp = [[0, 1], [2, 3], [4, 5]]
+Net = HeadNet   # a backbone and one linear head per task (the seam tests' model)
 
 
 def context(t=1, n_batches=5, batch=8, seed=0):
