@@ -253,25 +253,15 @@ class Uses(nn.Module):
         return self.head(torch.tanh(self.twice(torch.tanh(self.twice(h)))))
 
 
-def test_hooks_fisher_sums_over_every_call_and_position_of_a_linear():
+@pytest.mark.parametrize("model_cls,shape", [
+    (lambda: Uses(), (6, 2, 3)),          # every call and position of a Linear, summed
+    (lambda: Kernels(), (6, 2, 6, 5)),    # every kernel shape, read through its columns
+], ids=["linear calls and positions", "kernel shapes"])
+def test_hooks_fisher_matches_the_per_sample_loop(model_cls, shape):
     torch.manual_seed(0)
-    model = Uses().double()
+    model = model_cls().double()
     gen = torch.Generator().manual_seed(1)
-    x = torch.randn(6, 2, 3, generator=gen, dtype=torch.float64)
-    y = torch.randint(0, 3, (6,), generator=gen)
-    names = [n for n, _ in model.named_parameters()]
-    ref = loop_fisher(model, names, x, y)
-    got = diagonal_fisher(model, names, [(x[:4], y[:4]), (x[4:], y[4:])], engine="hooks")
-    for n in names:
-        assert float(ref[n].sum()) > 0, n
-        torch.testing.assert_close(got[n].double(), ref[n], rtol=1e-6, atol=0)
-
-
-def test_hooks_fisher_reads_every_kernel_shape_through_its_columns():
-    torch.manual_seed(0)
-    model = Kernels().double()
-    gen = torch.Generator().manual_seed(1)
-    x = torch.randn(6, 2, 6, 5, generator=gen, dtype=torch.float64)
+    x = torch.randn(*shape, generator=gen, dtype=torch.float64)
     y = torch.randint(0, 3, (6,), generator=gen)
     names = [n for n, _ in model.named_parameters()]
     ref = loop_fisher(model, names, x, y)

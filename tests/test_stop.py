@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from clmerge.experiment.lifeline import descendants
+from clmerge.experiment.lifeline import alive as _alive, descendants
 
 ROOT = Path(__file__).resolve().parents[1]
 GRACE_S = 10
@@ -45,18 +45,6 @@ def _wait_for(what, timeout=600):
             return True
         time.sleep(0.2)
     return False
-
-
-def _alive(pids):
-    out = []
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
-                    out.append(pid)
-        except OSError:
-            pass
-    return out
 
 
 def _stop_and_check(proc, sig, results: Path, expect_code, expect_line=True):

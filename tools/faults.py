@@ -56,7 +56,7 @@ from clmerge.book import BUILD
 from clmerge.errors import ConfigError
 from clmerge.experiment import checkpoint
 from clmerge.experiment.atomic import file_lock
-from clmerge.experiment.lifeline import descendants
+from clmerge.experiment.lifeline import alive, descendants
 from clmerge.experiment.config import make_config
 from clmerge.experiment.executors import temporary_environ
 from clmerge.experiment.results import checksum, read_result, result_path
@@ -991,16 +991,6 @@ def _no_room(case: Case, f: _Folder) -> dict:
 STOP_WITHIN_S = 10
 
 
-def _alive(pids: list[int]) -> list[int]:
-    out = []
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as fh:
-                if fh.read().rsplit(")", 1)[1].split()[0] != "Z":
-                    out.append(pid)
-        except OSError:
-            pass
-    return out
 
 
 def _stopped(case: Case, f: _Folder) -> dict:
@@ -1028,9 +1018,9 @@ def _stopped(case: Case, f: _Folder) -> dict:
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
-    while _alive(tree) and time.time() - sent < STOP_WITHIN_S:
+    while alive(tree) and time.time() - sent < STOP_WITHIN_S:
         time.sleep(0.1)
-    left = _alive(tree)
+    left = alive(tree)
     stopped_s = time.time() - sent
     at_exit = _snapshot(f.out)
     time.sleep(3)   # anything a survivor would write

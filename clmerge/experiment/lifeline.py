@@ -92,6 +92,12 @@ def descendants(pid: int | None = None, table: dict | None = None) -> list[int]:
     return found
 
 
+def alive(pids) -> list[int]:
+    """Those of ``pids`` that are living processes (zombies count as ended)."""
+    living = _processes()
+    return [p for p in pids if p in living]
+
+
 def _ignores_sigterm(pid: int) -> bool:
     """Whether ``pid`` ignores SIGTERM (multiprocessing's resource tracker does), from
     its ``SigIgn`` mask in ``/proc``."""
