@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         with _stopped_cleanly(args.command):
             return _main(args)
     except KeyboardInterrupt as e:   # Ctrl-C or SIGTERM: everything started has ended
-        lifeline.end_descendants(last=argv is None)
+        lifeline.end_descendants()
         print(f"clmerge: {INTERRUPTED}", file=sys.stderr, flush=True)
         code = 128 + getattr(e, "signum", signal.SIGINT)
         if argv is None:   # the program itself (not a caller in-process): end now, without

@@ -79,6 +79,8 @@ def test_message_lists_the_valid_choices(table, name, choices):
     ("pm result under seq's name", ("holds the result of another config (method 'pm', "
                                     "not 'seq')",)),
     ("seed-1 result under seed 0's name", ("another config (seed 1, not 0)",)),
+    ("pm result in a sweep's folder", ("holds the result of another config (method 'pm', "
+                                       "not 'seq')",)),
 ])
 def test_unusable_result_is_named_and_recomputed(table, name, reason):
     row = table.loc[name]
@@ -86,8 +88,10 @@ def test_unusable_result_is_named_and_recomputed(table, name, reason):
     assert row.message.startswith("recomputing: TMP/out/seq-synthetic-s0-")
     assert any(r in row.message for r in reason), row.message
     # the unusable file is set aside beside the new one, never read again
-    assert len(row.written) == 2 and row.written[0].endswith(".json")
-    assert row.written[1] == row.written[0] + ".corrupt"
+    assert row.written[0].endswith(".json") and row.written[1] == row.written[0] + ".corrupt"
+    # a sweep also writes its table, which holds the recomputed run only
+    assert row.written[2:] == (["TMP/out/sweep-grid.csv"] if row.input.count("sweep") else [])
+    assert row.outcome.endswith("holds method seq") == ("sweep" in row.input)
 
 
 @pytest.mark.parametrize("name,reason", [

@@ -349,6 +349,11 @@ CASES: list[Case] = [
     Case("pm result under seq's name", _run("seq"),
          "a valid pm result copied over the seq result's file", kind="corrupt result",
          damage="other method"),
+    Case("pm result in a sweep's folder",
+         ("sweep", "{grid}", "--workers", "1", "--results-dir", "{out}"),
+         "a valid pm result copied over the file of the grid's seq run, then the sweep "
+         "again", kind="corrupt result", damage="other method",
+         grid={"profile": "smoke", "variants": ["seq"], "seeds": [0]}),
     Case("seed-1 result under seed 0's name", _run("seq"),
          "a valid seed-1 result copied over the seed-0 result's file", kind="corrupt result",
          damage="other seed"),
@@ -397,6 +402,12 @@ CASES: list[Case] = [
          "have checkpointed", kind="stopped", damage="SIGINT",
          grid={"profile": "smoke", "variants": ["seq", "average"],
                "overrides": {"epochs": 100}}),
+    Case("SIGTERM to a book", ("book", "--profile", "smoke", "--no-html", "--chapters",
+                               "04_comparison", "--results-dir", "{out}"),
+         "clmerge book in a subprocess, SIGTERM once its chapter's kernel has written a "
+         "checkpoint (the kernel and its runs end with it; papermill saves the chapter's "
+         "notebook as far as it ran, as on any stop)", kind="stopped",
+         damage="SIGTERM"),
     Case("Ctrl-C on a run", _run("seq", "epochs=100"),
          "clmerge run in a subprocess, SIGINT (Ctrl-C) after its first checkpoint",
          kind="stopped", damage="SIGINT"),
@@ -559,6 +570,8 @@ DAMAGE_RESULT = {"truncate": "truncate", "latin-1": "write a byte 0xff into",
 def _another_result(f: "_Folder", argv: list[str], damage: str) -> dict:
     """A valid result of another config (pm, or seed 1), computed in a folder aside."""
     aside = f.root / "aside"
+    if argv[0] != "run":   # a sweep's folder: the other result comes from a run
+        argv = f.fill(_run("seq"))
     argv = [a.replace(str(f.out), str(aside)) for a in argv]
     if damage == "other method":
         argv[argv.index("--method") + 1] = "pm"
@@ -601,6 +614,8 @@ def _damage_result(path: Path, damage: str, other: dict | None = None) -> None:
 
 
 def _corrupt_result(case: Case, f: _Folder) -> dict:
+    if case.grid is not None:
+        f.grid.write_text(yaml.safe_dump(case.grid, sort_keys=False))
     argv = f.fill(case.argv)
     code, out, err, exc = _call(argv)   # a valid result to corrupt
     if code != 0:
@@ -621,9 +636,17 @@ def _corrupt_result(case: Case, f: _Folder) -> dict:
         valid = read_result(path)["config"]["method"] == "seq"
     except Exception:  # noqa: BLE001
         valid = False
+    table = ""
+    if argv[0] == "sweep":   # the sweep's table holds the recomputed run, not the other
+        try:
+            table = ",".join(pd.read_csv(f.out / f"sweep-{f.grid.stem}.csv")["method"])
+        except (OSError, KeyError, ValueError):
+            table = "unreadable"
+        valid = valid and table == "seq"
     ok = code == 0 and message.startswith("recomputing:") and valid
-    outcome = ("detected, recomputed, valid result written again" if ok else
-               f"exit {code}, result valid: {valid}")
+    outcome = ("detected, recomputed, valid result written again"
+               + (f"; the sweep's table holds method {table}" if table else "") if ok else
+               f"exit {code}, result valid: {valid}, table: {table or '-'}")
     return dict(input=f"{DAMAGE_RESULT[case.damage]} TMP/out/{path.name}, then {f.show(argv)}",
                 exit=code,
                 message=message, written=written, seconds=seconds, outcome=outcome,
@@ -948,10 +971,12 @@ def _limit_file_size():   # in the child, before it runs: ulimit -f
     resource.setrlimit(resource.RLIMIT_FSIZE, (NO_ROOM_BYTES, NO_ROOM_BYTES))
 
 
-def _subprocess(argv: list[str], **kwargs) -> subprocess.Popen:
+def _subprocess(argv: list[str], extra_env: dict[str, str] | None = None,
+                **kwargs) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1",
                PYTHONPATH=os.pathsep.join([str(BUILD.parent),
-                                           os.environ.get("PYTHONPATH", "")]))
+                                           os.environ.get("PYTHONPATH", "")]),
+               **(extra_env or {}))
     return subprocess.Popen([sys.executable, "-m", "clmerge.cli", *argv], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             **kwargs)
@@ -993,24 +1018,41 @@ STOP_WITHIN_S = 10
 
 
 
+def _scratch_project(folder: Path) -> Path:
+    """A project folder whose chapters, data and book settings are the repository's
+    (links) and whose ``_build`` is its own: a book stopped there writes nothing into
+    the repository's build."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("chapters", "data", "_config.yml", "_toc.yml", "index.md"):
+        if (BUILD.parent / name).exists():
+            (folder / name).symlink_to(BUILD.parent / name)
+    return folder
+
+
 def _stopped(case: Case, f: _Folder) -> dict:
     """The command in a subprocess, sent ``case.damage`` (SIGTERM, SIGINT, SIGKILL) once
     its runs have checkpointed: every process it started ends within ``STOP_WITHIN_S``
-    seconds, nothing is written after it has ended, no result is written; SIGTERM and
-    SIGINT print one line and exit 143 / 130."""
+    seconds, nothing is written after it has ended, no result is written after the signal
+    (a book's chapter may have finished runs before); SIGTERM and SIGINT print one line
+    and exit 143 / 130."""
     if case.grid is not None:
         f.grid.write_text(yaml.safe_dump(case.grid, sort_keys=False))
     argv = f.fill(case.argv)
     sig = getattr(signal, case.damage)
     runs = 2 if case.argv[0] == "sweep" else 1
+    env = None
+    if case.argv[0] == "book":   # a project of its own: its build folder is not the repo's
+        env = {"CLMERGE_HOME": str(_scratch_project(f.root / "project"))}
+        f.build = None   # its _build is under the case folder, watched with it
     t0 = time.perf_counter()
-    proc = _subprocess(argv, start_new_session=True)
+    proc = _subprocess(argv, env, start_new_session=True)
     deadline = time.time() + 600
     while (time.time() < deadline and proc.poll() is None
            and len(list(f.out.glob("_checkpoints/*/state.json"))) < runs):
         time.sleep(0.1)
     tree = descendants(proc.pid)
     before = f.snapshot()
+    results = set(f.out.glob("*.json"))   # a book's chapter may have finished runs before
     proc.send_signal(sig)
     sent = time.time()
     try:
@@ -1031,7 +1073,7 @@ def _stopped(case: Case, f: _Folder) -> dict:
     expect = {"SIGTERM": 143, "SIGINT": 130, "SIGKILL": -signal.SIGKILL}[case.damage]
     line = "clmerge: interrupted; rerun the same command to resume"
     ok = (proc.returncode == expect and not left and not late and "Traceback" not in err
-          and not list(f.out.glob("*.json")) and len(tree) >= runs - 1
+          and set(f.out.glob("*.json")) == results and len(tree) >= runs - 1
           and (case.damage == "SIGKILL" or message == line))
     outcome = (f"{len(tree)} process(es) it started ended within {stopped_s:.1f} s; nothing "
                f"written after; no result" if ok else

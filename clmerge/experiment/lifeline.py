@@ -121,11 +121,16 @@ def _ends_with_us(pid: int) -> bool:
         return False
 
 
-def end_descendants(grace_s: float = GRACE_S, last: bool = False) -> list[int]:
+def end_descendants(grace_s: float = GRACE_S) -> list[int]:
     """SIGTERM every descendant of this process (SIGKILL to one that ignores SIGTERM),
     SIGKILL those still alive after ``grace_s`` seconds, and any started meanwhile; the
-    pids signalled. Their exit statuses are left to their parents to collect. The
-    resource tracker is left alone unless ``last`` (the command ends right after).
+    pids signalled. Their exit statuses are left to their parents to collect.
+
+    The resource tracker is left alone: it ends by itself once every process holding
+    its pipe has ended, after removing what they left. Ended early, it would be started
+    again by the next unregistration (a stopped pool's queues still send some while the
+    command ends), with the terminal as its standard error and a traceback for each
+    name it never saw registered.
 
     A descendant's process group (a kernel leads its own, and its pool's workers are
     in it) is followed too: a worker started just before its parent was ended is no
@@ -141,7 +146,7 @@ def end_descendants(grace_s: float = GRACE_S, last: bool = False) -> list[int]:
         groups.discard(own_group)
         tree += [p for p, (_, g) in table.items() if g in groups and p not in tree
                  and p != os.getpid()]
-        alive = [p for p in tree if last or not _ends_with_us(p)]
+        alive = [p for p in tree if not _ends_with_us(p)]
         if not alive or time.monotonic() > deadline + grace_s:
             break
         late = time.monotonic() >= deadline
