@@ -338,16 +338,19 @@ def prepare_chapters(dest: Path, profile: str, force: bool = False,
     """Write every chapter, parameterized but not executed, into ``dest``.
 
     Every chapter is part of the book; the ``-p`` parameters go where check_parameters
-    sends them (the selected chapters), on top of the base parameters.
+    sends them (the selected chapters), on top of the base parameters. ``force`` too goes
+    to the selected chapters only (to all when none is selected): a chapter not named
+    keeps its cached execution instead of recomputing every result it reads.
     """
     import papermill as pm  # the book extra
 
     extra = check_parameters(only, params or {})
-    base = base_parameters(profile, force, results_dir)
+    selected = {p.stem for p in chapter_paths(only)}
     dest.mkdir(parents=True, exist_ok=True)
     written = []
     for nb in chapter_paths():
         target = dest / nb.name
+        base = base_parameters(profile, force and nb.stem in selected, results_dir)
         with _quiet_papermill():
             pm.execute_notebook(str(nb), str(target),
                                 parameters={**base, **extra.get(nb.stem, {})},

@@ -179,6 +179,17 @@ def test_staged_chapters_carry_the_injected_parameters(tmp_path, monkeypatch):
     assert all(_cache_key(p) != _cache_key(q) for p, q in zip(written, moved))
 
 
+@pytest.mark.parametrize("only", [["04_comparison"], None])
+def test_force_reaches_the_chapters_named_only(tmp_path, only):
+    """``clmerge book --chapters 04_comparison --force`` recomputes chapter 4's results; the
+    other chapters keep their cached execution (their key: force = False)."""
+    written = book.prepare_chapters(tmp_path, "smoke", force=True, only=only)
+    for path in written:
+        src = _injected(nbformat.read(str(path), 4))
+        forced = only is None or path.stem in only
+        assert ("force = True" in src) == forced and ("force = False" in src) != forced
+
+
 def test_stage_source_serves_mathjax_or_falls_back_to_its_cdn(tmp_path, monkeypatch, capsys):
     import yaml
 
