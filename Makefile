@@ -60,11 +60,12 @@ smoke-chapters: env
 
 # What CI runs besides the tests: the whole book on the smoke profile, its HTML checked
 # as a reader meets it, then every command the index and rerun pages give, on smoke.
+SMOKE_BUILD := book --profile smoke --results-dir $(CURDIR)/_build/smoke-results
 smoke-book: env
-	$(BIN)/clmerge book --profile smoke --results-dir _build/smoke-results
+	$(BIN)/clmerge $(SMOKE_BUILD)
 	CLMERGE_BOOK_HTML=$(CURDIR)/_build/html $(BIN)/python -m pytest -q tests/test_book_html.py
 	CLMERGE_RUN_COMMANDS=1 CLMERGE_COMMANDS_RESULTS=$(CURDIR)/_build/smoke-results \
-	  $(BIN)/python -m pytest -q tests/test_rerun_commands.py
+	  CLMERGE_COMMANDS_BUILT="$(SMOKE_BUILD)" $(BIN)/python -m pytest -q tests/test_rerun_commands.py
 
 # Rebuild the committed ViT checkpoint from its recipe.
 pretrain: env

@@ -25,6 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "index.md", ROOT / "chapters" / "rerun.md"]
 BIN = Path(sys.executable).parent
 RUN = os.environ.get("CLMERGE_RUN_COMMANDS") == "1"
+# the command (after ``clmerge``) that built the smoke book this check follows, if any: a
+# page command that maps to it on smoke has just run, and is not run twice
+BUILT = shlex.split(os.environ.get("CLMERGE_COMMANDS_BUILT", ""))
 
 
 def page_commands() -> list[tuple[str, list[str], int]]:
@@ -114,6 +117,8 @@ def on_smoke(argv: list[str], results: Path, tmp: Path) -> list[str]:
 def test_command_runs_on_smoke(page, argv, status, tmp_path):
     results = Path(os.environ.get("CLMERGE_COMMANDS_RESULTS", tmp_path / "results"))
     cmd = on_smoke(argv, results, tmp_path)
+    if BUILT and cmd[1:] == BUILT:
+        pytest.skip("on smoke this is the command that built the book this check follows")
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     tail = (done.stdout + done.stderr)[-2000:]
