@@ -3,8 +3,11 @@ same list the appendix shows: every bad input exits 2 with one sentence naming t
 problem (and the valid choices) and writes nothing; a diverged run exits 1 and writes
 nothing; corrupt results are recomputed, corrupt checkpoints ignored with a warning; a
 NaN loss or merge keeps the last checkpoint and writes no result; a stale temporary file
-is removed; a concurrent identical run waits and loads the result. The killed-subprocess
-case is left to tests/test_resume.py (about 10 s, most of it a subprocess's start-up)."""
+is removed; a concurrent identical run waits and loads the result. The cases run in a
+subprocess (a killed run, a full disk, stopped commands) are one slow test.
+
+The appendix shows the committed table (``data/faults.json``, written by
+``python tools/faults.py --write``): every case run here must repeat its row there."""
 
 import os
 import sys
@@ -20,7 +23,8 @@ import faults  # noqa: E402
 BAD = [c for c in faults.CASES if c.kind == "bad input"]
 SILENT = [c for c in faults.CASES if c.kind in faults.EXIT]
 FAST = [c.name for c in faults.CASES if c.kind not in faults.SUBPROCESS]
-SLOW = [c.name for c in faults.CASES if c.kind in ("no room", "stopped")]
+SLOW = [c.name for c in faults.CASES if c.kind in faults.SUBPROCESS]
+STALE = "the appendix's table (data/faults.json) is stale: rerun python tools/faults.py --write"
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +33,13 @@ def table(tmp_path_factory):
     df = faults.run_faults(tmp_path_factory.mktemp("faults"), names=FAST)
     assert os.environ.get("CLMERGE_DATA") == env  # the missing-data case restores it
     return df.set_index("case")
+
+
+def test_the_committed_table_is_what_the_cases_do_now(table):
+    committed, _ = faults.read_table()
+    assert list(committed["case"]) == [c.name for c in faults.CASES], STALE
+    differences = faults.stable_differences(table.reset_index(), committed)
+    assert not differences, STALE + ":\n" + "\n".join(differences)
 
 
 def test_one_row_per_case_in_table_order(table):
@@ -182,13 +193,15 @@ def test_unknown_case_name_is_a_config_error(tmp_path):
 
 @pytest.mark.slow
 def test_disk_full_and_stopped_commands_for_real(tmp_path):
-    """The rows that run the command in a subprocess: a write limit below the next
-    checkpoint (one sentence, exit 1, no temporary file, the last checkpoint kept) and
+    """The rows that run the command in a subprocess: a killed run resumes; a write limit
+    below the next checkpoint (one sentence, exit 1, no temporary file, the last checkpoint kept) and
     SIGTERM, SIGKILL and Ctrl-C (every process started ends within 10 s, nothing written
     after, one line and exit 143 / 130)."""
     table = faults.run_faults(tmp_path, names=SLOW).set_index("case")
     for name, row in table.iterrows():
         assert row.as_expected, (name, row.exit, row.message, row.outcome)
+    differences = faults.stable_differences(table.reset_index(), faults.read_table()[0])
+    assert not differences, STALE + ":\n" + "\n".join(differences)
     assert table.loc["disk full at a checkpoint", "exit"] == 1
     assert "(it needs " in table.loc["disk full at a checkpoint", "message"]
     assert table.loc["SIGTERM to a sweep", "exit"] == 143

@@ -42,19 +42,6 @@ def test_end_descendants_ends_children_and_grandchildren_even_one_ignoring_sigte
     child.wait(5)
 
 
-def test_end_descendants_leaves_the_resource_tracker_to_end_by_itself():
-    """Ended early, the tracker is started again by the next unregistration, with the
-    terminal as its standard error and a traceback per name it never saw registered."""
-    code = ("from clmerge.experiment import lifeline\n"
-            "pid = lifeline.quiet_resource_tracker()\n"
-            "lifeline.end_descendants(grace_s=1)\n"
-            "print(pid, lifeline.alive([pid]))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONPATH=str(ROOT)), check=True).stdout
-    pid, living = out.split(maxsplit=1)
-    assert living.strip() == f"[{pid}]"
-
-
 def test_a_worker_whose_parent_has_ended_knows_it(tmp_path):
     """die_with_parent: a grandchild watching its parent ends when that parent is
     killed (the parent-death signal), before it could write its file."""
@@ -79,17 +66,22 @@ def test_a_worker_whose_parent_has_ended_knows_it(tmp_path):
     assert not marker.exists()
 
 
-def test_the_commands_resource_tracker_writes_nowhere():
+def test_the_commands_resource_tracker_writes_nowhere_and_ends_by_itself():
     """quiet_resource_tracker: the tracker a command's pools use has its standard error on
-    /dev/null, while the command's own stays where it was."""
+    /dev/null, while the command's own stays where it was; end_descendants leaves it to
+    end by itself (ended early, it is started again by the next unregistration, with the
+    terminal as its standard error and a traceback per name it never saw registered)."""
     code = ("import os, sys\n"
-            "from clmerge.experiment.lifeline import quiet_resource_tracker\n"
-            "pid = quiet_resource_tracker()\n"
-            "print(os.readlink(f'/proc/{pid}/fd/2'), os.readlink('/proc/self/fd/2'))\n")
+            "from clmerge.experiment import lifeline\n"
+            "pid = lifeline.quiet_resource_tracker()\n"
+            "print(os.readlink(f'/proc/{pid}/fd/2'), os.readlink('/proc/self/fd/2'))\n"
+            "lifeline.end_descendants(grace_s=1)\n"
+            "print(lifeline.alive([pid]) == [pid])\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=str(ROOT)), check=True).stdout
-    tracker, own = out.split()
+    tracker, own, left_alone = out.split()
     assert tracker == os.devnull and own != os.devnull
+    assert left_alone == "True"
 
 
 def test_a_book_outside_the_project_says_where_it_looked(tmp_path):

@@ -1134,3 +1134,80 @@ def run_faults(tmp_dir: str | os.PathLike | None = None,
         rows.append({"case": case.name, "tests": case.tests, "expected": EXPECTED[case.kind],
                      **row})
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+# ---------------------------------------------------------------- the committed table
+TABLE = BUILD.parent / "data" / "faults.json"
+# what a case's row must repeat whenever it is run again (the rest depends on timing: the
+# seconds, and for a case run in a subprocess the files it had written when it was
+# stopped and how fast its processes ended)
+STABLE = ["case", "input", "tests", "expected", "exit", "message", "as_expected"]
+
+
+def write_table(table: pd.DataFrame, path: str | os.PathLike = TABLE) -> Path:
+    """The table as JSON (a list of rows, with the clmerge version that ran it), for the
+    appendix to show without running the cases again."""
+    import clmerge
+
+    rows = table.assign(seconds=table.seconds.round(2)).to_dict(orient="records")
+    path = Path(path)
+    path.write_text(json.dumps({"clmerge_version": clmerge.__version__, "rows": rows},
+                               indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
+def read_table(path: str | os.PathLike = TABLE) -> tuple[pd.DataFrame, str]:
+    """(the committed table, the clmerge version that ran it)."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    return pd.DataFrame(data["rows"], columns=COLUMNS), data["clmerge_version"]
+
+
+def stable_differences(live: pd.DataFrame, committed: pd.DataFrame) -> list[str]:
+    """Where ``live`` rows differ from the committed ones in :data:`STABLE` columns (and,
+    for a case not run in a subprocess, in the files written and the outcome), numbers
+    aside (:func:`_shape`): one line per difference, empty when they agree."""
+    out = []
+    rows = committed.set_index("case")
+    for _, r in live.iterrows():
+        if r.case not in rows.index:
+            out.append(f"{r.case}: not in the committed table")
+            continue
+        c = rows.loc[r.case]
+        cols = STABLE[1:] + ([] if _KIND[r.case] in SUBPROCESS else ["written", "outcome"])
+        for col in cols:
+            exact = col in ("exit", "as_expected")
+            if (r[col] != c[col]) if exact else (_shape(r[col]) != _shape(c[col])):
+                out.append(f"{r.case}: {col} is {r[col]!r}, committed {c[col]!r}")
+    return out
+
+
+def _shape(value) -> str:
+    """A cell with its numbers and a JSON decoder's complaint masked: a truncated result's
+    file ends at a token that varies with the timings the file records, and an outcome
+    quotes the seconds a stop took."""
+    import re
+
+    text = re.sub(r"\((Expecting|Unterminated|Extra data|Invalid)[^)]*\)", "(JSON)",
+                  str(value))
+    return re.sub(r"\d+(\.\d+)?", "#", text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="Run every fault case and write the table the book's appendix shows.")
+    parser.add_argument("--write", metavar="PATH", nargs="?", const=str(TABLE),
+                        help=f"write the table (default path: {TABLE})")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="clmerge-faults-") as tmp:
+        table = run_faults(tmp)
+    counts = summary(table)
+    print(", ".join(f"{k}: {v}" for k, v in counts.items()))
+    if args.write:
+        print(f"written: {write_table(table, args.write)}")
+    return 0 if counts["as expected"] == counts["cases"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
