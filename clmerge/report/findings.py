@@ -220,6 +220,10 @@ def evaluate_claim(claim: Mapping, runs: Runs) -> dict:
     a_vals = metric.per_seed(runs, claim["a"])
     values = (statistics.paired_differences(a_vals, metric.per_seed(runs, b_label))
               if b else a_vals)
+    if not len(values.dropna()):   # runs of both, but of no seed in common
+        return {**row, "n": 0, "mean": np.nan, "lo": np.nan, "hi": np.nan, "sd": np.nan,
+                "detectable": np.nan, "verdict": NOT_RUN,
+                "why": "no seed has runs of both" if b else "no value on any seed"}
     iv = statistics.interval(values)
     if metric.bounds and not b and iv.has_interval:
         iv = dataclasses.replace(iv, lo=max(iv.lo, metric.bounds[0]),
