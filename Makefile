@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PROFILE ?= quick
 
-.PHONY: env system lock book test smoke-chapters smoke-book pretrain clean
+.PHONY: env system lock book test smoke-chapters smoke-book commands pretrain clean
 
 env: $(STAMP) system
 
@@ -52,20 +52,25 @@ book: env
 	$(BIN)/clmerge book --profile $(PROFILE)
 
 test: env
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 # Every chapter once on the smoke profile, without the HTML.
 smoke-chapters: env
 	$(BIN)/clmerge book --profile smoke --no-html --results-dir _build/smoke-results
 
 # What CI runs besides the tests: the whole book on the smoke profile, its HTML checked
-# as a reader meets it, then every command the index and rerun pages give, on smoke.
+# as a reader meets it, then the commands the index and rerun pages give that execute no
+# chapter, on smoke. `make commands` (after smoke-book) runs every one of them.
 SMOKE_BUILD := book --profile smoke --results-dir $(CURDIR)/_build/smoke-results
+COMMANDS := CLMERGE_COMMANDS_RESULTS=$(CURDIR)/_build/smoke-results \
+	CLMERGE_COMMANDS_BUILT="$(SMOKE_BUILD)" $(BIN)/python -m pytest -q tests/test_rerun_commands.py
 smoke-book: env
 	$(BIN)/clmerge $(SMOKE_BUILD)
 	CLMERGE_BOOK_HTML=$(CURDIR)/_build/html $(BIN)/python -m pytest -q tests/test_book_html.py
-	CLMERGE_RUN_COMMANDS=1 CLMERGE_COMMANDS_RESULTS=$(CURDIR)/_build/smoke-results \
-	  CLMERGE_COMMANDS_BUILT="$(SMOKE_BUILD)" $(BIN)/python -m pytest -q tests/test_rerun_commands.py
+	CLMERGE_RUN_COMMANDS=light $(COMMANDS)
+
+commands: env
+	CLMERGE_RUN_COMMANDS=1 $(COMMANDS)
 
 # Rebuild the committed ViT checkpoint from its recipe.
 pretrain: env
