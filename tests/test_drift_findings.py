@@ -185,7 +185,7 @@ def test_the_answer_groups_the_core_verdicts_and_says_when_the_sweep_is_incomple
     done = pd.DataFrame({"complete": [True], "runs": ["160 of 160"]},
                         index=pd.Index(["calibrated"], name="budget"))
     text = drift.answer(long, done)
-    assert text == ("On glyph renditions at its calibrated budget, over 10 seeds, the core "
+    assert text == ("On glyph renditions at its calibrated budget, over 9 to 10 seeds, the core "
                     "claims come out 1 reproduced (P1); 2 absent at the paper's size (P3, P5).")
     partial = done.assign(complete=False, runs="90 of 160")
     assert drift.answer(long, partial).endswith(

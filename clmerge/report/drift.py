@@ -102,7 +102,15 @@ def forgetting(runs: Mapping[str, pd.DataFrame]) -> dict[str, float]:
     return out
 
 
-def column_name(which: str, rate: float, forgot: float, seeds: int) -> str:
+def _seeds(n: pd.Series) -> str:
+    """The seeds of the claims that ran: ``5``, or ``2 to 5`` when claims differ."""
+    n = n[n > 0].astype(int)
+    if n.empty:
+        return "0"
+    return f"{n.max()}" if n.min() == n.max() else f"{n.min()} to {n.max()}"
+
+
+def column_name(which: str, rate: float, forgot: float, seeds: str) -> str:
     f = "" if math.isnan(forgot) else f", seq forgets {forgot:.1f}"
     return f"{which} (rate {rate:g}{f}; {seeds} seeds)"
 
@@ -118,7 +126,7 @@ def verdict_table(claims: pd.DataFrame, long: pd.DataFrame, runs: Mapping[str, p
     out["paper"] = base["paper"].to_numpy()
     for which in dict.fromkeys(long["benchmark"]):
         sub = long[long["benchmark"] == which].set_index("id")
-        seeds = int(sub["n"].max()) if len(sub) else 0
+        seeds = _seeds(sub["n"])
         col = column_name(which, rates.get(which, math.nan), forgot.get(which, math.nan), seeds)
         cells = []
         for cid in out.index:
@@ -195,7 +203,7 @@ def answer(long: pd.DataFrame, progress_table: pd.DataFrame, budget: str = "cali
     if sub.empty:
         return (f"No claim has runs on glyph renditions at its {budget} budget yet: "
                 f"`clmerge sweep examples/final/renditions_*.yaml --workers 2` computes them.")
-    seeds = int(sub["n"].max())
+    seeds = _seeds(sub["n"])
     groups = []
     for verdict in statistics.VERDICTS:
         got = list(sub.loc[sub["verdict"] == verdict, "id"])
