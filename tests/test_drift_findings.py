@@ -37,7 +37,7 @@ def test_signature_per_seed_is_each_seed_s_own_ratio_and_gap():
     got = signature.per_seed(df)
     assert got.loc[0].to_dict() == pytest.approx({
         "seq_over_nmc": 24 / 20, "average_over_nmc": 26 / 20, "pm_over_nmc": 28 / 20,
-        "joint_minus_nmc": 20.0, "seq_til_forgetting": 3.0})
+        "joint_minus_nmc": 20.0, "seq_til_forgetting": 3.0, "nmc_over_joint": 20 / 40})
     assert got.loc[1, "joint_minus_nmc"] == pytest.approx(15.0)
     stats = signature.summary(df)
     assert stats["seq_over_nmc"]["mean"] == pytest.approx((1.2 + 1.0) / 2)

@@ -14,6 +14,7 @@ have both of its variants.
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -46,6 +47,18 @@ def grids(folder: str | Path = RC.GRIDS_DIR) -> dict[str, Path]:
     return {w: found[w] for w in ORDER if w in found}
 
 
+@functools.lru_cache(maxsize=16)
+def _expanded(path: str, mtime_ns: int, size: int) -> tuple:
+    return tuple(expand_grid(path))
+
+
+def configs(path: str | Path) -> list:
+    """The run configs of the grid at ``path``, expanded once per version of the file
+    (the page asks for them three times: runs, rates, progress)."""
+    st = Path(path).stat()
+    return list(_expanded(str(path), st.st_mtime_ns, st.st_size))
+
+
 def budget_runs(folders: Iterable[str | Path], grid_paths: Mapping[str, Path] | None = None
                 ) -> dict[str, pd.DataFrame]:
     """Per budget, the rows of its grid's runs found in ``folders`` (each run from the
@@ -53,7 +66,7 @@ def budget_runs(folders: Iterable[str | Path], grid_paths: Mapping[str, Path] | 
     grid_paths = grids() if grid_paths is None else grid_paths
     out = {}
     for which, path in grid_paths.items():
-        todo = expand_grid(path)
+        todo = configs(path)
         frames = []
         for folder in folders:
             if not todo:
@@ -71,7 +84,7 @@ def budget_runs(folders: Iterable[str | Path], grid_paths: Mapping[str, Path] | 
 def budget_rates(grid_paths: Mapping[str, Path] | None = None) -> dict[str, float]:
     """The LoRA rate of each budget (the grid's override, else the profile's)."""
     grid_paths = grids() if grid_paths is None else grid_paths
-    return {w: float(expand_grid(p)[0].lr) for w, p in grid_paths.items()}
+    return {w: float(configs(p)[0].lr) for w, p in grid_paths.items()}
 
 
 def progress(runs: Mapping[str, pd.DataFrame],
@@ -81,7 +94,7 @@ def progress(runs: Mapping[str, pd.DataFrame],
     grid_paths = grids() if grid_paths is None else grid_paths
     rows = []
     for which, path in grid_paths.items():
-        cfgs = expand_grid(path)
+        cfgs = configs(path)
         df = runs.get(which, pd.DataFrame(columns=["variant", "seed"]))
         per_seed = df.groupby("seed")["variant"].nunique() if len(df) else pd.Series(dtype=int)
         wanted = len(load_grid(path).variants)
@@ -131,7 +144,7 @@ def verdict_table(claims: pd.DataFrame, long: pd.DataFrame, runs: Mapping[str, p
         cells = []
         for cid in out.index:
             r = sub.loc[cid]
-            ours = findings._ours_cell(r)
+            ours = findings.ours_cell(r)
             cells.append("–" if r["verdict"] == findings.NOT_RUN
                           else f"{ours}<br>*{r['verdict']}*")
         out[col] = cells

@@ -264,7 +264,10 @@ def _paper_cell(c: Mapping) -> str:
     return "no published difference"
 
 
-def _ours_cell(r: Mapping) -> str:
+def ours_cell(r: Mapping) -> str:
+    """Our reading of one row of :func:`evaluate`'s frame: mean [95% interval] in the
+    claim metric's digits, the mean alone for a quantity that is 0 by construction, "-"
+    when the claim did not run."""
     if r["verdict"] == NOT_RUN:
         return "-"
     digits = METRICS[r["metric"]].digits
@@ -291,7 +294,7 @@ def findings_table(claims: pd.DataFrame, long: pd.DataFrame) -> pd.DataFrame:
         whys = []
         for bench in benches:
             r = long[(long["id"] == c["id"]) & (long["benchmark"] == bench)].iloc[0]
-            row[f"ours: {bench}"] = _ours_cell(r)
+            row[f"ours: {bench}"] = ours_cell(r)
             row[f"verdict: {bench}"] = r["verdict"]
             whys.append((f"{bench}: " if len(benches) > 1 else "") + r["why"])
         row["why"] = " / ".join(whys)
@@ -310,7 +313,7 @@ def findings_tables(claims: pd.DataFrame, long: pd.DataFrame
         rows = []
         for _, c in claims.iterrows():
             r = long[(long["id"] == c["id"]) & (long["benchmark"] == bench)].iloc[0]
-            rows.append({"claim": c["id"], "ours": _ours_cell(r), "verdict": r["verdict"],
+            rows.append({"claim": c["id"], "ours": ours_cell(r), "verdict": r["verdict"],
                          "why": r["why"]})
         per_bench[bench_name(bench)] = pd.DataFrame(rows).set_index("claim")
     return table[["compared", "metric", "paper"]], per_bench

@@ -38,6 +38,8 @@ COLUMNS = {
     "joint_minus_nmc": ("joint − class means", 1),
     "seq_til_forgetting": ("seq's TIL forgetting", 1),
 }
+# computed per seed for the calibration rule's criterion (d), not shown as a column
+NMC_OVER_JOINT = "nmc_over_joint"
 
 
 def criteria_short() -> dict[str, str]:
@@ -51,8 +53,9 @@ def criteria_short() -> dict[str, str]:
 
 
 def per_seed(df: pd.DataFrame) -> pd.DataFrame:
-    """The signature of each seed (index: seed; columns: :data:`COLUMNS`, NaN where a
-    variant it needs has no run for that seed) from a tidy frame with ``variant``,
+    """The signature of each seed (index: seed; columns: :data:`COLUMNS` and
+    :data:`NMC_OVER_JOINT`, NaN where a variant it needs has no run for that seed, or
+    joint's accuracy is 0) from a tidy frame with ``variant``,
     ``seed``, ``cil_A_last`` and ``til_forgetting`` (fractions)."""
     def column(variant: str, key: str) -> pd.Series:
         sub = df[df["variant"] == variant]
@@ -66,14 +69,16 @@ def per_seed(df: pd.DataFrame) -> pd.DataFrame:
     out["pm_over_nmc"] = column("pm", "cil_A_last").reindex(seeds) / nmc
     out["joint_minus_nmc"] = column("joint", "cil_A_last").reindex(seeds) - nmc
     out["seq_til_forgetting"] = column("seq", "til_forgetting").reindex(seeds)
+    out[NMC_OVER_JOINT] = (nmc / column("joint", "cil_A_last").reindex(seeds)).replace(
+        [np.inf, -np.inf], np.nan)
     return out
 
 
 def summary(df: pd.DataFrame) -> dict:
-    """Per column of :data:`COLUMNS`: mean, SD and number of seeds with a value."""
+    """Per column of :func:`per_seed`: mean, SD and number of seeds with a value."""
     seeds = per_seed(df)
     out = {}
-    for col in COLUMNS:
+    for col in seeds.columns:
         v = seeds[col].dropna()
         out[col] = {"mean": float(v.mean()) if len(v) else math.nan,
                     "sd": float(v.std(ddof=1)) if len(v) > 1 else math.nan, "n": len(v)}
@@ -129,21 +134,10 @@ def table(runs: Mapping[str, pd.DataFrame], paper: bool = True) -> pd.DataFrame:
                      "seeds": "–", "misses": "–"})
     for label, df in runs.items():
         stats = summary(df)
-        means = {c: s["mean"] for c, s in stats.items()}
-        means["nmc_over_joint"] = _nmc_over_joint(df)
-        missed = lacks(means)
+        missed = lacks({c: s["mean"] for c, s in stats.items()})
         rows.append({"regime": label,
                      **{COLUMNS[c][0]: _cell(stats[c], COLUMNS[c][1]) for c in COLUMNS},
-                     "seeds": max((s["n"] for s in stats.values()), default=0),
+                     "seeds": max((stats[c]["n"] for c in COLUMNS), default=0),
                      "misses": "; ".join(missed) if missed else "none"})
     return pd.DataFrame(rows).set_index("regime")
 
-
-def _nmc_over_joint(df: pd.DataFrame) -> float:
-    """Mean over seeds of nmc / joint (class-incremental final accuracy)."""
-    acc = df[df["variant"].isin(["nmc", "joint"])].pivot_table(
-        index="seed", columns="variant", values="cil_A_last", aggfunc="mean")
-    if not {"nmc", "joint"} <= set(acc.columns):
-        return math.nan
-    ratio = (acc["nmc"] / acc["joint"]).replace([np.inf, -np.inf], np.nan).dropna()
-    return float(ratio.mean()) if len(ratio) else math.nan
