@@ -164,9 +164,9 @@ def figure(claims: pd.DataFrame, long: pd.DataFrame, runs: Mapping[str, pd.DataF
     ids = [i for i in ids if i in set(long["id"])]
     xs = [f for f in forgot.values() if not math.isnan(f)]
     xlim = (0.0, 1.15 * max(xs)) if xs else (0.0, 1.0)
-    ncol = 4
+    ncol = 2     # two panels a row: the page's column is about 7 inches wide
     nrow = max(1, math.ceil(len(ids) / ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(10, 2.5 * nrow), squeeze=False,
+    fig, axes = plt.subplots(nrow, ncol, figsize=(7, 2.3 * nrow), squeeze=False,
                              layout="constrained")
     claims = claims.set_index("id")
     for ax, cid in zip(axes.flat, ids):
@@ -189,17 +189,18 @@ def figure(claims: pd.DataFrame, long: pd.DataFrame, runs: Mapping[str, pd.DataF
                         color="0.35")
         b = c["b"]
         b = "best merger" if b.startswith("best:") else readable(b)
-        ax.set_title("\n".join(textwrap.wrap(f"{cid}: {readable(c['a'])} − {b}", 30)),
-                     fontsize=8)
+        ax.set_title("\n".join(textwrap.wrap(f"{cid}: {readable(c['a'])} − {b}", 45)),
+                     fontsize=9)
         ax.set_xlim(*xlim)
+        ax.tick_params(labelsize=8)
     for ax in axes.flat[len(ids):]:
         ax.axis("off")
     for ax in axes[-1]:
         if ax.has_data():
-            ax.set_xlabel("seq's task-incremental\nforgetting (points)", fontsize=8)
+            ax.set_xlabel("seq's task-incremental forgetting (points)", fontsize=8)
     for row in axes:
         row[0].set_ylabel("difference (points)", fontsize=8)
-    fig.suptitle("Glyph renditions: paired difference (mean, 95% interval) per budget; "
+    fig.suptitle("Glyph renditions: paired difference (mean, 95% interval) per budget\n"
                  "grey: the papers' range, dashed: their mean", fontsize=9)
     return fig
 
