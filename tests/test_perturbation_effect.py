@@ -109,3 +109,15 @@ def test_the_table_has_a_column_per_budget_and_perturbation_and_skips_empty_ones
     assert len(table) == len(pe.QUANTITIES)
     assert pe.reading(full[full["seed"] == 0], "calibrated").endswith("nothing to read yet.")
     assert not math.isnan(pe.intervals(full)["Gaussian noise"]["TIL forgetting"].mean)
+
+
+@pytest.mark.parametrize("noise,written", [(0.0, True), (0.02, False)])
+def test_the_answer_s_clause_follows_the_same_rule_as_the_reading(tmp_path, noise, written):
+    df = _toy_budget(tmp_path, 0.06, noise)
+    text = pe.clause(df)
+    assert bool(text) is written
+    assert ("more curved" in pe.reading(df, "calibrated")) is written
+    if written:
+        loss = pe.intervals(df)["along the task vector"]["training loss at the sampled points"]
+        assert text.startswith("P6 repeats P5") and loss.text(3) in text
+    assert pe.clause(None) == "" and pe.clause(df.iloc[:0]) == ""

@@ -120,6 +120,31 @@ def table(runs_by_budget: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     return out
 
 
+def _flat_noise(ivs: Mapping[str, Mapping[str, statistics.Interval]]) -> bool:
+    """Whether the Gaussian ablation's loss increase is under a quarter of P&M's (both
+    over at least two seeds): then the loss is far more curved along the task vector."""
+    loss = QUANTITIES[0].label
+    along, noise = ivs["along the task vector"][loss], ivs["Gaussian noise"][loss]
+    return (along.n >= 2 and noise.n >= 2 and abs(along.mean) > 0
+            and abs(noise.mean) < 0.25 * abs(along.mean))
+
+
+def clause(df: pd.DataFrame | None) -> str:
+    """One sentence for the page's answer, only when :func:`_flat_noise` holds (else
+    "", also for no runs): the Gaussian ablation is close to no perturbation, so P6
+    repeats P5."""
+    if df is None or not len(df):
+        return ""
+    ivs = intervals(df)
+    if not _flat_noise(ivs):
+        return ""
+    loss = QUANTITIES[0]
+    return (f"P6 repeats P5: Gaussian noise of P&M's size changes the training loss by "
+            f"{ivs['Gaussian noise'][loss.label].text(loss.digits)} nats against P&M's "
+            f"{ivs['along the task vector'][loss.label].text(loss.digits)}, so it is close to "
+            "no perturbation (*What P&M's perturbation trades*, below).")
+
+
 def reading(df: pd.DataFrame, budget: str) -> str:
     """One paragraph on ``budget``'s runs: what the perturbation along the task vector
     costs and saves, next to the Gaussian ablation, each figure a paired mean [95%
@@ -143,7 +168,7 @@ def reading(df: pd.DataFrame, budget: str) -> str:
             f"by {fig(along[final], final)}. Gaussian noise of the same size per weight "
             f"changes the loss by {fig(noise[loss], loss)} nats and final accuracy by "
             f"{fig(noise[final], final)}.")
-    if abs(noise[loss].mean) < 0.25 * abs(along[loss].mean):
+    if _flat_noise(ivs):
         ratio = along[loss].mean / noise[loss].mean if noise[loss].mean > 0 else float("inf")
         more = (f"about {ratio:.0f} times" if np.isfinite(ratio) and ratio >= 2
                 else "far")
