@@ -57,8 +57,9 @@ def test_unknown_parameter_names_the_chapter_and_the_valid_ones():
         "04_comparison": {"paper_tasks": 5}}
     with pytest.raises(ConfigError, match="--profile"):
         book.check_parameters(["04_comparison"], {"profile": "smoke"})
-    with pytest.raises(ConfigError, match="clmerge_version"):
-        book.check_parameters(["04_comparison"], {"clmerge_version": "x"})
+    for reserved in ("clmerge_version", "data_version"):
+        with pytest.raises(ConfigError, match=reserved):
+            book.check_parameters(["04_comparison"], {reserved: "x"})
     with pytest.raises(ConfigError, match="unknown chapter"):
         book.check_parameters(["04_comparisn"], {})
 
@@ -97,7 +98,8 @@ def test_every_chapter_opens_with_text_and_hides_its_code():
     """A chapter opens with its text (question and answer), then its parameters cell
     (collapsed); every other code cell is hidden, and the last one names the version."""
     for path in book.chapter_paths():
-        assert "clmerge_version" in book.chapter_parameters(path), path.name
+        assert {"clmerge_version", "data_version"} <= set(book.chapter_parameters(path)), \
+            path.name
         nb = nbformat.read(str(path), 4)
         assert nb.cells[0].cell_type == "markdown", path.name
         code = [c for c in nb.cells if c.cell_type == "code"]
@@ -156,6 +158,7 @@ def test_staged_chapters_carry_the_injected_parameters(tmp_path, monkeypatch):
         src = _injected(nb)
         assert 'profile = "smoke"' in src
         assert f'clmerge_version = "{clmerge.__version__}"' in src
+        assert f'data_version = "{book.data_version()}"' in src
         assert f'results_dir = "{results.resolve()}"' in src
         assert ("seeds = [0, 1]" in src) == (path.stem == "04_comparison")
         # the injected cell follows the parameters cell; nothing else is added (the page's
@@ -227,3 +230,28 @@ def test_stage_source_copies_pages_not_chapters(tmp_path):
     assert (src / "chapters" / "appendix_execution.md").exists()
     assert not list((src / "chapters").glob("*.ipynb"))
     shutil.rmtree(src)
+
+
+def test_the_data_version_changes_with_any_file_of_the_data_folder(tmp_path, monkeypatch):
+    """A committed result added, or one byte of a table changed, gives another digest
+    (so the cached chapters run again); the same files give the same digest."""
+    data = tmp_path / "data"
+    (data / "results").mkdir(parents=True)
+    (data / "claims.csv").write_text("id,claim\nP1,x\n")
+    monkeypatch.setenv("CLMERGE_HOME", str(tmp_path))
+    first = book.data_version()
+    assert first.startswith("data.") and len(first) == len("data.") + 12
+    assert book.data_version(data) == first
+    (data / "results" / "seq-s0.json").write_text("{}")
+    added = book.data_version()
+    (data / "claims.csv").write_text("id,claim\nP1,y\n")
+    edited = book.data_version()
+    assert len({first, added, edited}) == 3
+    (data / "claims.csv").write_text("id,claim\nP1,x\n")
+    (data / "results" / "seq-s0.json").unlink()
+    assert book.data_version() == first
+    # a file moved to another name is another folder
+    (data / "claims.csv").rename(data / "claims2.csv")
+    assert book.data_version() != first
+    assert book.data_version(tmp_path / "nothing") == "data.none"
+    assert book.base_parameters("smoke")["data_version"] == book.data_version()
