@@ -169,9 +169,10 @@ def reading(df: pd.DataFrame, budget: str) -> str:
             f"changes the loss by {fig(noise[loss], loss)} nats and final accuracy by "
             f"{fig(noise[final], final)}.")
     if _flat_noise(ivs):
-        ratio = along[loss].mean / noise[loss].mean if noise[loss].mean > 0 else float("inf")
-        more = (f"about {ratio:.0f} times" if np.isfinite(ratio) and ratio >= 2
-                else "far")
+        # a ratio only when the noise's own increase is told apart from 0
+        ratio = (along[loss].mean / noise[loss].mean if noise[loss].excludes_zero()
+                 and noise[loss].mean > 0 else float("inf"))
+        more = f"about {ratio:.0f} times" if np.isfinite(ratio) else "far"
         text += (f" The loss is {more} more curved along the task vector than in a random "
                  "direction of the same length, so the Gaussian ablation is close to no "
                  "perturbation at all, and P6 (P&M against it) follows P5 (P&M against none).")
