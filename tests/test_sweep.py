@@ -6,6 +6,7 @@ import dataclasses
 import os
 import signal
 import queue
+import re
 
 import pytest
 import yaml
@@ -228,6 +229,7 @@ def test_sweep_of_6_runs_with_2_finished_runs_only_4(results_dir, spy, capsys):
     out = capsys.readouterr().out
     assert "2 of 6 runs already finished; computing 4" in out
     assert out.count("  [") == 4                        # one line per computed run
+    assert re.search(r"^computed 4 of 4 runs in \d+ (s|min \d\d s) \(wall\)$", out, re.M)
     assert len(df) == 6
     assert list(df["variant"]) == ["seq", "seq", "average", "average", "pm", "pm"]
     assert list(df["seed"]) == [0, 1, 0, 1, 0, 1]
@@ -237,7 +239,8 @@ def test_sweep_of_6_runs_with_2_finished_runs_only_4(results_dir, spy, capsys):
     spy.clear()                                         # a second sweep computes nothing
     assert len(sweep.run_sweep(g, workers=1, results_dir=results_dir)) == 6
     assert spy == []
-    assert "6 of 6 runs already finished; computing 0" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "6 of 6 runs already finished; computing 0" in out and "computed" not in out
 
 
 def test_corrupt_result_is_recomputed(results_dir, spy):
@@ -372,3 +375,10 @@ def test_cli_bad_grid_exits_2_and_writes_nothing(tmp_path, results_dir, capsys, 
     err = capsys.readouterr().err
     assert err.startswith("clmerge: error: ") and message in err
     assert files(results_dir) == []
+
+
+@pytest.mark.parametrize("seconds,text", [(0.4, "0 s"), (59.4, "59 s"), (59.6, "1 min 00 s"),
+                                          (2616, "43 min 36 s"), (3600, "1 h 00 min"),
+                                          (7530, "2 h 05 min")])
+def test_a_sweep_s_wall_time_reads_in_its_largest_units(seconds, text):
+    assert sweep.duration(seconds) == text

@@ -76,6 +76,7 @@ Design, and why:
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Mapping
 
@@ -130,6 +131,7 @@ def run_sweep(grid: str | os.PathLike | Mapping | Grid, executor: str | None = N
           flush=True)
     if todo:
         _check_devices(todo, g.executor.kind)
+        start = time.monotonic()
         if g.executor.kind == "local":
             n, devices = local_workers(todo, g.executor.workers)
             print(f"in {n} process(es)" + (f" on GPUs {','.join(devices)}" if devices else ""),
@@ -139,12 +141,24 @@ def run_sweep(grid: str | os.PathLike | Mapping | Grid, executor: str | None = N
             cause = errors[0][1] if errors else None
         else:
             failed, cause = compute_submitit(todo, g.results_dir, g.executor, g.name), None
+        print(f"computed {len(todo) - len(failed)} of {len(todo)} runs in "
+              f"{duration(time.monotonic() - start)} (wall)", flush=True)
         if failed:
             raise SweepError(f"{len(failed)} of {len(todo)} runs failed (the results of the runs "
                              f"that finished are saved; run the sweep again to retry "
                              f"only these):\n  "
                              + "\n  ".join(msg for _, msg in failed)) from cause
     return collect(cfgs, g.results_dir)
+
+
+def duration(seconds: float) -> str:
+    """``42 s``, ``43 min 36 s``, ``2 h 05 min``: a wall time as a sweep reports it."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
 
 
 def table_path(grid: Grid) -> Path:
