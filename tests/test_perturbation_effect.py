@@ -127,3 +127,40 @@ def test_the_answer_s_clause_follows_the_same_rule_as_the_reading(tmp_path, nois
         loss = pe.intervals(df)["along the task vector"]["training loss at the sampled points"]
         assert text.startswith("P6 repeats P5") and loss.text(3) in text
     assert pe.clause(None) == "" and pe.clause(df.iloc[:0]) == ""
+
+
+def test_claims_without_swap_p_and_m_for_its_merge_alone_and_nothing_else(tmp_path):
+    """P&M's claims against other methods on final accuracy, as tested and with P&M
+    without perturbation in P&M's place, each the paired interval of its own runs; a
+    claim against a variant of P&M (two switches) or a best-of choice is left out."""
+    claims = pd.DataFrame([
+        {"id": "X1", "a": "pm", "b": "average", "metric": "cil_A_last", "rule": "greater",
+         "paper_mean": 1.0, "claim": "", "paper_differences": "", "paper_note": ""},
+        {"id": "X2", "a": "pm", "b": "pm[alpha=per_module]", "metric": "cil_A_last",
+         "rule": "greater", "paper_mean": 1.0, "claim": "", "paper_differences": "",
+         "paper_note": ""},
+        {"id": "X3", "a": "pm", "b": "best:average|ties", "metric": "cil_A_last",
+         "rule": "greater", "paper_mean": 1.0, "claim": "", "paper_differences": "",
+         "paper_note": ""},
+        {"id": "X4", "a": "average", "b": "seq", "metric": "cil_A_last", "rule": "greater",
+         "paper_mean": 1.0, "claim": "", "paper_differences": "", "paper_note": ""},
+        {"id": "X5", "a": "pm", "b": "coma", "metric": "cil_A_last", "rule": "greater",
+         "paper_mean": 1.0, "claim": "", "paper_differences": "", "paper_note": ""},
+    ])
+    acc = {"average": [0.50, 0.52, 0.49], "pm": [0.49, 0.50, 0.47],
+           pe.BASE: [0.51, 0.53, 0.50]}
+    rows = []
+    for variant, xs in acc.items():
+        for seed, x in enumerate(xs):
+            rows.append({"variant": variant, "seed": seed, "cil_A_last": x,
+                         "til_forgetting": 0.0, "state_bytes_max": 0})
+    table = pe.claims_without(claims, {"calibrated": pd.DataFrame(rows),
+                                       "milder": pd.DataFrame(columns=["variant", "seed"])})
+    assert list(table.index) == ["X1", "X5"]
+    assert list(table.columns) == ["compared", "calibrated: P&M",
+                                   "calibrated: without perturbation"]
+    with_pm = statistics.interval([100 * (p - a) for p, a in zip(acc["pm"], acc["average"])])
+    alone = statistics.interval([100 * (p - a) for p, a in zip(acc[pe.BASE], acc["average"])])
+    assert table.loc["X1", "calibrated: P&M"] == with_pm.text(1)
+    assert table.loc["X1", "calibrated: without perturbation"] == alone.text(1)
+    assert table.loc["X5", "calibrated: P&M"] == "–"          # no CoMA runs

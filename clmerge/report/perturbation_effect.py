@@ -21,6 +21,11 @@ difference into its parts, from the result files alone (nothing is computed here
 
 Each cell is the mean paired difference (perturbation - none) over the seeds that have
 both runs, with its 95% t-interval (:mod:`clmerge.report.statistics`).
+
+:func:`claims_without` puts P&M's claims against other methods (a = ``pm`` on the
+final-accuracy metric, b not a variant of P&M) next to the same
+comparison with P&M's merge alone (a = P&M without perturbation): how much of each
+comparison is the perturbation's.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ import numpy as np
 import pandas as pd
 
 from clmerge.experiment.results import read_result
-from clmerge.report import statistics
+from clmerge.report import findings, statistics
+from clmerge.report.names import readable
 
 BASE = "pm[perturbation=none]"
 PERTURBATIONS = {"along the task vector": "pm", "Gaussian noise": "pm[perturbation=gaussian]"}
@@ -177,3 +183,28 @@ def reading(df: pd.DataFrame, budget: str) -> str:
                  "direction of the same length, so the Gaussian ablation is close to no "
                  "perturbation at all, and P6 (P&M against it) follows P5 (P&M against none).")
     return text
+
+
+def claims_without(claims: pd.DataFrame, runs_by_budget: Mapping[str, pd.DataFrame]
+                   ) -> pd.DataFrame:
+    """Rows: the claims of P&M against another method on final accuracy (``a`` is
+    ``pm``, ``b`` neither a variant of P&M, whose difference would then mix two
+    switches, nor a best-of choice); columns per budget with
+    runs: the claim's difference as tested (P&M) and the same with P&M without
+    perturbation in its place, each mean [95% interval] over the seeds with both runs
+    ("–" where a variant has no runs)."""
+    b = claims["b"].fillna("")
+    mine = claims[(claims["a"] == "pm") & (claims["metric"] == "cil_A_last") & (b != "")
+                  & ~b.str.startswith("pm") & ~b.str.startswith("best:")]
+    swapped = mine.assign(a=BASE)
+    out = pd.DataFrame(index=pd.Index(list(mine["id"]), name="claim"))
+    out["compared"] = [f"P&M − {readable(b)}" for b in mine["b"]]
+    for budget, df in runs_by_budget.items():
+        if not len(df):
+            continue
+        for label, frame in (("P&M", mine), ("without perturbation", swapped)):
+            long = findings.evaluate(frame, {budget: df}).set_index("id")
+            out[f"{budget}: {label}"] = [
+                "–" if long.loc[cid, "verdict"] == findings.NOT_RUN
+                else findings.ours_cell(long.loc[cid]) for cid in out.index]
+    return out
