@@ -191,3 +191,19 @@ def test_the_answer_groups_the_core_verdicts_and_says_when_the_sweep_is_incomple
     assert drift.answer(long, partial).endswith(
         "(90 of 160 runs at this budget): these verdicts are provisional.")
     assert drift.answer(long, done, budget="stronger").startswith("No claim has runs")
+
+
+def test_budgets_without_class_means_divide_by_the_shared_ones():
+    """nmc takes no LoRA rate, so the milder and stronger grids leave it out; their
+    signature divides by the calibrated budget's nmc runs of the same seed."""
+    cal = _runs({"nmc": [20, 25], "seq": [24, 25]}).assign(path=["n0", "n1", "s0", "s1"])
+    mild = _runs({"seq": [22, 30]}).assign(path=["m0", "m1"])
+    empty = pd.DataFrame(columns=["variant", "seed", "path"])
+    got = drift.regime_runs({"milder": mild, "calibrated": cal, "stronger": empty})
+    assert got["calibrated"] is cal and not len(got["stronger"])
+    assert sorted(got["milder"]["path"]) == ["m0", "m1", "n0", "n1"]
+    ratio = signature.per_seed(got["milder"])["seq_over_nmc"]
+    assert list(ratio) == pytest.approx([22 / 20, 30 / 25])
+    # a budget with class means of its own keeps them
+    own = _runs({"nmc": [10, 10], "seq": [11, 12]}).assign(path=["o0", "o1", "o2", "o3"])
+    assert drift.regime_runs({"a": own, "b": cal})["a"] is own

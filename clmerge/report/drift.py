@@ -81,6 +81,24 @@ def budget_runs(folders: Iterable[str | Path], grid_paths: Mapping[str, Path] | 
     return out
 
 
+def regime_runs(runs: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """Per budget, its runs plus, for a budget without class-means (``nmc``) runs of its
+    own, the ``nmc`` runs of the budgets that have them. The class means take no LoRA
+    rate (``clmerge run`` refuses one for ``nmc``): every budget's grid would run the same
+    configs, so the milder and stronger grids leave them out and their signature divides
+    by these."""
+    shared = [df[df["variant"] == "nmc"] for df in runs.values()
+              if len(df) and (df["variant"] == "nmc").any()]
+    nmc = (pd.concat(shared, ignore_index=True).drop_duplicates("path")
+           if shared else None)
+    out = {}
+    for which, df in runs.items():
+        has = len(df) and (df["variant"] == "nmc").any()
+        out[which] = (df if has or nmc is None or not len(df)
+                      else pd.concat([df, nmc], ignore_index=True))
+    return out
+
+
 def budget_rates(grid_paths: Mapping[str, Path] | None = None) -> dict[str, float]:
     """The LoRA rate of each budget (the grid's override, else the profile's)."""
     grid_paths = grids() if grid_paths is None else grid_paths
