@@ -3,6 +3,7 @@
 Nothing here executes a notebook (papermill runs with prepare_only), so it is fast.
 """
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -95,6 +96,16 @@ def test_chapter_parameters_read_multiline_defaults():
 
 
 HIDDEN = {"hide-input", "remove-input", "hide-cell", "remove-cell"}
+
+
+def test_every_cell_of_every_chapter_has_a_unique_id():
+    """nbformat 4.5 cells carry ids; one without makes nbformat warn on stderr wherever a
+    chapter is read (the rerun page's parameter tables among them)."""
+    for path in book.chapter_paths():
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        ids = [c.get("id") for c in raw["cells"]]
+        assert None not in ids, f"{path.name}: cell {ids.index(None)} has no id"
+        assert len(set(ids)) == len(ids), f"{path.name}: repeated cell ids"
 
 
 def test_every_chapter_opens_with_text_and_hides_its_code():
